@@ -1,0 +1,7 @@
+"""Ingredients (arXiv 2501.01790) as a host-independent library.
+
+Multi-identity video generation on CogVideoX-5B-I2V. Nothing in this package imports ComfyUI;
+the node pack in ``nodes/`` wraps it.
+"""
+
+__version__ = "0.1.0"
