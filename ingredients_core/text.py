@@ -1,0 +1,141 @@
+"""T5 prompt embeddings as the official Ingredients pipeline computes them.
+
+The model folder holds a T5 v1.1 encoder in ``text_encoder/`` and its sentencepiece tokenizer in
+``tokenizer/`` (diffusers layout). A prompt becomes exactly 226 tokens: padded to the maximum
+length, truncated beyond it, with the end-of-sequence token added, and the encoder runs WITHOUT an
+attention mask (the padding tokens take part in attention, as in the official code and in
+CogVideoX). Everything loads from local files only.
+
+Torch and transformers are imported inside the functions so that importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+MAX_SEQUENCE_LENGTH = 226
+TOKENIZER_SUBFOLDER = "tokenizer"
+TEXT_ENCODER_SUBFOLDER = "text_encoder"
+
+
+def _component_dir(model_dir: str | Path, subfolder: str, expected: str) -> Path:
+    """Return ``model_dir/subfolder`` or raise naming the folder and what belongs there."""
+    path = Path(model_dir) / subfolder
+    if not path.is_dir():
+        raise FileNotFoundError(f"Missing folder {path}: expected {expected}.")
+    return path
+
+
+def load_tokenizer(model_dir: str | Path):
+    """Load the T5 tokenizer from ``model_dir/tokenizer`` (``spiece.model`` or ``tokenizer.json``)."""
+    from transformers import T5Tokenizer
+
+    path = _component_dir(
+        model_dir, TOKENIZER_SUBFOLDER, "the T5 tokenizer (spiece.model and tokenizer_config.json)"
+    )
+    return T5Tokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def load_text_encoder(model_dir: str | Path, dtype: "torch.dtype", device: "torch.device | str"):
+    """Load the T5 encoder from ``model_dir/text_encoder`` in ``dtype`` on ``device``, in eval mode."""
+    from transformers import T5EncoderModel
+
+    path = _component_dir(
+        model_dir, TEXT_ENCODER_SUBFOLDER, "the T5 encoder (config.json and *.safetensors)"
+    )
+    encoder = T5EncoderModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    encoder.requires_grad_(False)
+    return encoder.to(device).eval()
+
+
+def _warn_if_truncated(tokenizer, prompts: Sequence[str], max_length: int) -> None:
+    """Log (warning) the part of each prompt that does not fit in ``max_length`` tokens."""
+    full = tokenizer(
+        list(prompts), padding=False, truncation=False, add_special_tokens=True, verbose=False
+    )
+    for prompt_ids in full["input_ids"]:
+        if len(prompt_ids) > max_length:
+            # The last kept position holds the end-of-sequence token, so text from
+            # max_length - 1 onwards (without the final EOS) is what was dropped.
+            removed = tokenizer.decode(prompt_ids[max_length - 1 : -1])
+            logger.warning(
+                "Prompt truncated to %d T5 tokens; this part was dropped: %r", max_length, removed
+            )
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str], max_length: int = MAX_SEQUENCE_LENGTH):
+    """Token ids (N, max_length) as the official pipeline builds them; warns on truncation."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    _warn_if_truncated(tokenizer, prompts, max_length)
+    tokens = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    )
+    return tokens.input_ids
+
+
+def encode_prompts(
+    tokenizer,
+    encoder,
+    prompts: Sequence[str],
+    device: "torch.device | str",
+    dtype: "torch.dtype",
+    max_length: int = MAX_SEQUENCE_LENGTH,
+) -> "torch.Tensor":
+    """Encode prompts to T5 hidden states of shape (N, 226, D) in ``dtype`` on ``device``.
+
+    No attention mask is given to the encoder: padding tokens are attended to, exactly as in the
+    official Ingredients / CogVideoX pipelines, so the embeddings match what the model was trained on.
+    """
+    import torch
+
+    input_ids = tokenize_prompts(tokenizer, prompts, max_length)
+    encoder_device = next(encoder.parameters()).device
+    with torch.no_grad():
+        hidden = encoder(input_ids.to(encoder_device))[0]
+    return hidden.to(device=device, dtype=dtype)
+
+
+def check_prompt_embeds(
+    embeds: "torch.Tensor",
+    embed_dim: int | None = None,
+    name: str = "prompt embeddings",
+) -> "torch.Tensor":
+    """Validate precomputed prompt embeddings: shape (1, 226, D) (D = ``embed_dim`` when given).
+
+    A 2-D tensor (226, D) is accepted and given the batch axis. Raises ``ValueError`` saying what
+    was expected and what was found.
+    """
+    import torch
+
+    if not isinstance(embeds, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, found {type(embeds).__name__}.")
+    if embeds.ndim == 2:
+        embeds = embeds.unsqueeze(0)
+    want_dim = "D" if embed_dim is None else str(embed_dim)
+    expected = f"(1, {MAX_SEQUENCE_LENGTH}, {want_dim})"
+    found = tuple(embeds.shape)
+    if embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[1] != MAX_SEQUENCE_LENGTH:
+        raise ValueError(
+            f"{name}: expected shape {expected} (one prompt, {MAX_SEQUENCE_LENGTH} T5 tokens), "
+            f"found {found}."
+        )
+    if embed_dim is not None and embeds.shape[2] != embed_dim:
+        raise ValueError(
+            f"{name}: expected shape {expected} (the transformer's text width), found {found}."
+        )
+    if not embeds.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, found dtype {embeds.dtype}.")
+    return embeds
