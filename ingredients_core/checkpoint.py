@@ -1,0 +1,234 @@
+"""Find and load Ingredients transformer weights.
+
+One public entry point, :func:`load_transformer`, takes any of the layouts users have:
+
+- the whole model folder (``model_index.json``, ``transformer/`` or ``transformer_ema/``, ...);
+  ``transformer_ema/`` is preferred when present, as in the official inference script;
+- the ``transformer/`` folder itself: ``config.json`` plus one safetensors file or shards with their
+  ``*.safetensors.index.json``;
+- a single ``.safetensors`` file: the config comes from a ``config.json`` beside it, else it is
+  inferred from the key shapes (:func:`infer_config`);
+- ``.bin`` / ``.pt`` files, read with ``torch.load(weights_only=True)`` only.
+
+The model is built on the meta device and every tensor is read, cast to the requested dtype and
+assigned one at a time, so no float32 copy of the whole model ever exists in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import torch
+
+from .config import ConfigError, TransformerConfig
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+SOURCE_HINT = "the official weights are on Hugging Face: feizhengcong/Ingredients (folder transformer/)"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and what was wrong."""
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """Resolved location of one transformer checkpoint."""
+
+    weights: tuple[Path, ...]
+    config: Optional[Path]
+
+
+# -- 1. finding the files ------------------------------------------------------------------------
+def resolve(path: PathLike) -> CheckpointFiles:
+    """Find the weight files and config of a transformer checkpoint at ``path``."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"transformer checkpoint not found: {path} does not exist; {SOURCE_HINT}")
+    if path.is_file():
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise CheckpointError(f"{path}: expected a {'/'.join(WEIGHT_SUFFIXES)} weight file")
+        config = path.with_name("config.json")
+        return CheckpointFiles((path,), config if config.is_file() else None)
+    for sub in ("transformer_ema", "transformer"):
+        if (path / sub).is_dir():
+            return resolve(path / sub)
+    return CheckpointFiles(_weight_files(path), path / "config.json" if (path / "config.json").is_file() else None)
+
+
+def _weight_files(folder: Path) -> tuple[Path, ...]:
+    indexes = sorted(folder.glob("*.safetensors.index.json")) or sorted(folder.glob("*.bin.index.json"))
+    if indexes:
+        weight_map = json.loads(indexes[0].read_text()).get("weight_map", {})
+        shards = sorted({folder / name for name in weight_map.values()})
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise CheckpointError(f"{folder}: shards listed in {indexes[0].name} are missing: {', '.join(missing)}; "
+                                  f"download them all ({SOURCE_HINT})")
+        return tuple(shards)
+    for suffix in WEIGHT_SUFFIXES:
+        files = sorted(folder.glob(f"*{suffix}"))
+        if files:
+            return tuple(files)
+    raise CheckpointError(f"{folder}: no transformer weights found (expected diffusion_pytorch_model*.safetensors "
+                          f"with config.json, or a transformer/ subfolder); {SOURCE_HINT}")
+
+
+# -- 2. reading tensors --------------------------------------------------------------------------
+def _tensor_shapes(files: tuple[Path, ...]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, tensor in _iter_tensors(files, meta_only=True):
+        shapes[name] = tuple(tensor)
+    return shapes
+
+
+def _iter_tensors(files: tuple[Path, ...], meta_only: bool = False) -> Iterator[tuple[str, object]]:
+    """Yield (key, tensor) one at a time; with ``meta_only`` yield (key, shape)."""
+    from safetensors import safe_open
+
+    for file in files:
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    for key in handle.keys():
+                        yield key, (handle.get_slice(key).get_shape() if meta_only else handle.get_tensor(key))
+            except (OSError, RuntimeError) as err:  # safetensors raises these for truncated/bad headers
+                raise CheckpointError(f"{file}: not a readable safetensors file ({err}); re-download it") from err
+        else:
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as err:  # torch.load's unpickler raises many types; all mean "unusable file"
+                raise CheckpointError(f"{file}: cannot be read safely with torch.load(weights_only=True) "
+                                      f"({err}); convert it to .safetensors") from err
+            for key, tensor in state.items():
+                yield key, (tuple(tensor.shape) if meta_only else tensor)
+
+
+# -- 3. config -----------------------------------------------------------------------------------
+def infer_config(shapes: dict[str, tuple[int, ...]]) -> TransformerConfig:
+    """Derive the config from checkpoint key shapes (no config.json)."""
+    def need(key: str) -> tuple[int, ...]:
+        if key not in shapes:
+            raise CheckpointError(f"cannot infer the config: key {key!r} is missing; is this an Ingredients "
+                                  "transformer? Put its config.json beside the file")
+        return shapes[key]
+
+    proj = need("patch_embed.proj.weight")                          # (dim, in_channels, p, p)
+    head_dim = need("transformer_blocks.0.attn1.norm_q.weight")[0]
+    num_layers = 1 + max(int(m.group(1)) for k in shapes if (m := re.match(r"transformer_blocks\.(\d+)\.", k)))
+    routed = {int(m.group(1)) for k in shapes if (m := re.match(r"router\.(\d+)\.", k))}
+    if not routed:
+        raise CheckpointError("no router.* keys: this is a plain CogVideoX transformer, not Ingredients")
+    out_channels = need("proj_out.weight")[0] // (proj[2] * proj[3])
+    values = dict(
+        num_attention_heads=proj[0] // head_dim, attention_head_dim=head_dim, in_channels=proj[1],
+        out_channels=out_channels, patch_size=proj[2], num_layers=num_layers,
+        cross_attn_interval=num_layers // len(routed), text_embed_dim=need("patch_embed.text_proj.weight")[1],
+        time_embed_dim=need("time_embedding.linear_1.weight")[0],
+        use_learned_positional_embeddings="patch_embed.pos_embedding" in shapes)
+    values.update(_id_sizes(shapes, proj[0]))
+    if "patch_embed.pos_embedding" in shapes:
+        official = TransformerConfig(**values)
+        tokens = shapes["patch_embed.pos_embedding"][1] - official.max_text_seq_length
+        grid = official.latent_frames * (official.sample_height // proj[2]) * (official.sample_width // proj[2])
+        if tokens != grid:
+            raise CheckpointError(f"positional embedding covers {tokens} video tokens, not the 13 x 30 x 45 of "
+                                  "49 x 480 x 720; the sample size cannot be inferred: put config.json beside it")
+    return TransformerConfig(**values)
+
+
+def _id_sizes(shapes: dict[str, tuple[int, ...]], dim: int) -> dict:
+    from .config import IDModuleConfig
+
+    if "local_facial_extractor.proj_out" not in shapes:
+        return {}
+    ext_dim, token_dim = shapes["local_facial_extractor.proj_out"]
+    depth = 1 + max(int(m.group(1)) for k in shapes
+                    if (m := re.match(r"local_facial_extractor\.layers\.(\d+)\.", k)))
+    ids = IDModuleConfig.for_width(
+        dim, token_dim=token_dim, extractor_dim=ext_dim, extractor_depth=depth,
+        num_tokens=shapes["local_facial_extractor.latents"][1],
+        id_cond_dim=shapes["local_facial_extractor.id_embedding_mapping.0.weight"][1],
+        vit_dim=shapes["local_facial_extractor.mapping_0.0.weight"][1],
+        num_id_embeds=shapes["local_facial_extractor.id_embedding_mapping.6.weight"][0] // ext_dim)
+    return {"ids": ids} if ids != IDModuleConfig.for_width(dim) else {}
+
+
+def read_config(files: CheckpointFiles, shapes: dict[str, tuple[int, ...]]) -> TransformerConfig:
+    try:
+        if files.config is not None:
+            data = json.loads(files.config.read_text())
+            width = data.get("num_attention_heads", 48) * data.get("attention_head_dim", 64)
+            ids = {} if "ids" in data else _id_sizes(shapes, width)
+            return TransformerConfig.from_dict(data, **ids)
+        return infer_config(shapes)
+    except (ConfigError, TypeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{files.config or files.weights[0]}: unusable transformer config: {err}") from err
+
+
+# -- 4. loading ----------------------------------------------------------------------------------
+def load_transformer(path: PathLike, dtype: torch.dtype = torch.bfloat16,
+                     device: Union[str, torch.device] = "cpu", strict: bool = True):
+    """Load an Ingredients transformer from any supported layout (see module doc).
+
+    Raises :class:`CheckpointError` naming missing keys, unexpected keys and shape mismatches.
+    """
+    from .model.transformer import IngredientsTransformer
+
+    files = resolve(path)
+    shapes = _tensor_shapes(files.weights)
+    config = read_config(files, shapes)
+    with torch.device("meta"):
+        model = IngredientsTransformer(config)
+    check_keys(model, shapes, where=str(files.weights[0].parent), strict=strict)
+    expected = model.state_dict()
+    params = {}
+    for key, tensor in _iter_tensors(files.weights):
+        if key in expected:
+            params[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            del tensor
+    model.load_state_dict(params, strict=False, assign=True)
+    _check_materialised(model)
+    logger.info("loaded Ingredients transformer (%d layers, %d routed, %s) from %s",
+                config.num_layers, config.num_routed_layers, dtype, path)
+    return model.eval().requires_grad_(False)
+
+
+def check_keys(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], where: str, strict: bool = True) -> None:
+    """Compare a checkpoint's keys and shapes with the model's; raise naming every difference."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [f"{k}: expected {expected[k]}, found {shapes[k]}" for k in sorted(set(expected) & set(shapes))
+             if expected[k] != shapes[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
+    if unexpected and strict:
+        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches: {_listing(wrong)}")
+    if problems:
+        raise CheckpointError(f"{where}: checkpoint does not match the Ingredients transformer: "
+                              + "; ".join(problems))
+    if unexpected:
+        logger.warning("%s: ignoring %d unexpected keys: %s", where, len(unexpected), _listing(unexpected))
+
+
+def _listing(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _check_materialised(model: torch.nn.Module) -> None:
+    """Every tensor must have come from the checkpoint (the I2V model has no non-persistent buffers)."""
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_meta:
+            raise CheckpointError(f"{name} was not in the checkpoint and cannot be rebuilt")
