@@ -1,0 +1,29 @@
+"""Shared fixtures: paths to the golden data and tiny models built on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("INGREDIENTS_SHARED", REPO.parent / "shared"))
+GOLDEN = SHARED / "golden"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not (GOLDEN / "keys.json").is_file():
+        pytest.skip(f"golden data not found at {GOLDEN} (it lives in ../shared/golden beside the repo, "
+                    "present in CI; set INGREDIENTS_SHARED to point elsewhere)")
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def tiny_transformer_dir(tmp_path_factory) -> Path:
+    from ingredients_core.testing.tiny_transformer import write_tiny_transformer
+
+    root = tmp_path_factory.mktemp("tiny_transformer")
+    write_tiny_transformer(root)
+    return root

@@ -1,0 +1,120 @@
+"""Tiny-config module tests of the transformer and its ID modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ingredients_core.checkpoint import load_transformer
+from ingredients_core.config import ConfigError, IDModuleConfig, TransformerConfig
+from ingredients_core.model.id_modules import RoutedCrossAttention
+from ingredients_core.routing import RoutingOptions, RoutingPlan
+from ingredients_core.sampling import rotary_embeddings
+
+
+def _faces(n, seed=0, scales=5):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(1, 1280, generator=g), [torch.randn(1, 17, 1024, generator=g) for _ in range(scales)])
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_transformer_dir):
+    return load_transformer(tiny_transformer_dir, dtype=torch.float32)
+
+
+def _inputs(batch=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 3, 32, 8, 12, generator=g), torch.randn(batch, 226, 32, generator=g),
+            torch.full((batch,), 700))
+
+
+def test_official_sizes_follow_from_width():
+    ids = IDModuleConfig.for_width(3072)
+    assert (ids.token_dim, ids.extractor_dim, ids.extractor_head_dim, ids.attn_head_dim) == (2048, 1024, 64, 128)
+    cfg = TransformerConfig()
+    assert cfg.num_routed_layers == 21 and cfg.ids == ids
+
+
+def test_config_rejects_inconsistent_interval():
+    with pytest.raises(ConfigError, match="cross_attn_interval"):
+        TransformerConfig(num_layers=5, cross_attn_interval=2)
+
+
+def test_project_ids_shape_and_independence(model):
+    tokens = model.project_ids(_faces(3))
+    assert tokens.shape == (3, 32, model.config.ids.token_dim)
+    single = model.project_ids(_faces(3)[1:2])
+    torch.testing.assert_close(tokens[1:2], single, rtol=1e-5, atol=1e-5)
+
+
+def _official_cross_attention(attn: RoutedCrossAttention, tokens, hidden, weights):
+    """The official per-person computation: one attention per person, outputs mixed afterwards."""
+    outs = []
+    for j in range(tokens.shape[0]):
+        x, lat = attn.norm1(tokens[j:j + 1]), attn.norm2(hidden)
+        q = attn.to_q(lat)
+        k, v = attn.to_kv(x).chunk(2, dim=-1)
+        split = lambda t: t.view(t.shape[0], t.shape[1], attn.heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = split(q), split(k), split(v)
+        s = q.shape[-1] ** -0.25
+        p = torch.softmax(((q * s) @ (k * s).transpose(-2, -1)).float(), -1)
+        outs.append(attn.to_out((p @ v).transpose(1, 2).flatten(2)))
+    per_person = torch.stack(outs, dim=-1)  # (B, N, dim, P)
+    return (per_person * weights.unsqueeze(2)).sum(-1)
+
+
+def test_shared_projection_equals_per_person_attention(model):
+    attn = model.perceiver_cross_attention[0]
+    tokens = model.project_ids(_faces(3))
+    hidden = torch.randn(2, 24, model.config.inner_dim)
+    weights = torch.softmax(torch.randn(2, 24, 3), -1)
+    ours = attn(hidden, attn.keys_values(tokens), weights)
+    torch.testing.assert_close(ours, _official_cross_attention(attn, tokens, hidden, weights),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_forward_without_ids_differs_and_ids_of_any_count_work(model):
+    x, text, t = _inputs()
+    rot = rotary_embeddings(model.config, 64, 96, 3, "cpu")
+    with torch.no_grad():
+        plain = model(x, text, t, rot)
+        outs = [model(x, text, t, rot, ids=model.prepare_ids(model.project_ids(_faces(n)))) for n in (1, 2, 4)]
+    assert plain.shape == (2, 3, 16, 8, 12)
+    for out in outs:
+        assert out.shape == plain.shape and not torch.allclose(out, plain)
+
+
+def test_official_mode_uses_batch_element_zero(model):
+    x, text, t = _inputs()
+    rot = rotary_embeddings(model.config, 64, 96, 3, "cpu")
+    ids = model.prepare_ids(model.project_ids(_faces(2)))
+    plan = lambda mode: RoutingPlan(RoutingOptions(mode=mode), 2, (3, 4, 6), 1.0, torch.device("cpu")).step(0, 1)  # noqa: E731
+    with torch.no_grad():
+        official = model(x, text, t, rot, ids=ids, routing=plan("official"))
+        per_sample = model(x, text, t, rot, ids=ids, routing=plan("per_sample"))
+        # element 0 alone is routed the same way in both modes
+        alone = model(x[:1], text[:1], t[:1], rot, ids=ids, routing=plan("per_sample"))
+    torch.testing.assert_close(official[0], per_sample[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(per_sample[0], alone[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(official[1], per_sample[1])
+
+
+def test_full_scale_on_meta_device():
+    """The released model: 6.38 B parameters, and every shape of a 2-ID forward at 49 x 480 x 720."""
+    from ingredients_core.model.transformer import IngredientsTransformer
+
+    config = TransformerConfig()  # 42 layers, 48 heads, cross_attn_interval 2
+    with torch.device("meta"):
+        model = IngredientsTransformer(config)
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count / 1e9 - 6.38) < 0.01, count
+    assert model.state_dict()["patch_embed.pos_embedding"].shape == (1, 226 + 13 * 30 * 45, 3072)
+    meta = dict(device="meta")
+    faces = [(torch.empty(1, 1280, **meta), [torch.empty(1, 577, 1024, **meta)] * 5)] * 2
+    tokens = model.project_ids(faces)
+    assert tokens.shape == (2, 32, 2048)
+    rot = tuple(r.to("meta") for r in rotary_embeddings(config, 480, 720, 13, "cpu"))
+    out = model(torch.empty(2, 13, 32, 60, 90, **meta), torch.empty(2, 226, 4096, **meta),
+                torch.empty(2, dtype=torch.long, **meta), rot, ids=model.prepare_ids(tokens))
+    assert out.shape == (2, 13, 16, 60, 90)
