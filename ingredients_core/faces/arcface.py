@@ -1,0 +1,61 @@
+"""ArcFace identity embedding: insightface antelopev2 ``glintr100.onnx`` on ONNX Runtime.
+
+Loaded through ``insightface.model_zoo.get_model`` (which recognises a recognition model by its
+square >= 112 px input and single output) and run with its ``get_feat`` on the aligned 512 x 512
+BGR crop, as the official code does: ``cv2.dnn.blobFromImages`` resizes to 112 x 112 (bilinear),
+swaps to RGB and maps pixels with ``(x - 127.5) / 127.5``. The 512-value result is not normalised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def onnx_providers(
+    device: str | torch.device = "cpu", available: Sequence[str] | None = None
+) -> list[str | tuple[str, dict]]:
+    """ONNX Runtime providers that follow the torch device.
+
+    CUDA (on the same GPU index) then CPU when ``device`` is a CUDA device and ONNX Runtime has
+    the CUDA provider; otherwise CPU only. ``available`` defaults to what ONNX Runtime reports.
+    """
+    device = torch.device(device)
+    if available is None:
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+    if device.type == "cuda" and CUDA_PROVIDER in available:
+        return [(CUDA_PROVIDER, {"device_id": device.index or 0}), CPU_PROVIDER]
+    if device.type == "cuda":
+        logger.warning("ONNX Runtime has no CUDA provider here; ArcFace runs on the CPU")
+    return [CPU_PROVIDER]
+
+
+def load_arcface(path: str | Path, providers: Sequence[str | tuple[str, dict]]):
+    """insightface ``ArcFaceONNX`` for ``path``; raises ``ValueError`` if it is not a recognition model."""
+    import insightface.model_zoo
+
+    model = insightface.model_zoo.get_model(str(path), providers=list(providers))
+    if model is None or getattr(model, "taskname", None) != "recognition":
+        raise ValueError(
+            f"{path}: insightface does not recognise this as an ArcFace model "
+            "(expected input (N, 3, 112, 112) and one (N, 512) output)"
+        )
+    logger.info("ArcFace model loaded from %s (providers %s)", path, model.session.get_providers())
+    return model
+
+
+def arcface_embedding(model, crop_bgr: np.ndarray) -> torch.Tensor:
+    """``(1, 512)`` float32 CPU tensor for an aligned BGR uint8 crop (``get_feat``, unnormalised)."""
+    feature = np.asarray(model.get_feat(crop_bgr), dtype=np.float32)
+    return torch.from_numpy(feature.reshape(1, -1).copy())
