@@ -1,0 +1,307 @@
+"""End-to-end Ingredients generation outside any host: faces + prompt -> video frames.
+
+The order of work and of random draws follows the official ``IngredientsPipeline``: one
+``torch.Generator(device).manual_seed(seed)``; T5 prompt embeddings (no randomness); the face canvas
+is VAE-encoded and its latent *sampled* with the generator; the initial noise is drawn next from the
+same generator (``randn_tensor``) and scaled by ``init_noise_sigma``; the scheduler steps then draw
+from that generator too (``CogVideoXDPMScheduler`` is stochastic). Same seed, same settings, same
+device and dtype: same video.
+
+The ID tokens are projected once per run (the official code recomputes them at every step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+from .text import MAX_SEQUENCE_LENGTH
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .faces import FaceFeatures
+    from .routing import RoutingOptions
+    from .sampling import StepInfo
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_NAMES = ("dpm", "ddim")
+DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
+MAX_IDS = 4
+MODEL_FOLDER_PARTS = {
+    "transformer": "the Ingredients transformer (config.json + safetensors; transformer_ema/ also works)",
+    "vae": "the CogVideoX VAE (AutoencoderKLCogVideoX config.json + safetensors)",
+    "text_encoder": "the T5 v1.1 XXL encoder (config.json + safetensors)",
+    "tokenizer": "the T5 tokenizer (spiece.model + tokenizer_config.json)",
+    "scheduler": "scheduler/scheduler_config.json (CogVideoXDPMScheduler)",
+}
+
+
+class SettingsError(ValueError):
+    """Generation settings that cannot work; the message says what to use instead."""
+
+
+class ModelFolderError(FileNotFoundError):
+    """A model folder without the parts Ingredients needs; the message lists them."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Per-run settings. Defaults are the official ones (480 x 720, 49 frames, 50 DPM steps, CFG 6).
+
+    ``local_face_scale`` None keeps the checkpoint's value; ``dtype``/``device`` "auto" pick bfloat16
+    on CUDA and float32 on the CPU. VAE tiling/slicing only affect decoding memory, not the result
+    beyond rounding at tile seams.
+    """
+
+    height: int = 480
+    width: int = 720
+    frames: int = 49
+    steps: int = 50
+    cfg: float = 6.0
+    seed: int = 42
+    scheduler: str = "dpm"
+    dynamic_cfg: bool = False
+    local_face_scale: Optional[float] = None
+    dtype: str = "auto"
+    device: str = "auto"
+    fps: int = 8
+    vae_tiling: bool = True
+    vae_slicing: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` for values no model can use."""
+        if self.frames < 1 or (self.frames - 1) % 4:
+            raise SettingsError(
+                f"frames must be 4k+1 (1, 5, 9, ..., 49): the VAE packs 4 frames per latent frame "
+                f"after the first; got {self.frames}"
+            )
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value < 16 or value % 16:
+                raise SettingsError(f"{name} must be a positive multiple of 16 pixels; got {value}")
+        if self.steps < 1:
+            raise SettingsError(f"steps must be at least 1; got {self.steps}")
+        if self.cfg < 0:
+            raise SettingsError(f"cfg must be 0 or more (1 or less disables guidance); got {self.cfg}")
+        if self.scheduler not in SCHEDULER_NAMES:
+            raise SettingsError(f"scheduler must be one of {SCHEDULER_NAMES}; got {self.scheduler!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise SettingsError(f"dtype must be one of {DTYPE_NAMES}; got {self.dtype!r}")
+        if not 0 <= self.seed < 2**64:
+            raise SettingsError(f"seed must be in [0, 2**64); got {self.seed}")
+        if self.fps < 1:
+            raise SettingsError(f"fps must be at least 1; got {self.fps}")
+        if self.local_face_scale is not None and self.local_face_scale < 0:
+            raise SettingsError(f"local_face_scale must be 0 or more; got {self.local_face_scale}")
+
+    def check_model(self, config) -> None:
+        """Check the size against a transformer config (learned positional embeddings fix it)."""
+        if not getattr(config, "use_learned_positional_embeddings", False):
+            return
+        height, width = config.sample_height * 8, config.sample_width * 8
+        latent = (config.sample_frames - 1) // config.temporal_compression_ratio + 1
+        if (self.height, self.width, self.frames) != (height, width, config.sample_frames):
+            raise SettingsError(
+                f"this checkpoint has learned positional embeddings for exactly {config.sample_frames} "
+                f"frames at {height}x{width} (latent {latent}x{config.sample_height}x"
+                f"{config.sample_width}); got {self.frames} frames at {self.height}x{self.width}. "
+                f"Use height={height}, width={width}, frames={config.sample_frames}."
+            )
+
+    def replace(self, **changes: Any) -> "GenerationSettings":
+        return dataclasses.replace(self, **changes)
+
+    def sized_for(self, config) -> "GenerationSettings":
+        """These settings at the size a checkpoint with learned positional embeddings requires
+        (480 x 720, 49 frames for the official model); unchanged for other checkpoints."""
+        if not getattr(config, "use_learned_positional_embeddings", False):
+            return self
+        return self.replace(height=config.sample_height * 8, width=config.sample_width * 8,
+                            frames=config.sample_frames)
+
+
+def resolve_device(name: str) -> "torch.device":
+    """"auto" -> CUDA when available, else the CPU; anything else as torch understands it."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
+    """"auto" -> bfloat16 on CUDA (the official dtype), float32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPE_NAMES:
+        raise SettingsError(f"dtype must be one of {DTYPE_NAMES}; got {name!r}")
+    return getattr(torch, name)
+
+
+@dataclass
+class ModelBundle:
+    """Everything loaded from one model folder. ``tokenizer``/``text_encoder`` may be None when
+    prompts are given as precomputed embeddings."""
+
+    transformer: Any
+    vae: Any
+    tokenizer: Any
+    text_encoder: Any
+    scheduler_config: dict
+    device: "torch.device"
+    dtype: "torch.dtype"
+    folder: Optional[Path] = None
+
+
+def check_model_folder(folder: str | Path, need_text: bool = True) -> Path:
+    """Return the folder, or raise :class:`ModelFolderError` listing what is missing in it."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelFolderError(
+            f"model folder not found: {folder}. Expected a folder with "
+            + ", ".join(f"{name}/" for name in MODEL_FOLDER_PARTS)
+            + " (the layout of the official weights, feizhengcong/Ingredients)."
+        )
+    text_parts = ("text_encoder", "tokenizer")
+    parts = [name for name in MODEL_FOLDER_PARTS if need_text or name not in text_parts]
+    missing = [name for name in parts if not _has_part(folder, name)]
+    if missing:
+        lines = "\n".join(f"  {name}/: {MODEL_FOLDER_PARTS[name]}" for name in missing)
+        raise ModelFolderError(f"model folder {folder} is incomplete; missing:\n{lines}")
+    return folder
+
+
+def _has_part(folder: Path, name: str) -> bool:
+    if name == "transformer":
+        return (folder / "transformer_ema").is_dir() or (folder / "transformer").is_dir()
+    if name == "scheduler":
+        return (folder / "scheduler" / "scheduler_config.json").is_file()
+    return (folder / name).is_dir()
+
+
+def load_bundle(folder: str | Path, device: str = "auto", dtype: str = "auto",
+                load_text: bool = True) -> ModelBundle:
+    """Load transformer (``transformer_ema`` preferred), VAE, T5, tokenizer and scheduler config."""
+    import json
+
+    from .checkpoint import load_transformer
+    from .text import load_text_encoder, load_tokenizer
+    from .vae import load_vae
+
+    folder = check_model_folder(folder, need_text=load_text)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    logger.info("loading Ingredients from %s (%s, %s)", folder, torch_device, torch_dtype)
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return ModelBundle(
+        transformer=load_transformer(folder, dtype=torch_dtype, device=torch_device),
+        vae=load_vae(folder, torch_dtype, torch_device),
+        tokenizer=load_tokenizer(folder) if load_text else None,
+        text_encoder=load_text_encoder(folder, torch_dtype, torch_device) if load_text else None,
+        scheduler_config=scheduler_config,
+        device=torch_device,
+        dtype=torch_dtype,
+        folder=folder,
+    )
+
+
+@dataclass
+class GenerationResult:
+    """frames (T, H, W, 3) float32 in [0, 1] on the CPU; canvas (480, 720, 3) uint8 RGB (the I2V
+    conditioning image); latents (1, F_lat, 16, h, w) the denoised latents."""
+
+    frames: "torch.Tensor"
+    canvas: "np.ndarray"
+    latents: "torch.Tensor"
+    settings: GenerationSettings
+
+
+def prompt_embeddings(bundle: ModelBundle, prompt: "str | torch.Tensor") -> "torch.Tensor":
+    """(1, 226, D) embeddings for a prompt string, or validated precomputed embeddings."""
+    from .text import check_prompt_embeds, encode_prompts
+
+    width = bundle.transformer.config.text_embed_dim
+    if isinstance(prompt, str):
+        if bundle.tokenizer is None or bundle.text_encoder is None:
+            raise ValueError("this model bundle has no T5 text encoder: pass prompt embeddings "
+                             f"of shape (1, {MAX_SEQUENCE_LENGTH}, {width}) instead of text")
+        embeds = encode_prompts(bundle.tokenizer, bundle.text_encoder, [prompt], bundle.device,
+                                bundle.dtype)
+    else:
+        embeds = prompt
+    embeds = check_prompt_embeds(embeds, embed_dim=width)
+    return embeds.to(device=bundle.device, dtype=bundle.dtype)
+
+
+def _routing_options(routing: "Optional[RoutingOptions]", scale: Optional[float]):
+    from .routing import RoutingOptions
+
+    routing = routing or RoutingOptions()
+    return routing if scale is None else dataclasses.replace(routing, scale=scale)
+
+
+def _check_faces(faces: Sequence["FaceFeatures"]) -> None:
+    if not 1 <= len(faces) <= MAX_IDS:
+        raise ValueError(f"Ingredients takes the faces of 1 to {MAX_IDS} people; got {len(faces)}")
+    for i, face in enumerate(faces):
+        if getattr(face, "crop", None) is None or getattr(face, "id_cond", None) is None:
+            raise TypeError(f"face {i + 1}: expected FaceFeatures (id_cond, vit_hidden, crop); "
+                            f"got {type(face).__name__}")
+
+
+def generate(
+    bundle: ModelBundle,
+    faces: Sequence["FaceFeatures"],
+    prompt: "str | torch.Tensor",
+    negative_prompt: "str | torch.Tensor" = "",
+    settings: GenerationSettings = GenerationSettings(),
+    callback: "Optional[Callable[[StepInfo], None]]" = None,
+    routing: "Optional[RoutingOptions]" = None,
+) -> GenerationResult:
+    """Generate one video of the given people (ID order = canvas slot order).
+
+    ``callback`` is called after every sampling step; an exception raised in it (for example
+    :class:`ingredients_core.sampling.Interrupted`) stops the run and propagates.
+    """
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from .faces.canvas import make_canvas
+    from .sampling import denoise, make_scheduler
+    from .vae import decode, encode_canvas
+
+    settings.validate()
+    settings.check_model(bundle.transformer.config)
+    _check_faces(faces)
+    device, dtype = bundle.device, bundle.dtype
+    guided = settings.cfg > 1.0
+    prompt_embeds = prompt_embeddings(bundle, prompt)
+    negative_embeds = prompt_embeddings(bundle, negative_prompt) if guided else None
+    scheduler = make_scheduler(settings.scheduler, bundle.scheduler_config)
+
+    generator = torch.Generator(device).manual_seed(settings.seed)
+    canvas = make_canvas([face.crop for face in faces])
+    image_latents = encode_canvas(bundle.vae, canvas, settings.height, settings.width,
+                                  settings.frames, generator, dtype)
+    noise = randn_tensor(tuple(image_latents.shape), generator=generator, device=device, dtype=dtype)
+    latents = noise * scheduler.init_noise_sigma
+
+    with torch.no_grad():
+        id_tokens = bundle.transformer.project_ids(list(faces))
+    latents = denoise(
+        bundle.transformer, scheduler, latents, image_latents, prompt_embeds, negative_embeds,
+        id_tokens, steps=settings.steps, cfg=settings.cfg, dynamic_cfg=settings.dynamic_cfg,
+        generator=generator, callback=callback,
+        routing=_routing_options(routing, settings.local_face_scale),
+        height=settings.height, width=settings.width,
+    )
+    frames = decode(bundle.vae, latents, tiling=settings.vae_tiling, slicing=settings.vae_slicing)
+    return GenerationResult(frames=frames, canvas=canvas, latents=latents, settings=settings)
