@@ -1,0 +1,125 @@
+"""Routing control: region masks, per-ID strength, step ranges, routing maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ingredients_core.checkpoint import load_transformer
+from ingredients_core.routing import RoutingError, RoutingOptions, RoutingPlan, RoutingRecorder, resize_mask
+from ingredients_core.sampling import rotary_embeddings
+
+GRID = (3, 4, 6)  # tiny model at 9 x 64 x 96: 3 latent frames, 4 x 6 tokens
+
+
+@pytest.fixture(scope="module")
+def model(tiny_transformer_dir):
+    return load_transformer(tiny_transformer_dir, dtype=torch.float32)
+
+
+def _faces(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(1, 1280, generator=g), [torch.randn(1, 9, 1024, generator=g) for _ in range(5)])
+            for _ in range(n)]
+
+
+def _forward(model, faces, options, recorder=None, step=(0, 1)):
+    g = torch.Generator().manual_seed(5)
+    x, text = torch.randn(2, 3, 32, 8, 12, generator=g), torch.randn(2, 226, 32, generator=g)
+    ids = model.prepare_ids(model.project_ids(faces))
+    plan = RoutingPlan(options, ids.num_ids, GRID, 1.0, torch.device("cpu"), recorder)
+    with torch.no_grad():
+        return model(x, text, torch.tensor([500, 500]), rotary_embeddings(model.config, 64, 96, 3, "cpu"),
+                     ids=ids, routing=plan.step(*step))
+
+
+def _halves():
+    left, right = torch.zeros(64, 96), torch.zeros(64, 96)
+    left[:, :48], right[:, 48:64] = 1, 1  # right mask covers only part of the right half
+    return left, right
+
+
+def test_hard_masks_give_routing_maps_equal_to_masks(model):
+    left, right = _halves()
+    recorder = RoutingRecorder()
+    _forward(model, _faces(2), RoutingOptions(masks=[left, right], mask_mode="hard"), recorder)
+    maps = recorder.maps("last")  # (F, rows, cols, P)
+    assert maps.shape == (3, 4, 6, 2)
+    expected = torch.stack([resize_mask(m, GRID, "m") for m in (left, right)], -1).round()
+    torch.testing.assert_close(maps, expected)
+    assert maps[..., :, 4:, :].sum() == 0  # outside all masks: nobody
+
+
+def test_soft_masks_move_assignment_toward_masks(model):
+    left, right = _halves()
+    free, steered = RoutingRecorder(), RoutingRecorder()
+    _forward(model, _faces(2), RoutingOptions(), free)
+    _forward(model, _faces(2), RoutingOptions(masks=[left, None], mask_strength=3.0), steered)
+    inside = resize_mask(left, GRID, "m") > 0.5
+    before, after = free.maps()[..., 0][inside], steered.maps()[..., 0][inside]
+    assert bool((after > before).all())
+    # in the first routed layer (same hidden states in both runs) tokens outside the mask are untouched
+    first_free, first_steered = free.maps(layer=0)[..., 0], steered.maps(layer=0)[..., 0]
+    torch.testing.assert_close(first_free[~inside], first_steered[~inside])
+
+
+def test_strength_zero_equals_not_injecting(model):
+    faces = _faces(2)
+    muted = _forward(model, faces, RoutingOptions(strengths=[1.0, 0.0]))
+    alone = _forward(model, faces[:1], RoutingOptions())
+    torch.testing.assert_close(muted, alone, rtol=1e-5, atol=1e-5)
+    nobody = _forward(model, faces, RoutingOptions(strengths=[0.0, 0.0]))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(5)
+        x, text = torch.randn(2, 3, 32, 8, 12, generator=g), torch.randn(2, 226, 32, generator=g)
+        plain = model(x, text, torch.tensor([500, 500]), rotary_embeddings(model.config, 64, 96, 3, "cpu"))
+    torch.testing.assert_close(nobody, plain)
+
+
+def test_step_range_switches_an_id_off(model):
+    faces = _faces(2)
+    options = RoutingOptions(step_ranges=[(0.0, 1.0), (0.5, 1.0)])
+    early = _forward(model, faces, options, step=(0, 10))
+    alone = _forward(model, faces[:1], RoutingOptions())
+    torch.testing.assert_close(early, alone, rtol=1e-5, atol=1e-5)
+    late = _forward(model, faces, options, step=(7, 10))
+    both = _forward(model, faces, RoutingOptions())
+    torch.testing.assert_close(late, both)
+
+
+def test_per_id_strength_scales_contribution(model):
+    faces = _faces(1)
+    plain = _forward(model, faces, RoutingOptions(strengths=[0.0]))
+    half = _forward(model, faces, RoutingOptions(strengths=[0.5]))
+    full = _forward(model, faces, RoutingOptions())
+    assert not torch.allclose(half, plain) and not torch.allclose(half, full)
+
+
+def test_one_id_works(model):
+    recorder = RoutingRecorder()
+    out = _forward(model, _faces(1), RoutingOptions(), recorder)
+    assert out.shape == (2, 3, 16, 8, 12)
+    torch.testing.assert_close(recorder.maps(), torch.ones(3, 4, 6, 1))
+
+
+def test_mask_resizing():
+    mask = torch.zeros(480, 720)
+    mask[:240] = 1
+    grid = resize_mask(mask, (13, 30, 45), "m")
+    assert grid.shape == (13, 30, 45)
+    assert grid[:, :15].min() == 1 and grid[:, 15:].max() == 0
+    per_frame = torch.zeros(49, 10, 10)
+    per_frame[1:5] = 1  # video frames 1..4 form latent frame 1
+    grid = resize_mask(per_frame, (13, 2, 2), "m")
+    assert grid[1].min() == 1 and grid[0].max() == 0 and grid[2:].max() == 0
+
+
+def test_bad_masks_and_counts():
+    with pytest.raises(RoutingError, match="mask of ID 2: 7 mask frames"):
+        RoutingPlan(RoutingOptions(masks=[None, torch.ones(7, 8, 8)]), 2, GRID, 1.0, torch.device("cpu"))
+    with pytest.raises(RoutingError, match="masks: got 1 entries for 2 IDs"):
+        RoutingOptions(masks=[torch.ones(8, 8)]).check(2)
+    with pytest.raises(RoutingError, match="1 to 4 people; got 5"):
+        RoutingOptions().check(5)
+    with pytest.raises(RoutingError, match="step range of ID 1"):
+        RoutingOptions(step_ranges=[(0.8, 0.2)]).check(1)
