@@ -19,7 +19,7 @@ def model(tiny_transformer_dir):
 
 def _faces(n, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(1, 1280, generator=g), [torch.randn(1, 9, 1024, generator=g) for _ in range(5)])
+    return [(torch.randn(1, 1280, generator=g), [torch.randn(1, 9, 64, generator=g) for _ in range(5)])
             for _ in range(n)]
 
 

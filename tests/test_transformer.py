@@ -14,7 +14,7 @@ from ingredients_core.sampling import rotary_embeddings
 
 def _faces(n, seed=0, scales=5):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(1, 1280, generator=g), [torch.randn(1, 17, 1024, generator=g) for _ in range(scales)])
+    return [(torch.randn(1, 1280, generator=g), [torch.randn(1, 17, 64, generator=g) for _ in range(scales)])
             for _ in range(n)]
 
 

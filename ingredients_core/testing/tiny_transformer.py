@@ -1,7 +1,8 @@
 """A tiny Ingredients transformer in the official ``transformer/`` layout, for offline tests.
 
 Same key names as the released checkpoint; 2 layers of 3 heads x 32, routed every layer, ID modules
-derived from the width (ID tokens 32 x 64), sized for the tiny face models' feature widths.
+derived from the width (ID tokens 32 x 64), sized for the tiny face models' feature widths
+(:mod:`ingredients_core.testing.tiny_faces`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from ..config import IDModuleConfig, TransformerConfig
+from .tiny_faces import TINY_EVA_EMBED_DIM, TINY_EVA_WIDTH
 from .weights import deterministic_state_dict, write_transformer_folder
 
 TINY_TEXT_DIM = 32
@@ -26,7 +28,8 @@ def tiny_config(**overrides: Any) -> TransformerConfig:
         sample_frames=9, max_text_seq_length=226)
     values.update(overrides)
     width = values["num_attention_heads"] * values["attention_head_dim"]
-    ids = dict(extractor_depth=5, heads=4, id_cond_dim=1280, vit_dim=1024)
+    # the tiny face models give id_cond of 512 + TINY_EVA_EMBED_DIM and hidden states TINY_EVA_WIDTH wide
+    ids = dict(extractor_depth=5, heads=4, id_cond_dim=512 + TINY_EVA_EMBED_DIM, vit_dim=TINY_EVA_WIDTH)
     ids.update(ids_overrides)
     return TransformerConfig(**values, ids=IDModuleConfig.for_width(width, **ids))
 
