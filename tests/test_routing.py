@@ -123,3 +123,20 @@ def test_bad_masks_and_counts():
         RoutingOptions().check(5)
     with pytest.raises(RoutingError, match="step range of ID 1"):
         RoutingOptions(step_ranges=[(0.8, 0.2)]).check(1)
+
+
+def test_render_routing_maps():
+    from ingredients_core.routing_maps import ID_COLORS, render
+
+    maps = torch.zeros(3, 4, 6, 2)
+    maps[..., :3, 0] = 1   # ID 1 on the left half
+    maps[..., 3:, 1] = 1   # ID 2 on the right half
+    video = torch.zeros(9, 64, 96, 3)
+    over = render(maps, frames=video, alpha=1.0)
+    assert over.shape == (9, 64, 96, 3)
+    torch.testing.assert_close(over[4, 10, 5], torch.tensor(ID_COLORS[0]))
+    torch.testing.assert_close(over[8, 10, 90], torch.tensor(ID_COLORS[1]))
+    grey = render(torch.zeros(3, 4, 6, 2), size=(64, 96), num_frames=9)
+    assert grey.shape == (9, 64, 96, 3) and 0.3 < float(grey.mean()) < 0.55
+    with pytest.raises(ValueError, match="size and a frame count"):
+        render(maps)
