@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .text import MAX_SEQUENCE_LENGTH
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from .faces import FaceFeatures
+    from .faces.features import FaceFeatures
     from .routing import RoutingOptions
     from .sampling import StepInfo
 
@@ -67,7 +68,7 @@ class GenerationSettings:
     seed: int = 42
     scheduler: str = "dpm"
     dynamic_cfg: bool = False
-    local_face_scale: Optional[float] = None
+    local_face_scale: float | None = None
     dtype: str = "auto"
     device: str = "auto"
     fps: int = 8
@@ -114,10 +115,10 @@ class GenerationSettings:
                 f"Use height={height}, width={width}, frames={config.sample_frames}."
             )
 
-    def replace(self, **changes: Any) -> "GenerationSettings":
+    def replace(self, **changes: Any) -> GenerationSettings:
         return dataclasses.replace(self, **changes)
 
-    def sized_for(self, config) -> "GenerationSettings":
+    def sized_for(self, config) -> GenerationSettings:
         """These settings at the size a checkpoint with learned positional embeddings requires
         (480 x 720, 49 frames for the official model); unchanged for other checkpoints."""
         if not getattr(config, "use_learned_positional_embeddings", False):
@@ -126,7 +127,7 @@ class GenerationSettings:
                             frames=config.sample_frames)
 
 
-def resolve_device(name: str) -> "torch.device":
+def resolve_device(name: str) -> torch.device:
     """"auto" -> CUDA when available, else the CPU; anything else as torch understands it."""
     import torch
 
@@ -135,7 +136,7 @@ def resolve_device(name: str) -> "torch.device":
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """"auto" -> bfloat16 on CUDA (the official dtype), float32 elsewhere."""
     import torch
 
@@ -156,9 +157,9 @@ class ModelBundle:
     tokenizer: Any
     text_encoder: Any
     scheduler_config: dict
-    device: "torch.device"
-    dtype: "torch.dtype"
-    folder: Optional[Path] = None
+    device: torch.device
+    dtype: torch.dtype
+    folder: Path | None = None
 
 
 def check_model_folder(folder: str | Path, need_text: bool = True) -> Path:
@@ -218,13 +219,13 @@ class GenerationResult:
     """frames (T, H, W, 3) float32 in [0, 1] on the CPU; canvas (480, 720, 3) uint8 RGB (the I2V
     conditioning image); latents (1, F_lat, 16, h, w) the denoised latents."""
 
-    frames: "torch.Tensor"
-    canvas: "np.ndarray"
-    latents: "torch.Tensor"
+    frames: torch.Tensor
+    canvas: np.ndarray
+    latents: torch.Tensor
     settings: GenerationSettings
 
 
-def prompt_embeddings(bundle: ModelBundle, prompt: "str | torch.Tensor") -> "torch.Tensor":
+def prompt_embeddings(bundle: ModelBundle, prompt: str | torch.Tensor) -> torch.Tensor:
     """(1, 226, D) embeddings for a prompt string, or validated precomputed embeddings."""
     from .text import check_prompt_embeds, encode_prompts
 
@@ -241,14 +242,14 @@ def prompt_embeddings(bundle: ModelBundle, prompt: "str | torch.Tensor") -> "tor
     return embeds.to(device=bundle.device, dtype=bundle.dtype)
 
 
-def _routing_options(routing: "Optional[RoutingOptions]", scale: Optional[float]):
+def _routing_options(routing: RoutingOptions | None, scale: float | None):
     from .routing import RoutingOptions
 
     routing = routing or RoutingOptions()
     return routing if scale is None else dataclasses.replace(routing, scale=scale)
 
 
-def _check_faces(faces: Sequence["FaceFeatures"]) -> None:
+def _check_faces(faces: Sequence[FaceFeatures]) -> None:
     if not 1 <= len(faces) <= MAX_IDS:
         raise ValueError(f"Ingredients takes the faces of 1 to {MAX_IDS} people; got {len(faces)}")
     for i, face in enumerate(faces):
@@ -259,12 +260,12 @@ def _check_faces(faces: Sequence["FaceFeatures"]) -> None:
 
 def generate(
     bundle: ModelBundle,
-    faces: Sequence["FaceFeatures"],
-    prompt: "str | torch.Tensor",
-    negative_prompt: "str | torch.Tensor" = "",
-    settings: GenerationSettings = GenerationSettings(),
-    callback: "Optional[Callable[[StepInfo], None]]" = None,
-    routing: "Optional[RoutingOptions]" = None,
+    faces: Sequence[FaceFeatures],
+    prompt: str | torch.Tensor,
+    negative_prompt: str | torch.Tensor = "",
+    settings: GenerationSettings | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+    routing: RoutingOptions | None = None,
 ) -> GenerationResult:
     """Generate one video of the given people (ID order = canvas slot order).
 
@@ -278,6 +279,7 @@ def generate(
     from .sampling import denoise, make_scheduler
     from .vae import decode, encode_canvas
 
+    settings = settings or GenerationSettings()
     settings.validate()
     settings.check_model(bundle.transformer.config)
     _check_faces(faces)

@@ -12,8 +12,9 @@ Torch and transformers are imported inside the functions so that importing this 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +44,7 @@ def load_tokenizer(model_dir: str | Path):
     return T5Tokenizer.from_pretrained(str(path), local_files_only=True)
 
 
-def load_text_encoder(model_dir: str | Path, dtype: "torch.dtype", device: "torch.device | str"):
+def load_text_encoder(model_dir: str | Path, dtype: torch.dtype, device: torch.device | str):
     """Load the T5 encoder from ``model_dir/text_encoder`` in ``dtype`` on ``device``, in eval mode."""
     from transformers import T5EncoderModel
 
@@ -90,10 +91,10 @@ def encode_prompts(
     tokenizer,
     encoder,
     prompts: Sequence[str],
-    device: "torch.device | str",
-    dtype: "torch.dtype",
+    device: torch.device | str,
+    dtype: torch.dtype,
     max_length: int = MAX_SEQUENCE_LENGTH,
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """Encode prompts to T5 hidden states of shape (N, 226, D) in ``dtype`` on ``device``.
 
     No attention mask is given to the encoder: padding tokens are attended to, exactly as in the
@@ -109,10 +110,10 @@ def encode_prompts(
 
 
 def check_prompt_embeds(
-    embeds: "torch.Tensor",
+    embeds: torch.Tensor,
     embed_dim: int | None = None,
     name: str = "prompt embeddings",
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """Validate precomputed prompt embeddings: shape (1, 226, D) (D = ``embed_dim`` when given).
 
     A 2-D tensor (226, D) is accepted and given the batch axis. Raises ``ValueError`` saying what

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,7 +27,7 @@ VAE_SUBFOLDER = "vae"
 LATENT_CHANNELS = 16
 
 
-def load_vae(model_dir: str | Path, dtype: "torch.dtype", device: "torch.device | str"):
+def load_vae(model_dir: str | Path, dtype: torch.dtype, device: torch.device | str):
     """Load ``AutoencoderKLCogVideoX`` from ``model_dir/vae`` (local files only), in eval mode."""
     from diffusers import AutoencoderKLCogVideoX
 
@@ -71,7 +72,7 @@ def vae_modes(vae, tiling: bool, slicing: bool) -> Iterator[None]:
         apply(*previous)
 
 
-def _canvas_pixels(vae, canvas: "np.ndarray", height: int, width: int) -> "torch.Tensor":
+def _canvas_pixels(vae, canvas: np.ndarray, height: int, width: int) -> torch.Tensor:
     """(1, 3, H, W) float in [-1, 1]: the official ``VideoProcessor.preprocess`` of the canvas."""
     import numpy as np
     from diffusers.video_processor import VideoProcessor
@@ -89,13 +90,13 @@ def _canvas_pixels(vae, canvas: "np.ndarray", height: int, width: int) -> "torch
 
 def encode_canvas(
     vae,
-    canvas: "np.ndarray",
+    canvas: np.ndarray,
     height: int,
     width: int,
     num_frames: int,
-    generator: "torch.Generator | None",
-    dtype: "torch.dtype",
-) -> "torch.Tensor":
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """Image latents (1, F_lat, 16, h, w): the encoded canvas as frame 0, zeros after it.
 
     Draws one latent sample from ``generator`` (the first use of the run's generator in the
@@ -116,7 +117,7 @@ def encode_canvas(
     return torch.cat([first, padding], dim=1)
 
 
-def decode(vae, latents: "torch.Tensor", tiling: bool, slicing: bool) -> "torch.Tensor":
+def decode(vae, latents: torch.Tensor, tiling: bool, slicing: bool) -> torch.Tensor:
     """Decode latents (B, F, C, h, w) to frames (B*T, H, W, 3), float32 in [0, 1] on the CPU."""
     import torch
 

@@ -14,8 +14,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ingredients_core.testing.tiny_text_vae import (
     TINY_TEXT_DIM,
