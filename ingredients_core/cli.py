@@ -1,0 +1,255 @@
+"""Command line: the same generation as the ComfyUI nodes, without ComfyUI.
+
+    python -m ingredients_core generate --model DIR --face A.jpg --face B.jpg --prompt TEXT --out out.mp4
+    python -m ingredients_core demo --out DIR
+
+Exit codes: 0 done; 1 a problem with the inputs or the model folder (the message says which);
+2 bad command-line usage; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .pipeline import DTYPE_NAMES, SCHEDULER_NAMES, GenerationSettings
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+FACE_CHOICES = ("best", "largest", "index")
+
+
+class InputError(ValueError):
+    """A command-line value that cannot work (the message says what to give instead)."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {text}")
+    return value
+
+
+def _add_generate(commands) -> None:
+    defaults = GenerationSettings()
+    gen = commands.add_parser(
+        "generate", help="generate a video of 1 to 4 people from face photos and a prompt",
+        description="Generate a video keeping the identity of each person in the face photos.")
+    gen.add_argument("--model", required=True, type=Path,
+                     help="Ingredients model folder (transformer/, vae/, text_encoder/, tokenizer/, "
+                          "scheduler/, face_encoder/)")
+    gen.add_argument("--face", required=True, action="append", nargs="+", type=Path,
+                     metavar="PHOTO", help="photo(s) of one person; repeat --face per person (1 to 4), "
+                                           "in canvas order (left to right)")
+    gen.add_argument("--prompt", required=True, help="what happens in the video")
+    gen.add_argument("--out", required=True, type=Path, help="output .mp4 file")
+    gen.add_argument("--negative", default="", help="negative prompt (default: empty, as officially)")
+    gen.add_argument("--steps", type=_positive_int, default=defaults.steps)
+    gen.add_argument("--cfg", type=_non_negative_float, default=defaults.cfg,
+                     help="classifier-free guidance scale (1 or less: no guidance)")
+    gen.add_argument("--dynamic-cfg", action="store_true", help="the official dynamic CFG schedule")
+    gen.add_argument("--seed", type=_seed, default=defaults.seed)
+    gen.add_argument("--height", type=_positive_int, help="default: the checkpoint's size (480)")
+    gen.add_argument("--width", type=_positive_int, help="default: the checkpoint's size (720)")
+    gen.add_argument("--frames", type=_positive_int, help="4k+1; default: the checkpoint's (49)")
+    gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=defaults.scheduler)
+    gen.add_argument("--id-scale", type=_non_negative_float, default=None,
+                     help="strength of the identity features (default: the checkpoint's, 1.0)")
+    gen.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
+                     help="auto: bfloat16 on CUDA, float32 on the CPU")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    gen.add_argument("--fps", type=_positive_int, default=defaults.fps)
+    gen.add_argument("--face-choice", choices=FACE_CHOICES, default="best",
+                     help="which face of a photo: best (official), largest, or index")
+    gen.add_argument("--face-index", type=int, default=None,
+                     help="with --face-choice index: 0-based face number from the left")
+    gen.add_argument("--face-models", type=Path, action="append", default=None, metavar="DIR",
+                     help="extra folder(s) to search for the face models (default: MODEL/face_encoder)")
+    gen.add_argument("--no-vae-tiling", action="store_true", help="decode without tiling (more memory)")
+    gen.add_argument("--vae-slicing", action="store_true")
+    gen.add_argument("--save-canvas", type=Path, default=None, help="also write the face canvas PNG")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ingredients_core",
+        description="Ingredients (arXiv 2501.01790): multi-ID identity-preserving video generation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate(commands)
+    demo = commands.add_parser(
+        "demo", help="offline end-to-end run on tiny random models (proves the setup, makes noise)",
+        description="Make tiny random-weight models and run the whole generation on two face photos "
+                    "shipped with insightface. The video is noise: this only proves the code path.")
+    demo.add_argument("--out", required=True, type=Path, help="output folder")
+    demo.add_argument("--steps", type=_positive_int, default=10)
+    demo.add_argument("--seed", type=_seed, default=42)
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Domain checks before anything heavy loads: files exist, output is an .mp4, sizes are usable."""
+    from .pipeline import check_model_folder
+
+    settings_from_args(args, None).validate()
+    check_model_folder(args.model)
+    for person, photos in enumerate(args.face, start=1):
+        for photo in photos:
+            if not photo.is_file():
+                raise FileNotFoundError(f"face photo of person {person} not found: {photo}")
+    if len(args.face) > 4:
+        raise InputError(f"Ingredients takes 1 to 4 people; got {len(args.face)} --face options")
+    if args.out.suffix.lower() != ".mp4":
+        raise InputError(f"--out must name an .mp4 file; got {args.out}")
+    if args.face_choice == "index" and args.face_index is None:
+        raise InputError("--face-choice index needs --face-index N (0-based, counted from the left)")
+
+
+def settings_from_args(args: argparse.Namespace, model_config) -> GenerationSettings:
+    """Settings from the command line; sizes not given come from the checkpoint."""
+    base = GenerationSettings(
+        steps=args.steps, cfg=args.cfg, seed=args.seed, scheduler=args.scheduler,
+        dynamic_cfg=args.dynamic_cfg, local_face_scale=args.id_scale, dtype=args.dtype,
+        device=args.device, fps=args.fps, vae_tiling=not args.no_vae_tiling,
+        vae_slicing=args.vae_slicing).sized_for(model_config)
+    sizes = {k: getattr(args, k) for k in ("height", "width", "frames") if getattr(args, k)}
+    return base.replace(**sizes)
+
+
+def load_photo(path: Path):
+    """RGB uint8 array of a photo, EXIF orientation applied (as diffusers' ``load_image``)."""
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise InputError(f"cannot read face photo {path}: {error}") from error
+
+
+def encode_faces(face_dirs: Sequence[Path], people: Sequence[Sequence[Path]], device: torch.device,
+                 dtype: torch.dtype, choice: str = "best", index: int | None = None) -> list:
+    """FaceFeatures per person (several photos of one person are merged)."""
+    from .faces.encoder import FaceEncoder
+    from .faces.paths import find_face_models
+
+    encoder = FaceEncoder.load(find_face_models(face_dirs), device=device, dtype=dtype)
+    return [encoder.encode_person([load_photo(p) for p in photos], choice, index,
+                                  source=f"person {n} ({', '.join(p.name for p in photos)})")
+            for n, photos in enumerate(people, start=1)]
+
+
+def progress_callback(total: int, quiet: bool):
+    """(callback, close) for a tqdm bar over sampling steps on stderr, opened at the first step."""
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def callback(info) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="sampling", unit="step", disable=quiet,
+                             file=sys.stderr))
+        bars[0].update(info.step + 1 - bars[0].n)
+
+    def close() -> None:
+        for bar in bars:
+            bar.close()
+
+    return callback, close
+
+
+def _quiet_third_party() -> None:
+    """No per-file progress bars from transformers/diffusers while loading (CLI process only)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+
+
+def run_generate(args: argparse.Namespace, started: float) -> int:
+    from PIL import Image
+
+    from .pipeline import generate, load_bundle, resolve_device, resolve_dtype
+    from .video import write_mp4
+
+    check_inputs(args)
+    bundle = load_bundle(args.model, device=args.device, dtype=args.dtype)
+    settings = settings_from_args(args, bundle.transformer.config)
+    settings.validate()
+    settings.check_model(bundle.transformer.config)
+    face_dirs = [args.model / "face_encoder", *(args.face_models or [])]
+    device = resolve_device(args.device)
+    faces = encode_faces(face_dirs, args.face, device, resolve_dtype(args.dtype, device),
+                         args.face_choice, args.face_index)
+    callback, close = progress_callback(settings.steps, args.quiet)
+    try:
+        result = generate(bundle, faces, args.prompt, args.negative, settings, callback)
+    finally:
+        close()
+    write_mp4(result.frames, args.out, settings.fps)
+    if args.save_canvas:
+        Image.fromarray(result.canvas).save(args.save_canvas)
+    frames, height, width = result.frames.shape[:3]
+    sys.stdout.write(f"Wrote {args.out} ({frames} frames, {width}x{height}, {settings.fps} fps, "
+                     f"seed {settings.seed}) in {time.perf_counter() - started:.1f} s\n")
+    return EXIT_OK
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or a bad model folder (shown without a traceback)."""
+    from .checkpoint import CheckpointError
+    from .faces.errors import FaceError
+    from .pipeline import SettingsError
+    from .routing import RoutingError
+
+    return (FileNotFoundError, NotADirectoryError, CheckpointError, FaceError, RoutingError,
+            SettingsError, InputError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _quiet_third_party()
+        if args.command == "demo":
+            from .demo import run_demo_command
+
+            return run_demo_command(args, started)
+        return run_generate(args, started)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return EXIT_INTERRUPTED
+    except _user_errors() as error:
+        if args.verbose:
+            logger.exception("failed")
+        sys.stderr.write(f"error: {error}\n")
+        return EXIT_ERROR
