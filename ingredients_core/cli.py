@@ -194,23 +194,33 @@ def _quiet_third_party() -> None:
 
 
 def run_generate(args: argparse.Namespace, started: float) -> int:
+    """Text, then faces, then the transformer: one large model on the device at a time."""
     from PIL import Image
 
-    from .pipeline import generate, load_bundle, resolve_device, resolve_dtype
+    from .pipeline import (
+        encode_texts_once,
+        generate,
+        load_bundle,
+        read_transformer_config,
+        resolve_device,
+        resolve_dtype,
+    )
     from .video import write_mp4
 
     check_inputs(args)
-    bundle = load_bundle(args.model, device=args.device, dtype=args.dtype)
-    settings = settings_from_args(args, bundle.transformer.config)
-    settings.validate()
-    settings.check_model(bundle.transformer.config)
-    face_dirs = [args.model / "face_encoder", *(args.face_models or [])]
+    config = read_transformer_config(args.model)
+    if config is not None:  # fail on a size the checkpoint cannot take before loading anything
+        settings_from_args(args, config).check_model(config)
     device = resolve_device(args.device)
-    faces = encode_faces(face_dirs, args.face, device, resolve_dtype(args.dtype, device),
-                         args.face_choice, args.face_index)
+    dtype = resolve_dtype(args.dtype, device)
+    prompt, negative = encode_texts_once(args.model, [args.prompt, args.negative], device, dtype)
+    face_dirs = [args.model / "face_encoder", *(args.face_models or [])]
+    faces = encode_faces(face_dirs, args.face, device, dtype, args.face_choice, args.face_index)
+    bundle = load_bundle(args.model, device=args.device, dtype=args.dtype, load_text=False)
+    settings = settings_from_args(args, bundle.transformer.config)
     callback, close = progress_callback(settings.steps, args.quiet)
     try:
-        result = generate(bundle, faces, args.prompt, args.negative, settings, callback)
+        result = generate(bundle, faces, prompt, negative, settings, callback)
     finally:
         close()
     write_mp4(result.frames, args.out, settings.fps)

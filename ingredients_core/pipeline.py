@@ -214,6 +214,42 @@ def load_bundle(folder: str | Path, device: str = "auto", dtype: str = "auto",
     )
 
 
+def read_transformer_config(folder: str | Path):
+    """The transformer config of a model folder from its config.json (no weights read), or None."""
+    import json
+
+    from .checkpoint import resolve
+    from .config import TransformerConfig
+
+    files = resolve(folder)
+    if files.config is None:
+        return None
+    return TransformerConfig.from_dict(json.loads(files.config.read_text()))
+
+
+def encode_texts_once(folder: str | Path, texts: Sequence[str], device: torch.device,
+                      dtype: torch.dtype) -> list[torch.Tensor]:
+    """Load T5, encode each text to (1, 226, D) (one at a time, as officially), free T5.
+
+    For single runs: the 9.5 GB T5-XXL then never shares device memory with the transformer.
+    """
+    import gc
+
+    import torch
+
+    from .text import encode_prompts, load_text_encoder, load_tokenizer
+
+    tokenizer = load_tokenizer(folder)
+    encoder = load_text_encoder(folder, dtype, device)
+    try:
+        return [encode_prompts(tokenizer, encoder, [text], device, dtype) for text in texts]
+    finally:
+        del encoder
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 @dataclass
 class GenerationResult:
     """frames (T, H, W, 3) float32 in [0, 1] on the CPU; canvas (480, 720, 3) uint8 RGB (the I2V

@@ -140,6 +140,6 @@ def test_ctrl_c_exits_130(tiny_dir, photos, tmp_path, capsys, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "generate", interrupt)
+    monkeypatch.setattr(pipeline, "encode_texts_once", interrupt)
     assert cli.main(_args(tiny_dir, photos, tmp_path / "x.mp4")) == cli.EXIT_INTERRUPTED
     assert "interrupted" in capsys.readouterr().err
