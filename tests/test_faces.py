@@ -189,6 +189,7 @@ def test_pil_images_of_any_mode_become_rgb():
         (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
         (np.full((4, 4, 3), 200.0, np.float32), r"\[0, 1\]"),
         (np.zeros((4, 4, 3), np.int32), "unsupported pixel type"),
+        (np.zeros((2, 4, 4, 3), np.float32), "batch of 2 images"),
         ("face.png", "expected an image"),
     ],
 )

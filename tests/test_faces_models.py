@@ -28,6 +28,16 @@ from ingredients_core.testing.tiny_faces import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny models are too small to gain from threads; on a busy CI machine several threads
+    per process slow them down many times over. Restored after this module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def face_dir(tmp_path_factory):
     return write_tiny_face_models(tmp_path_factory.mktemp("face_encoder"))
@@ -223,16 +233,31 @@ def _encode_one(encoder, photo, face, **kwargs):
     return encoder.encode(photo, detections=[face], **kwargs)
 
 
-def test_arcface_input_is_the_official_blob(encoder, monkeypatch):
+# One photo larger than 1024 px (so the working image is resized), encoded once for several tests.
+BIG_PHOTO = _photo(1200, 1600, seed=1)  # long edge 1600 -> working image 768 x 1024
+BIG_FACE = _face(900, 500, 400)
+
+
+@pytest.fixture(scope="module")
+def big_case(encoder):
+    """``(features, arcface feeds)`` of BIG_PHOTO / BIG_FACE, with ArcFace's inputs recorded."""
     recorder = _RecordingSession(encoder.arcface.session)
-    monkeypatch.setattr(encoder.arcface, "session", recorder)
-    features = _encode_one(encoder, _photo(300, 400), _face(200, 150, 180))
+    encoder.arcface.session = recorder
+    try:
+        features = _encode_one(encoder, BIG_PHOTO, BIG_FACE, source="Ann")
+    finally:
+        encoder.arcface.session = recorder.session
+    return features, recorder.feeds
+
+
+def test_arcface_input_is_the_official_blob(encoder, big_case):
+    features, feeds = big_case
     crop_bgr = features.crop[:, :, ::-1]
     # get_feat -> cv2.dnn.blobFromImages(crop, 1/127.5, (112, 112), (127.5,)*3, swapRB=True):
     # bilinear resize of the uint8 crop, BGR -> RGB, minus 127.5, times 1/127.5, NCHW.
     resized = cv2.resize(crop_bgr, (112, 112), interpolation=cv2.INTER_LINEAR)
     expected = ((resized[:, :, ::-1].astype(np.float32) - 127.5) * np.float32(1 / 127.5)).transpose(2, 0, 1)[None]
-    (feed,) = recorder.feeds
+    (feed,) = feeds
     np.testing.assert_allclose(feed["input.1"], expected, rtol=0, atol=1e-6)
     output = encoder.arcface.session.run(None, {"input.1": feed["input.1"]})[0]
     np.testing.assert_array_equal(features.id_cond[:, :512].numpy(), output)
@@ -256,11 +281,8 @@ def test_eva_input_is_the_official_tensor(encoder):
 # --------------------------------------------------------------------------- encoding end to end
 
 
-def test_encode_gives_official_features_in_source_coordinates(encoder, monkeypatch):
-    photo = _photo(1200, 1600, seed=1)  # long edge 1600 -> working image 768 x 1024
-    face = _face(900, 500, 400)
-    features = _encode_one(encoder, photo, face, source="Ann")
-
+def test_encode_gives_official_features_in_source_coordinates(encoder, big_case, monkeypatch):
+    features, face = big_case[0], BIG_FACE
     assert features.id_cond.shape == (1, 512 + TINY_EVA_EMBED_DIM) and features.id_cond.dtype == torch.float32
     assert features.id_cond.device.type == "cpu"
     assert [tuple(h.shape) for h in features.vit_hidden] == [(1, 577, TINY_EVA_WIDTH)] * 5
@@ -270,7 +292,7 @@ def test_encode_gives_official_features_in_source_coordinates(encoder, monkeypat
     assert features.score == face.score and features.source == "Ann" and features.photos == 1
 
     # The official chain on the working image: facexlib crop, ArcFace get_feat, EVA on the crop.
-    work_rgb = cv2.resize(photo, (1024, 768), interpolation=cv2.INTER_LANCZOS4)
+    work_rgb = cv2.resize(BIG_PHOTO, (1024, 768), interpolation=cv2.INTER_LANCZOS4)
     work_bgr = cv2.cvtColor(work_rgb, cv2.COLOR_RGB2BGR)
     helper = _facexlib_helper(monkeypatch)
     helper.read_image(work_bgr)
@@ -287,19 +309,31 @@ def test_encode_gives_official_features_in_source_coordinates(encoder, monkeypat
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_comfyui_float_input_gives_identical_features(encoder):
-    photo, face = _photo(300, 400, seed=2), _face(200, 150, 180)
-    from_uint8 = _encode_one(encoder, photo, face)
-    from_float = _encode_one(encoder, torch.from_numpy(photo.astype(np.float32) / 255.0)[None], face)
-    assert torch.equal(from_uint8.id_cond, from_float.id_cond)
-    np.testing.assert_array_equal(from_uint8.crop, from_float.crop)
+def test_bfloat16_tower_gives_float32_features_that_cast_back_losslessly(encoder, face_dir):
+    bf16 = FaceEncoder(
+        detector=encoder.detector,
+        arcface=encoder.arcface,
+        eva=load_eva_clip(face_dir / "EVA02_CLIP_L_336_psz14_s6B.pt", dtype=torch.bfloat16),
+        device=torch.device("cpu"),
+    )
+    features = _encode_one(bf16, _photo(300, 400), _face(200, 150, 180))
+    assert features.id_cond.dtype == torch.float32
+    eva_part = features.id_cond[:, 512:]
+    assert torch.equal(eva_part.bfloat16().float(), eva_part)
+    assert all(torch.equal(h.bfloat16().float(), h) for h in features.vit_hidden)
+
+
+def test_comfyui_float_input_gives_identical_features(encoder, big_case):
+    comfy_image = torch.from_numpy(BIG_PHOTO.astype(np.float32) / 255.0)[None]  # (1, H, W, 3) in [0, 1]
+    from_float = _encode_one(encoder, comfy_image, BIG_FACE)
+    assert torch.equal(from_float.id_cond, big_case[0].id_cond)
+    np.testing.assert_array_equal(from_float.crop, big_case[0].crop)
 
 
 def test_face_choice_with_injected_detections(encoder):
     photo = _photo(300, 600, seed=4)
     left, right = _face(150, 150, 100, 0.98), _face(450, 150, 160, 0.99)
     dets = [right, left]  # detector order: highest score first
-    assert encoder.encode(photo, detections=dets).box == right.box
     assert encoder.encode(photo, "index", 0, detections=dets).box == left.box
     with pytest.raises(FaceError, match="out of range"):
         encoder.encode(photo, "index", 2, detections=dets)
@@ -312,14 +346,15 @@ def test_small_faces_are_refused_unless_allowed(encoder):
     assert _encode_one(encoder, photo, face, min_face_size=0).crop.shape == (512, 512, 3)
 
 
-def test_encode_person_one_photo_is_exactly_encode(encoder, monkeypatch):
-    photo, face = _photo(300, 400, seed=6), _face(200, 150, 180)
-    monkeypatch.setattr(encoder, "_detect_working", lambda work: [face])
-    single = encoder.encode(photo, source="Bob")
-    person = encoder.encode_person([photo], source="Bob")
+def test_encode_person_one_photo_is_exactly_encode(encoder, big_case, monkeypatch):
+    work_face = BIG_FACE.scaled(1024 / 1600, 768 / 1200)
+    monkeypatch.setattr(encoder, "_detect_working", lambda work: [work_face])
+    single = big_case[0]
+    person = encoder.encode_person([BIG_PHOTO], source="Ann")
     assert torch.equal(person.id_cond, single.id_cond)
     assert all(torch.equal(a, b) for a, b in zip(person.vit_hidden, single.vit_hidden))
     np.testing.assert_array_equal(person.crop, single.crop)
+    assert person.box == pytest.approx(single.box)
 
 
 def test_encode_person_combines_photos_and_names_the_failing_one(encoder, monkeypatch):

@@ -51,14 +51,15 @@ def load_retinaface(path: str | Path, device: str | torch.device = "cpu") -> tor
     """
     from facexlib.detection.retinaface import RetinaFace
 
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict):
+        state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    if not isinstance(state, dict) or "body.conv1.weight" not in state:
+        raise ValueError(f"{path}: not a facexlib RetinaFace-ResNet50 state dict (no body.conv1.weight)")
     with warnings.catch_warnings():
         # RetinaFace builds torchvision's resnet50 with the deprecated ``pretrained=False``.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\..*")
         model = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not state:
-        raise ValueError(f"{path}: not a RetinaFace state dict")
-    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -45,7 +45,7 @@ _NO_FACE_HINT = (
 )
 
 
-@dataclass
+@dataclass(eq=False)
 class FaceEncoder:
     """The three face models on one device. Build it with :meth:`load`.
 

@@ -16,7 +16,7 @@ import torch
 ARCFACE_DIM = 512
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Detection:
     """One face found by the detector.
 
@@ -55,7 +55,7 @@ class Detection:
         return Detection(box=box, score=self.score, landmarks=landmarks)
 
 
-@dataclass
+@dataclass(eq=False)
 class FaceFeatures:
     """Everything the model needs from one identity (one person).
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .errors import FaceError
 
@@ -20,7 +21,7 @@ from .errors import FaceError
 WORKING_LONG_EDGE = 1024
 
 
-def _from_pil(image: Any) -> np.ndarray:
+def _from_pil(image: Image.Image) -> np.ndarray:
     from PIL import ImageOps
 
     image = ImageOps.exif_transpose(image)
@@ -42,7 +43,7 @@ def _float_to_uint8(array: np.ndarray, source: str) -> np.ndarray:
 
 def to_rgb_uint8(image: Any, source: str = "photo") -> np.ndarray:
     """Validate a photo and return it as a contiguous ``(H, W, 3)`` uint8 RGB array."""
-    if hasattr(image, "convert") and hasattr(image, "size") and not isinstance(image, np.ndarray):
+    if isinstance(image, Image.Image):
         array = _from_pil(image)
     elif hasattr(image, "detach") and hasattr(image, "cpu"):  # torch.Tensor, without importing torch
         array = image.detach().cpu().float().numpy()
@@ -53,6 +54,12 @@ def to_rgb_uint8(image: Any, source: str = "photo") -> np.ndarray:
 
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
+    elif array.ndim == 4:
+        raise FaceError(
+            source,
+            f"got a batch of {array.shape[0]} images; pass one image here "
+            "(several photos of one person go to encode_person)",
+        )
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 2:
