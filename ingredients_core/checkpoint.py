@@ -91,7 +91,7 @@ def _tensor_shapes(files: tuple[Path, ...]) -> dict[str, tuple[int, ...]]:
 
 def _iter_tensors(files: tuple[Path, ...], meta_only: bool = False) -> Iterator[tuple[str, object]]:
     """Yield (key, tensor) one at a time; with ``meta_only`` yield (key, shape)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     for file in files:
         if file.suffix == ".safetensors":
@@ -99,7 +99,7 @@ def _iter_tensors(files: tuple[Path, ...], meta_only: bool = False) -> Iterator[
                 with safe_open(str(file), framework="pt") as handle:
                     for key in handle.keys():
                         yield key, (handle.get_slice(key).get_shape() if meta_only else handle.get_tensor(key))
-            except (OSError, RuntimeError) as err:  # safetensors raises these for truncated/bad headers
+            except (SafetensorError, OSError) as err:
                 raise CheckpointError(f"{file}: not a readable safetensors file ({err}); re-download it") from err
         else:
             try:
@@ -113,7 +113,12 @@ def _iter_tensors(files: tuple[Path, ...], meta_only: bool = False) -> Iterator[
 
 # -- 3. config -----------------------------------------------------------------------------------
 def infer_config(shapes: dict[str, tuple[int, ...]]) -> TransformerConfig:
-    """Derive the config from checkpoint key shapes (no config.json)."""
+    """Derive the config from checkpoint key shapes (no config.json).
+
+    Shapes give the layer and routed-layer counts (hence ``cross_attn_interval``), widths, channels,
+    the head size (``norm_q``) and the ID-module sizes; the ID modules' head count cannot be seen in
+    shapes and is the official 16; the sample size must be the official 49 x 480 x 720.
+    """
     def need(key: str) -> tuple[int, ...]:
         if key not in shapes:
             raise CheckpointError(f"cannot infer the config: key {key!r} is missing; is this an Ingredients "
