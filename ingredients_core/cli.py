@@ -67,30 +67,35 @@ def _add_generate(commands) -> None:
     gen.add_argument("--prompt", required=True, help="what happens in the video")
     gen.add_argument("--out", required=True, type=Path, help="output .mp4 file")
     gen.add_argument("--negative", default="", help="negative prompt (default: empty, as officially)")
-    gen.add_argument("--steps", type=_positive_int, default=defaults.steps)
+    gen.add_argument("--steps", type=_positive_int, default=defaults.steps,
+                     help=f"sampling steps (default {defaults.steps})")
     gen.add_argument("--cfg", type=_non_negative_float, default=defaults.cfg,
-                     help="classifier-free guidance scale (1 or less: no guidance)")
+                     help=f"classifier-free guidance scale (default {defaults.cfg}; 1 or less: none)")
     gen.add_argument("--dynamic-cfg", action="store_true", help="the official dynamic CFG schedule")
-    gen.add_argument("--seed", type=_seed, default=defaults.seed)
+    gen.add_argument("--seed", type=_seed, default=defaults.seed,
+                     help=f"random seed (default {defaults.seed}); same seed and settings, same video")
     gen.add_argument("--height", type=_positive_int, help="default: the checkpoint's size (480)")
     gen.add_argument("--width", type=_positive_int, help="default: the checkpoint's size (720)")
     gen.add_argument("--frames", type=_positive_int, help="4k+1; default: the checkpoint's (49)")
-    gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=defaults.scheduler)
-    gen.add_argument("--id-scale", type=_non_negative_float, default=None,
+    gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=defaults.scheduler,
+                     help="dpm: CogVideoXDPMScheduler (official default); ddim: CogVideoXDDIMScheduler")
+    gen.add_argument("--id-scale", type=_non_negative_float, default=None, metavar="SCALE",
                      help="strength of the identity features (default: the checkpoint's, 1.0)")
     gen.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                      help="auto: bfloat16 on CUDA, float32 on the CPU")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    gen.add_argument("--fps", type=_positive_int, default=defaults.fps)
+    gen.add_argument("--fps", type=_positive_int, default=defaults.fps,
+                     help=f"frames per second of the MP4 (default {defaults.fps}, as officially)")
     gen.add_argument("--face-choice", choices=FACE_CHOICES, default="best",
                      help="which face of a photo: best (official), largest, or index")
-    gen.add_argument("--face-index", type=int, default=None,
+    gen.add_argument("--face-index", type=int, default=None, metavar="N",
                      help="with --face-choice index: 0-based face number from the left")
     gen.add_argument("--face-models", type=Path, action="append", default=None, metavar="DIR",
                      help="extra folder(s) to search for the face models (default: MODEL/face_encoder)")
     gen.add_argument("--no-vae-tiling", action="store_true", help="decode without tiling (more memory)")
-    gen.add_argument("--vae-slicing", action="store_true")
-    gen.add_argument("--save-canvas", type=Path, default=None, help="also write the face canvas PNG")
+    gen.add_argument("--vae-slicing", action="store_true", help="VAE slicing (less memory)")
+    gen.add_argument("--save-canvas", type=Path, default=None, metavar="PNG",
+                     help="also write the face canvas (the first-frame condition) as a PNG")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -112,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_readable(photo: Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(photo) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError) as error:
+        raise InputError(f"cannot read face photo {photo}: {error}") from error
+
+
 def check_inputs(args: argparse.Namespace) -> None:
     """Domain checks before anything heavy loads: files exist, output is an .mp4, sizes are usable."""
     from .pipeline import check_model_folder
@@ -122,6 +137,7 @@ def check_inputs(args: argparse.Namespace) -> None:
         for photo in photos:
             if not photo.is_file():
                 raise FileNotFoundError(f"face photo of person {person} not found: {photo}")
+            _check_readable(photo)
     if len(args.face) > 4:
         raise InputError(f"Ingredients takes 1 to 4 people; got {len(args.face)} --face options")
     if args.out.suffix.lower() != ".mp4":

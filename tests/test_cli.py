@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -119,6 +121,25 @@ def test_domain_errors_exit_1_with_clear_message(tiny_dir, photos, tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and re.search(message, err), err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_unreadable_photo_is_named(tiny_dir, photos, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    args = _args(tiny_dir, photos, tmp_path / "x.mp4")
+    args[args.index("--face") + 1] = str(broken)
+    assert cli.main(args) == cli.EXIT_ERROR
+    assert "cannot read face photo" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs_without_loading_models():
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "ingredients_core"], capture_output=True, text=True,
+                          cwd=repo, timeout=120)
+    assert done.returncode == 2 and "COMMAND" in done.stderr
 
 
 def test_incomplete_model_folder_lists_what_is_missing(photos, tmp_path, capsys):
