@@ -162,6 +162,8 @@ def test_comfyui_float_image_round_trips_exactly():
     comfy = torch.from_numpy(photo.astype(np.float32) / 255.0)[None]  # what LoadImage gives: (1, H, W, 3)
     np.testing.assert_array_equal(to_rgb_uint8(comfy), photo)
     np.testing.assert_array_equal(to_rgb_uint8(comfy[0].numpy()), photo)
+    np.testing.assert_array_equal(to_rgb_uint8(torch.from_numpy(photo)), photo)
+    np.testing.assert_array_equal(to_rgb_uint8(comfy.bfloat16()).shape, photo.shape)
 
 
 def test_grayscale_and_rgba_are_converted():

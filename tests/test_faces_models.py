@@ -19,7 +19,13 @@ import torch
 from ingredients_core.faces import Detection, FaceEncoder, FaceError, find_face_models
 from ingredients_core.faces.arcface import CPU_PROVIDER, CUDA_PROVIDER, load_arcface, onnx_providers
 from ingredients_core.faces.detector import align_face, detections_from_rows, load_retinaface
-from ingredients_core.faces.eva_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, eva_pixel_values, load_eva_clip
+from ingredients_core.faces.eva_clip import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    eva_pixel_values,
+    load_eva_clip,
+    load_torch_file,
+)
 from ingredients_core.testing.tiny_faces import (
     TINY_EVA_EMBED_DIM,
     TINY_EVA_WIDTH,
@@ -117,6 +123,11 @@ def test_checkpoints_load_without_unpickling_code(tmp_path):
         load_retinaface(evil)
     with pytest.raises(pickle.UnpicklingError):
         load_eva_clip(evil)
+
+
+def test_legacy_torch_files_load_too(tmp_path):
+    torch.save({"visual.x": torch.ones(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert torch.equal(load_torch_file(tmp_path / "old.pt")["visual.x"], torch.ones(2))
 
 
 def test_wrong_weights_give_clear_errors(face_dir, tmp_path):

@@ -23,8 +23,8 @@ class Detection:
     Attributes:
         box: ``(x1, y1, x2, y2)`` in pixels.
         score: detector confidence in ``[0, 1]``.
-        landmarks: ``(5, 2)`` float32 array of ``(x, y)`` points: left eye, right eye, nose tip,
-            left mouth corner, right mouth corner (as the detector names them; image left/right).
+        landmarks: ``(5, 2)`` float32 array of ``(x, y)`` points in RetinaFace's order: the eye on
+            the image's left, the other eye, nose tip, left and right mouth corner (image sides).
 
     Detections returned by :meth:`FaceEncoder.detect` are in the coordinates of the photo as
     given; inside the encoder they are also used in the coordinates of the resized working image.

@@ -45,8 +45,9 @@ def to_rgb_uint8(image: Any, source: str = "photo") -> np.ndarray:
     """Validate a photo and return it as a contiguous ``(H, W, 3)`` uint8 RGB array."""
     if isinstance(image, Image.Image):
         array = _from_pil(image)
-    elif hasattr(image, "detach") and hasattr(image, "cpu"):  # torch.Tensor, without importing torch
-        array = image.detach().cpu().float().numpy()
+    elif hasattr(image, "detach") and hasattr(image, "is_floating_point"):  # torch.Tensor
+        tensor = image.detach().cpu()
+        array = (tensor.float() if tensor.is_floating_point() else tensor).numpy()
     elif isinstance(image, np.ndarray):
         array = image
     else:
