@@ -44,6 +44,16 @@ def load_tokenizer(model_dir: str | Path):
     return T5Tokenizer.from_pretrained(str(path), local_files_only=True)
 
 
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``dtype=`` for transformers >= 4.56, ``torch_dtype=`` before (older versions would ignore
+    ``dtype`` and silently load T5-XXL in float32)."""
+    import transformers
+    from packaging.version import Version
+
+    new_style = Version(transformers.__version__).release >= (4, 56)
+    return {"dtype": dtype} if new_style else {"torch_dtype": dtype}
+
+
 def load_text_encoder(model_dir: str | Path, dtype: torch.dtype, device: torch.device | str):
     """Load the T5 encoder from ``model_dir/text_encoder`` in ``dtype`` on ``device``, in eval mode."""
     from transformers import T5EncoderModel
@@ -51,7 +61,7 @@ def load_text_encoder(model_dir: str | Path, dtype: torch.dtype, device: torch.d
     path = _component_dir(
         model_dir, TEXT_ENCODER_SUBFOLDER, "the T5 encoder (config.json and *.safetensors)"
     )
-    encoder = T5EncoderModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    encoder = T5EncoderModel.from_pretrained(str(path), local_files_only=True, **_dtype_kwarg(dtype))
     encoder.requires_grad_(False)
     return encoder.to(device).eval()
 

@@ -101,3 +101,11 @@ def test_missing_component_folders_are_named(tmp_path):
         text.load_tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"text_encoder.*T5 encoder"):
         text.load_text_encoder(tmp_path, torch.float32, "cpu")
+
+
+def test_text_encoder_loads_in_requested_dtype(tmp_path):
+    vocab = write_tiny_tokenizer(tmp_path / "tokenizer")
+    write_tiny_text_encoder(tmp_path / "text_encoder", vocab_size=vocab, seed=0)
+    encoder = text.load_text_encoder(tmp_path, torch.bfloat16, "cpu")
+    assert {p.dtype for p in encoder.parameters()} == {torch.bfloat16}
+    assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
