@@ -171,3 +171,11 @@ def test_face_count_is_checked(bundle, settings):
         P.generate(bundle, [], PROMPT, "", settings)
     with pytest.raises(TypeError, match="expected FaceFeatures"):
         P.generate(bundle, ["not a face"], PROMPT, "", settings)
+
+
+def test_without_guidance_and_with_id_scale_zero(bundle, faces, settings, baseline):
+    unguided = P.generate(bundle, faces, PROMPT, "ignored without guidance", settings.replace(cfg=1.0))
+    assert torch.isfinite(unguided.latents).all()
+    assert not torch.allclose(unguided.latents, baseline.latents)
+    no_ids = P.generate(bundle, faces, PROMPT, "", settings.replace(local_face_scale=0.0))
+    assert not torch.allclose(no_ids.latents, baseline.latents)
