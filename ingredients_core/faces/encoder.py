@@ -125,7 +125,8 @@ class FaceEncoder:
         if not found:
             raise FaceError(source, _NO_FACE_HINT)
         logger.debug("%s: %d face(s) found", source, len(found))
-        face = found[choose_face(found, choice, index, image_size=work.size, source=source)]
+        chosen = choose_face(found, choice, index, image_size=work.size, source=source)
+        face = found[chosen]
         _check_face_size(face, min_face_size, source)
         try:
             crop_bgr = align_face(work.bgr, face.landmarks)
@@ -134,7 +135,10 @@ class FaceEncoder:
         crop_rgb = crop_bgr[:, :, ::-1].copy()
         arcface = arcface_embedding(self.arcface, crop_bgr)
         pooled, hidden = eva_features(self.eva, eva_pixel_values(crop_rgb, self.eva, self.device))
-        original = face.scaled(1.0 / work.scale_x, 1.0 / work.scale_y)
+        if detections is None:
+            original = face.scaled(1.0 / work.scale_x, 1.0 / work.scale_y)
+        else:
+            original = detections[chosen].scaled(1.0, 1.0)  # exact; normalises types
         return FaceFeatures(
             id_cond=torch.cat([arcface, pooled], dim=-1),
             vit_hidden=hidden,
