@@ -1,0 +1,179 @@
+"""Loader nodes: the Ingredients transformer, the CogVideoX VAE, the folder's T5 and the face models.
+
+Each loads weights onto ComfyUI's offload device and wraps the modules in a ``ModelPatcher``
+(``host.manage``); the nodes that use them call ``host.load`` first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from comfy_api.latest import io
+
+from . import host, model_files
+from .model_files import FACES, MODEL, T5, VAE
+from .payloads import (
+    ROUTING_MODES,
+    FaceEncoderType,
+    IngredientsFaceEncoder,
+    IngredientsModel,
+    IngredientsT5,
+    IngredientsVAE,
+    ModelType,
+    T5Type,
+    VAEType,
+)
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "Ingredients"
+DTYPES = ["auto", "bfloat16", "float16", "float32"]
+PROVIDERS = ["auto", "CPUExecutionProvider", "CUDAExecutionProvider"]
+DTYPE_TOOLTIP = ("Weight and compute dtype. auto = what ComfyUI picks for this device (bfloat16 on "
+                 "recent GPUs, the official dtype; float32 on the CPU).")
+
+
+def _folder_input(kind: model_files.FolderKind, tooltip: str) -> io.Combo.Input:
+    return io.Combo.Input("model_folder", options=model_files.folder_names(kind), tooltip=tooltip)
+
+
+class ModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsModelLoader",
+            display_name="Load Ingredients Model",
+            category=CATEGORY,
+            description=("Loads the Ingredients transformer (CogVideoX-5B-I2V with routed ID modules) and "
+                         "its scheduler config from a folder in models/ingredients (the download of "
+                         "feizhengcong/Ingredients)."),
+            inputs=[
+                _folder_input(MODEL, "Folder in models/ingredients (or an extra model path) holding "
+                                     "transformer/ (or transformer_ema/) and scheduler/."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=DTYPE_TOOLTIP),
+                io.Combo.Input("routing_mode", options=list(ROUTING_MODES), default="official",
+                               tooltip=("Default routing of ID features. official: every batch element uses "
+                                        "the router of the first (negative-prompt) half, as the paper's code; "
+                                        "per_sample: each half is routed on its own. Route IDs can override it.")),
+            ],
+            outputs=[ModelType.Output("model", display_name="model",
+                                      tooltip="The Ingredients transformer, managed by ComfyUI.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_folder: str) -> bool | str:
+        return model_files.validate_name(MODEL, model_folder, "model_folder")
+
+    @classmethod
+    def execute(cls, model_folder: str, dtype: str, routing_mode: str) -> io.NodeOutput:
+        from ..ingredients_core.checkpoint import load_transformer
+
+        folder = model_files.resolve(MODEL, model_folder, "model_folder")
+        config_file = model_files.require_file(folder / "scheduler" / "scheduler_config.json",
+                                               "scheduler config", folder / "scheduler")
+        scheduler_config = json.loads(config_file.read_text(encoding="utf-8"))
+        _, offload = host.devices("diffusion")
+        transformer = load_transformer(folder, dtype=host.pick_dtype("diffusion", dtype), device=offload)
+        patcher = host.manage("diffusion", transformer=transformer)
+        return io.NodeOutput(IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder))
+
+
+class VAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsVAELoader",
+            display_name="Load Ingredients VAE",
+            category=CATEGORY,
+            description="Loads the CogVideoX VAE (vae/ of the Ingredients folder) for the face canvas and decoding.",
+            inputs=[
+                _folder_input(VAE, "Folder in models/ingredients holding vae/ (AutoencoderKLCogVideoX)."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=DTYPE_TOOLTIP),
+            ],
+            outputs=[VAEType.Output("vae", display_name="vae", tooltip="The CogVideoX VAE, managed by ComfyUI.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_folder: str) -> bool | str:
+        return model_files.validate_name(VAE, model_folder, "model_folder")
+
+    @classmethod
+    def execute(cls, model_folder: str, dtype: str) -> io.NodeOutput:
+        from ..ingredients_core.vae import load_vae
+
+        folder = model_files.resolve(VAE, model_folder, "model_folder")
+        _, offload = host.devices("vae")
+        vae = load_vae(folder, host.pick_dtype("vae", dtype), offload)
+        return io.NodeOutput(IngredientsVAE(vae, host.manage("vae", vae=vae), folder))
+
+
+class T5Loader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsT5Loader",
+            display_name="Load Ingredients T5",
+            category=CATEGORY,
+            description=("Loads the T5 v1.1 XXL encoder and tokenizer that ship with Ingredients "
+                         "(text_encoder/ and tokenizer/). Alternative: a native CLIP loader with the "
+                         "'Encode Prompt (CLIP)' node."),
+            inputs=[
+                _folder_input(T5, "Folder in models/ingredients or models/text_encoders holding "
+                                  "text_encoder/ and tokenizer/."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=DTYPE_TOOLTIP),
+            ],
+            outputs=[T5Type.Output("t5", display_name="t5", tooltip="The T5 encoder and tokenizer.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_folder: str) -> bool | str:
+        return model_files.validate_name(T5, model_folder, "model_folder")
+
+    @classmethod
+    def execute(cls, model_folder: str, dtype: str) -> io.NodeOutput:
+        from ..ingredients_core.text import load_text_encoder, load_tokenizer
+
+        folder = model_files.resolve(T5, model_folder, "model_folder")
+        _, offload = host.devices("text")
+        encoder = load_text_encoder(folder, host.pick_dtype("text", dtype), offload)
+        tokenizer = load_tokenizer(folder)
+        return io.NodeOutput(IngredientsT5(tokenizer, encoder, host.manage("text", t5=encoder), folder))
+
+
+class FaceEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsFaceEncoderLoader",
+            display_name="Load Ingredients Face Encoder",
+            category=CATEGORY,
+            description=("Loads the face models of face_encoder/: RetinaFace detector, ArcFace "
+                         "(glintr100.onnx, also found in models/insightface) and EVA02-CLIP-L."),
+            inputs=[
+                _folder_input(FACES, "Folder in models/ingredients holding face_encoder/."),
+                io.Combo.Input("provider", options=PROVIDERS, default="auto",
+                               tooltip=("ONNX Runtime provider for ArcFace. auto follows ComfyUI's device "
+                                        "(CUDA when ComfyUI uses a GPU and onnxruntime-gpu is installed).")),
+            ],
+            outputs=[FaceEncoderType.Output("face_encoder", display_name="face_encoder",
+                                            tooltip="Detector, ArcFace and EVA-CLIP, ready for Encode Face.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_folder: str) -> bool | str:
+        return model_files.validate_name(FACES, model_folder, "model_folder")
+
+    @classmethod
+    def execute(cls, model_folder: str, provider: str) -> io.NodeOutput:
+        from ..ingredients_core.faces import FaceEncoder, find_face_models
+        from ..ingredients_core.faces.arcface import onnx_providers
+
+        folder = model_files.resolve(FACES, model_folder, "model_folder")
+        paths = find_face_models(model_files.search_dirs(folder / "face_encoder", [host.INSIGHTFACE_FOLDER]))
+        load_device, offload = host.devices("face")
+        providers = onnx_providers(load_device) if provider == "auto" else [provider]
+        encoder = FaceEncoder.load(paths, device=offload, dtype=host.pick_dtype("face", "auto"),
+                                   providers=providers)
+        patcher = host.manage("face", detector=encoder.detector, eva=encoder.eva)
+        return io.NodeOutput(IngredientsFaceEncoder(encoder, patcher))

@@ -1,0 +1,115 @@
+"""Finding diffusers-style model folders below ComfyUI's model search folders.
+
+ComfyUI's ``get_filename_list`` lists files, never folders, so the loaders walk the search folders
+(from :func:`host.model_roots`, which include ``extra_model_paths.yaml`` entries) themselves. A
+candidate is a search folder itself or a folder up to two levels below it (``Ingredients`` or
+``feizhengcong/Ingredients``); its name is the path relative to the search folder, with ``/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import host
+
+SOURCE = "Hugging Face feizhengcong/Ingredients"
+MAX_DEPTH = 2
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """What a folder must contain to be offered by one loader.
+
+    ``parts``: each entry is a tuple of alternatives; one of them must exist below the folder.
+    """
+
+    label: str
+    parts: tuple[tuple[str, ...], ...]
+    roots: tuple[str, ...] = (host.INGREDIENTS_FOLDER,)
+
+    def matches(self, folder: Path) -> bool:
+        return all(any((folder / alt).exists() for alt in alternatives) for alternatives in self.parts)
+
+    def describe(self) -> str:
+        return ", ".join(" or ".join(f"{alt}" for alt in alternatives) for alternatives in self.parts)
+
+
+MODEL = FolderKind("Ingredients model", (("transformer", "transformer_ema"), ("scheduler/scheduler_config.json",)))
+VAE = FolderKind("CogVideoX VAE", (("vae",),))
+T5 = FolderKind("T5 text encoder", (("text_encoder",), ("tokenizer",)),
+                roots=(host.INGREDIENTS_FOLDER, host.TEXT_ENCODERS_FOLDER))
+FACES = FolderKind("face models", (("face_encoder",),))
+
+
+def _children(root: Path, depth: int) -> Iterable[tuple[str, Path]]:
+    if depth == 0 or not root.is_dir():
+        return
+    for child in sorted(root.iterdir(), key=lambda p: p.name.lower()):
+        if child.is_dir() and not child.name.startswith("."):
+            yield child.name, child
+            for name, sub in _children(child, depth - 1):
+                yield f"{child.name}/{name}", sub
+
+
+def _roots(kind: FolderKind) -> list[Path]:
+    roots: list[Path] = []
+    for name in kind.roots:
+        for root in host.model_roots(name):
+            if root not in roots:
+                roots.append(root)
+    return roots
+
+
+def find_folders(kind: FolderKind) -> dict[str, Path]:
+    """Name -> folder for every folder of ``kind`` below the search folders (first root wins)."""
+    found: dict[str, Path] = {}
+    for root in _roots(kind):
+        if kind.matches(root):
+            found.setdefault(root.name, root)
+        for name, folder in _children(root, MAX_DEPTH):
+            if kind.matches(folder):
+                found.setdefault(name, folder)
+    return found
+
+
+def folder_names(kind: FolderKind) -> list[str]:
+    return sorted(find_folders(kind), key=str.lower)
+
+
+def missing_message(kind: FolderKind, name: str, input_name: str) -> str:
+    roots = _roots(kind)
+    searched = ", ".join(str(r) for r in roots) or "(no search folders registered)"
+    return (f"{input_name}: no {kind.label} folder named {name!r}. A {kind.label} folder holds "
+            f"{kind.describe()}; put it in one of: {searched} (or add a path with "
+            f"extra_model_paths.yaml). Download: {SOURCE}.")
+
+
+def resolve(kind: FolderKind, name: str, input_name: str) -> Path:
+    """The folder for a combo value, or FileNotFoundError naming it, the search folders and the source."""
+    folder = find_folders(kind).get(name)
+    if folder is None:
+        raise FileNotFoundError(missing_message(kind, name, input_name))
+    return folder
+
+
+def validate_name(kind: FolderKind, name: str, input_name: str) -> bool | str:
+    """For ``validate_inputs``: True, or the message ComfyUI shows on the node."""
+    return True if name in find_folders(kind) else missing_message(kind, name, input_name)
+
+
+def require_file(path: Path, what: str, folder: Path) -> Path:
+    """``path`` when it is a file; otherwise FileNotFoundError naming the file, folder and source."""
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file {path.name} ({what}) in {folder}; download the complete "
+                                f"folder from {SOURCE}.")
+    return path
+
+
+def search_dirs(folder: Path, extra_kinds: Sequence[str]) -> list[Path]:
+    """``folder`` followed by every search folder of ``extra_kinds`` (for example insightface)."""
+    dirs = [folder]
+    for kind in extra_kinds:
+        dirs.extend(r for r in host.model_roots(kind) if r not in dirs)
+    return dirs

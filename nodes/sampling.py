@@ -1,0 +1,163 @@
+"""The sampler node and the decode node.
+
+The sampler keeps the official order of random draws from one generator seeded with ``seed``: the
+canvas latent sample, then the initial noise, then the scheduler's own draws (see
+``ingredients_core.pipeline``). Progress, previews and Cancel are handled after every step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from . import host
+from .payloads import (
+    IngredientsLatents,
+    IngredientsModel,
+    IngredientsPrompt,
+    IngredientsRoutedIDs,
+    IngredientsVAE,
+    LatentsType,
+    ModelType,
+    PromptType,
+    RoutedIDsType,
+    VAEType,
+)
+from .preview import fit_rgb_factors, preview_frame
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "Ingredients"
+SCHEDULERS = ["dpm", "ddim"]
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def _settings(**values):
+    from ..ingredients_core.pipeline import GenerationSettings
+
+    settings = GenerationSettings(**values)
+    settings.validate()
+    return settings
+
+
+def _check_prompt(prompt: IngredientsPrompt, config) -> None:
+    if prompt.width != config.text_embed_dim:
+        raise ValueError(f"prompt: embeddings are {prompt.width} wide ({prompt.source}) but the model reads "
+                         f"{config.text_embed_dim}: encode the prompt with this model's T5 (or a t5xxl CLIP for "
+                         "the official model).")
+
+
+def _generator(model_device: torch.device, vae_device: torch.device, seed: int) -> torch.Generator:
+    """The official run draws everything from one generator on the pipeline's device; when
+    ComfyUI keeps the VAE on another device, a CPU generator serves both (same seed, other noise)."""
+    device = model_device if model_device == vae_device else torch.device("cpu")
+    return torch.Generator(device).manual_seed(seed)
+
+
+def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: IngredientsRoutedIDs,
+                vae: IngredientsVAE, settings) -> torch.Tensor:
+    """Denoised latents (1, F, 16, h, w) for these inputs, following ``pipeline.generate``."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from ..ingredients_core.faces import make_canvas
+    from ..ingredients_core.sampling import denoise, make_scheduler
+    from ..ingredients_core.vae import encode_canvas
+
+    transformer = model.transformer
+    scheduler = make_scheduler(settings.scheduler, model.scheduler_config)
+    host.load(vae.patcher)
+    generator = _generator(host.load_device(model.patcher), host.load_device(vae.patcher), settings.seed)
+    canvas = make_canvas([face.crop for face in routed.tokens.ids.faces])
+    dtype = transformer.dtype
+    image_latents = encode_canvas(vae.vae, canvas, settings.height, settings.width, settings.frames,
+                                  generator, dtype)
+    noise = randn_tensor(tuple(image_latents.shape), generator=generator, device=generator.device, dtype=dtype)
+    factors, bias = fit_rgb_factors(canvas, image_latents[0, 0])
+    report = host.step_reporter(settings.steps, host.load_device(model.patcher), factors, bias,
+                                float(vae.vae.config.scaling_factor))
+    host.load(model.patcher)
+    guided = settings.cfg > 1.0
+    return denoise(
+        transformer, scheduler, noise * scheduler.init_noise_sigma, image_latents, prompt.positive,
+        prompt.negative if guided else None, routed.tokens.tokens, steps=settings.steps, cfg=settings.cfg,
+        dynamic_cfg=settings.dynamic_cfg, generator=generator,
+        callback=lambda info: report(info.step + 1, preview_frame(info.latents)),
+        routing=routed.routing_for(model), height=settings.height, width=settings.width,
+    )
+
+
+class Sampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsSampler",
+            display_name="Ingredients Sampler",
+            category=CATEGORY,
+            description=("Generates the video latents: the face canvas starts the video, the prompt guides it, "
+                         "the routed ID tokens keep each person's identity. Official defaults: 720 x 480, "
+                         "49 frames, 50 dpm steps, cfg 6."),
+            inputs=[
+                ModelType.Input("model", tooltip="From Load Ingredients Model."),
+                PromptType.Input("prompt", tooltip="From an Ingredients Encode Prompt node."),
+                RoutedIDsType.Input("routed_ids", tooltip="From Ingredients Route IDs."),
+                VAEType.Input("vae", tooltip="From Load Ingredients VAE (encodes the face canvas)."),
+                io.Int.Input("width", default=720, min=16, max=2048, step=16,
+                             tooltip="Video width in pixels (multiple of 16). The released model needs 720."),
+                io.Int.Input("height", default=480, min=16, max=2048, step=16,
+                             tooltip="Video height in pixels (multiple of 16). The released model needs 480."),
+                io.Int.Input("frames", default=49, min=1, max=49, step=4,
+                             tooltip="Number of frames, 4k+1 (1, 5, ..., 49). The released model needs 49."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (official: 50)."),
+                io.Float.Input("cfg", default=6.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance scale (official: 6). 1 or less disables guidance."),
+                io.Int.Input("seed", default=42, min=0, max=MAX_SEED, control_after_generate=True,
+                             tooltip="Seed of every random draw (canvas latent, noise, scheduler)."),
+                io.Combo.Input("scheduler", options=SCHEDULERS, default="dpm",
+                               tooltip="dpm = CogVideoXDPMScheduler (official, stochastic); ddim = CogVideoXDDIMScheduler."),
+                io.Boolean.Input("dynamic_cfg", default=False,
+                                 tooltip="CogVideoX dynamic guidance (cfg rises over the run). Official: off."),
+            ],
+            outputs=[LatentsType.Output("latents", display_name="latents",
+                                        tooltip="The denoised video latents, for Ingredients Decode.")],
+        )
+
+    @classmethod
+    def execute(cls, model: IngredientsModel, prompt: IngredientsPrompt, routed_ids: IngredientsRoutedIDs,
+                vae: IngredientsVAE, width: int, height: int, frames: int, steps: int, cfg: float, seed: int,
+                scheduler: str, dynamic_cfg: bool) -> io.NodeOutput:
+        settings = _settings(height=height, width=width, frames=frames, steps=steps, cfg=cfg, seed=seed,
+                             scheduler=scheduler, dynamic_cfg=dynamic_cfg)
+        settings.check_model(model.transformer.config)
+        _check_prompt(prompt, model.transformer.config)
+        host.check_interrupt()
+        latents = run_sampler(model, prompt, routed_ids, vae, settings)
+        return io.NodeOutput(IngredientsLatents(latents.to(host.output_device()), height, width, frames))
+
+
+class Decode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsDecode",
+            display_name="Ingredients Decode",
+            category=CATEGORY,
+            description="Decodes the video latents to IMAGE frames (one image per frame) for ComfyUI's video and image savers.",
+            inputs=[
+                VAEType.Input("vae", tooltip="From Load Ingredients VAE."),
+                LatentsType.Input("latents", tooltip="From Ingredients Sampler."),
+                io.Boolean.Input("tiling", default=True,
+                                 tooltip="Decode in tiles: much less memory, tiny seams at most. Off = the official decode."),
+            ],
+            outputs=[io.Image.Output("frames", display_name="frames",
+                                     tooltip="The video frames as an IMAGE batch (frames, height, width, 3).")],
+        )
+
+    @classmethod
+    def execute(cls, vae: IngredientsVAE, latents: IngredientsLatents, tiling: bool) -> io.NodeOutput:
+        from ..ingredients_core.vae import decode
+
+        host.load(vae.patcher)
+        frames = decode(vae.vae, latents.latents, tiling=tiling, slicing=False)
+        return io.NodeOutput(frames.to(host.output_device()))

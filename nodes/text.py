@@ -1,0 +1,107 @@
+"""Prompt nodes: T5 embeddings of 226 tokens, padded, without attention mask (the official recipe).
+
+Two ways in: the T5 that ships with Ingredients (Load Ingredients T5), or a native ComfyUI CLIP
+loaded with CLIPLoader type ``sd3`` (a t5xxl file) or ``cogvideox`` (newer ComfyUI). The CLIP path
+asks the tokenizer for 226 tokens per call (``tokenizer_options``) and encodes only the t5xxl part,
+so the shared CLIP object is never changed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from . import host
+from .payloads import IngredientsPrompt, IngredientsT5, PromptType, T5Type
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "Ingredients"
+TOKENS = 226
+T5_KEY = "t5xxl"
+PROMPT_TOOLTIP = "What happens in the video. T5 reads at most 226 tokens; longer prompts are cut (a warning names the cut text)."
+NEGATIVE_TOOLTIP = "What to avoid. The official default is empty."
+OUTPUT_TOOLTIP = "Prompt and negative prompt as T5 embeddings (226 tokens each), for the sampler."
+
+
+def _prompt_inputs() -> list:
+    return [
+        io.String.Input("prompt", multiline=True, default="", tooltip=PROMPT_TOOLTIP),
+        io.String.Input("negative_prompt", multiline=True, default="", tooltip=NEGATIVE_TOOLTIP),
+    ]
+
+
+class EncodePrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsEncodePrompt",
+            display_name="Ingredients Encode Prompt (T5)",
+            category=CATEGORY,
+            description="Encodes prompt and negative prompt with the T5 of the Ingredients folder, as the official pipeline.",
+            inputs=[T5Type.Input("t5", tooltip="From Load Ingredients T5."), *_prompt_inputs()],
+            outputs=[PromptType.Output("prompt", display_name="prompt", tooltip=OUTPUT_TOOLTIP)],
+        )
+
+    @classmethod
+    def execute(cls, t5: IngredientsT5, prompt: str, negative_prompt: str) -> io.NodeOutput:
+        from ..ingredients_core.text import encode_prompts
+
+        host.load(t5.patcher)
+        embeds = encode_prompts(t5.tokenizer, t5.encoder, [prompt, negative_prompt], host.output_device(),
+                                torch.float32)
+        return io.NodeOutput(IngredientsPrompt(embeds[:1], embeds[1:], f"T5 of {t5.folder.name}"))
+
+
+def clip_t5_embeddings(clip, text: str, input_name: str):
+    """(1, 226, 4096) T5-XXL hidden states of ``text`` from a native ComfyUI CLIP."""
+    tokens = clip.tokenize(text, tokenizer_options={f"{T5_KEY}_min_length": TOKENS})
+    if T5_KEY not in tokens:
+        raise ValueError(f"{input_name}: this CLIP has no T5-XXL encoder (it has {', '.join(sorted(tokens))}). "
+                         "Load t5xxl with CLIPLoader type 'sd3' (or 'cogvideox' on newer ComfyUI).")
+    t5_tokens = _official_length(tokens[T5_KEY])
+    only_t5 = {key: (t5_tokens if key == T5_KEY else []) for key in tokens}
+    embeds = clip.encode_from_tokens(only_t5)
+    if embeds.ndim != 3 or embeds.shape[1] != TOKENS:
+        raise ValueError(f"{input_name}: the CLIP returned embeddings of shape {tuple(embeds.shape)}, "
+                         f"expected (1, {TOKENS}, 4096): this ComfyUI ignores tokenizer_options; update ComfyUI "
+                         "or use Load Ingredients T5.")
+    return embeds[:1].float().to(host.output_device())
+
+
+def _official_length(batches: list) -> list:
+    """One batch of exactly 226 tokens: the official tokenizer truncates at 226 with EOS last.
+
+    ComfyUI's T5 tokenizer never truncates (long prompts give more tokens); the surplus is dropped
+    here, keeping the end token, and a warning names how much was cut.
+    """
+    tokens = [t for batch in batches for t in batch]
+    if len(tokens) <= TOKENS:
+        return [tokens]
+    end = next((t for t in reversed(tokens) if t[0] == 1), tokens[-1])
+    logger.warning("prompt longer than %d T5 tokens: %d tokens dropped, as the official pipeline does",
+                   TOKENS, len(tokens) - TOKENS)
+    return [tokens[: TOKENS - 1] + [end]]
+
+
+class EncodePromptCLIP(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsEncodePromptCLIP",
+            display_name="Ingredients Encode Prompt (CLIP)",
+            category=CATEGORY,
+            description=("Encodes prompt and negative prompt with a native ComfyUI T5-XXL (CLIPLoader type sd3 "
+                         "with a t5xxl file, or cogvideox), padded to 226 tokens, t5xxl part only."),
+            inputs=[io.Clip.Input("clip", tooltip="A CLIP holding T5-XXL: CLIPLoader type sd3 (t5xxl file) or cogvideox."),
+                    *_prompt_inputs()],
+            outputs=[PromptType.Output("prompt", display_name="prompt", tooltip=OUTPUT_TOOLTIP)],
+        )
+
+    @classmethod
+    def execute(cls, clip, prompt: str, negative_prompt: str) -> io.NodeOutput:
+        positive = clip_t5_embeddings(clip, prompt, "prompt")
+        negative = clip_t5_embeddings(clip, negative_prompt, "negative_prompt")
+        return io.NodeOutput(IngredientsPrompt(positive, negative, "native CLIP (t5xxl)"))

@@ -1,0 +1,47 @@
+"""Load the pack the way ComfyUI does (the repository root as a package), on the stand-ins.
+
+``load_pack()`` puts this folder first on ``sys.path`` (so ``comfy_api``, ``comfy``,
+``folder_paths`` and ``latent_preview`` resolve to the stand-ins), points the stand-in
+``folder_paths`` at ``models_dir`` and imports the repository root as the package ``PACK``.
+``unload_pack()`` removes all of it from ``sys.modules`` again, so other test modules never see a
+``comfy`` module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+STUBS = Path(__file__).resolve().parent
+REPO = STUBS.parents[1]
+PACK = "comfyui_ingredients_under_test"
+STUB_MODULES = ("comfy_api", "comfy", "folder_paths", "latent_preview")
+
+
+def load_pack(models_dir: Path):
+    """Import the pack (root ``__init__.py``) on the stand-ins; returns the package module."""
+    if str(STUBS) not in sys.path:
+        sys.path.insert(0, str(STUBS))
+    folder_paths = importlib.import_module("folder_paths")
+    folder_paths.reset(str(models_dir))
+    spec = importlib.util.spec_from_file_location(PACK, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def unload_pack() -> None:
+    for name in list(sys.modules):
+        if name == PACK or name.startswith(PACK + ".") or name.split(".")[0] in STUB_MODULES:
+            del sys.modules[name]
+    if str(STUBS) in sys.path:
+        sys.path.remove(str(STUBS))
+
+
+def pack_module(name: str):
+    """A submodule of the loaded pack, e.g. ``pack_module("nodes.loaders")``."""
+    return importlib.import_module(f"{PACK}.{name}")

@@ -1,0 +1,56 @@
+"""Tiny model folders for node tests and the real-ComfyUI test.
+
+``make_tiny`` writes a complete tiny Ingredients folder whose face detector never finds a face
+(random weights). Workflows start from photos, so here the tiny detector's output heads are set
+to report faces: every 256 px anchor of the coarsest level scores as a face (others as background),
+boxes are the anchors, and the five landmarks sit where eyes, nose and mouth corners would be in
+such a box. Non-maximum suppression then keeps a few boxes; alignment, ArcFace and EVA-CLIP run on
+them as on real detections. The backbone stays the tiny random one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Landmarks relative to the anchor centre, in anchor sizes (x, y): eyes, nose tip, mouth corners.
+LANDMARKS = ((-0.18, -0.10), (0.18, -0.10), (0.0, 0.05), (-0.13, 0.20), (0.13, 0.20))
+VARIANCE = 0.1  # RetinaFace decodes landmark offsets as prior + offset * 0.1 * prior size
+FACE, BACKGROUND = (-10.0, 10.0), (10.0, -10.0)
+
+
+def detector_that_finds_faces(path: Path) -> Path:
+    """Rewrite the tiny RetinaFace state dict at ``path`` so that it reports faces (see module doc)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for head in ("ClassHead", "BboxHead", "LandmarkHead"):
+        for level in range(3):
+            state[f"{head}.{level}.conv1x1.weight"] = torch.zeros_like(state[f"{head}.{level}.conv1x1.weight"])
+            state[f"{head}.{level}.conv1x1.bias"] = torch.zeros_like(state[f"{head}.{level}.conv1x1.bias"])
+    for level in range(3):  # two anchors per position: (background, face) logits each
+        logits = BACKGROUND + (FACE if level == 2 else BACKGROUND)
+        state[f"ClassHead.{level}.conv1x1.bias"] = torch.tensor(logits)
+        offsets = [v / VARIANCE for point in LANDMARKS for v in point]
+        state[f"LandmarkHead.{level}.conv1x1.bias"] = torch.tensor(offsets * 2, dtype=torch.float32)
+    torch.save(state, path)
+    return path
+
+
+def make_tiny_model_folder(folder: Path) -> Path:
+    """A tiny Ingredients folder (official layout) whose face detector finds faces."""
+    from ingredients_core.faces.paths import DETECTION_FILE
+    from ingredients_core.testing.make_tiny import make_tiny_model
+
+    make_tiny_model(folder)
+    detector_that_finds_faces(folder / "face_encoder" / DETECTION_FILE)
+    return folder
+
+
+def face_photo(seed: int = 0, size: int = 512) -> np.ndarray:
+    """A smooth random RGB photo (H, W, 3) uint8; the tiny detector finds 'faces' in any image."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (8, 8, 3)).astype(np.float32)
+    image = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], size=(size, size),
+                                            mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+    return image.clamp(0, 255).round().to(torch.uint8).numpy()
