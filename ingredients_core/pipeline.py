@@ -55,9 +55,10 @@ class ModelFolderError(FileNotFoundError):
 class GenerationSettings:
     """Per-run settings. Defaults are the official ones (480 x 720, 49 frames, 50 DPM steps, CFG 6).
 
-    ``local_face_scale`` None keeps the checkpoint's value; ``dtype``/``device`` "auto" pick bfloat16
-    on CUDA and float32 on the CPU. VAE tiling/slicing only affect decoding memory, not the result
-    beyond rounding at tile seams.
+    ``local_face_scale`` None keeps the checkpoint's value. ``dtype``/``device`` say where the models
+    are loaded (:func:`load_bundle`); "auto" picks CUDA when present, bfloat16 on CUDA and float32 on
+    the CPU; :func:`generate` refuses a bundle loaded elsewhere. VAE tiling/slicing only affect
+    decoding memory, not the result beyond rounding at tile seams.
     """
 
     height: int = 480
@@ -285,6 +286,23 @@ def _routing_options(routing: RoutingOptions | None, scale: float | None):
     return routing if scale is None else dataclasses.replace(routing, scale=scale)
 
 
+def _check_placement(settings: GenerationSettings, bundle: ModelBundle) -> None:
+    """The settings' device/dtype ("auto" matches any) must describe where the bundle lives."""
+    problems = []
+    if settings.device != "auto":
+        device = resolve_device(settings.device)
+        if device.type != bundle.device.type or device.index not in (None, bundle.device.index):
+            problems.append(f"device={settings.device!r}")
+    if settings.dtype != "auto" and resolve_dtype(settings.dtype, bundle.device) != bundle.dtype:
+        problems.append(f"dtype={settings.dtype!r}")
+    if problems:
+        loaded = str(bundle.dtype).replace("torch.", "")
+        raise SettingsError(
+            f"settings ask for {' and '.join(problems)} but the models are loaded on {bundle.device} "
+            f"in {loaded}; load them with load_bundle(folder, device=..., dtype=...) or use 'auto'"
+        )
+
+
 def _check_faces(faces: Sequence[FaceFeatures]) -> None:
     if not 1 <= len(faces) <= MAX_IDS:
         raise ValueError(f"Ingredients takes the faces of 1 to {MAX_IDS} people; got {len(faces)}")
@@ -318,6 +336,7 @@ def generate(
     settings = settings or GenerationSettings()
     settings.validate()
     settings.check_model(bundle.transformer.config)
+    _check_placement(settings, bundle)
     _check_faces(faces)
     device, dtype = bundle.device, bundle.dtype
     guided = settings.cfg > 1.0

@@ -179,3 +179,11 @@ def test_without_guidance_and_with_id_scale_zero(bundle, faces, settings, baseli
     assert not torch.allclose(unguided.latents, baseline.latents)
     no_ids = P.generate(bundle, faces, PROMPT, "", settings.replace(local_face_scale=0.0))
     assert not torch.allclose(no_ids.latents, baseline.latents)
+
+
+def test_settings_must_match_where_models_are_loaded(bundle, faces, settings):
+    with pytest.raises(P.SettingsError, match=r"dtype='bfloat16' but the models are loaded on cpu "
+                                              r"in float32"):
+        P.generate(bundle, faces, PROMPT, "", settings.replace(dtype="bfloat16"))
+    with pytest.raises(P.SettingsError, match=r"device='cuda'"):
+        P.generate(bundle, faces, PROMPT, "", settings.replace(device="cuda"))
