@@ -57,8 +57,9 @@ class GenerationSettings:
 
     ``local_face_scale`` None keeps the checkpoint's value. ``dtype``/``device`` say where the models
     are loaded (:func:`load_bundle`); "auto" picks CUDA when present, bfloat16 on CUDA and float32 on
-    the CPU; :func:`generate` refuses a bundle loaded elsewhere. VAE tiling/slicing only affect
-    decoding memory, not the result beyond rounding at tile seams.
+    the CPU; :func:`generate` refuses a bundle loaded elsewhere. VAE tiling (on by default to keep
+    decoding memory low; the official script decodes untiled) changes pixels slightly where tiles
+    are blended; slicing only matters for batches.
     """
 
     height: int = 480
