@@ -93,10 +93,16 @@ def pick_dtype(role: str, name: str) -> torch.dtype:
     return comfy.model_management.unet_dtype(load_device, supported_dtypes=[torch.bfloat16, torch.float32])
 
 
+# One holder class per role, named so that ComfyUI's log ("Requested to load ...") says what loads.
+_HOLDERS = {role: type(name, (HostedModule,), {"__module__": __name__}) for role, name in (
+    ("diffusion", "IngredientsTransformer"), ("text", "IngredientsT5"), ("vae", "IngredientsVAE"),
+    ("face", "IngredientsFaceModels"))}
+
+
 def manage(role: str, **modules: torch.nn.Module):
     """A ``ModelPatcher`` for the modules (kept on the offload device until :func:`load`)."""
     load_device, offload_device = devices(role)
-    holder = HostedModule(**modules)
+    holder = _HOLDERS[role](**modules)
     return comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
 
 

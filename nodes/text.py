@@ -42,7 +42,7 @@ class EncodePrompt(io.ComfyNode):
             category=CATEGORY,
             description="Encodes prompt and negative prompt with the T5 of the Ingredients folder, as the official pipeline.",
             inputs=[T5Type.Input("t5", tooltip="From Load Ingredients T5."), *_prompt_inputs()],
-            outputs=[PromptType.Output("prompt", display_name="prompt", tooltip=OUTPUT_TOOLTIP)],
+            outputs=[PromptType.Output("embeddings", display_name="prompt", tooltip=OUTPUT_TOOLTIP)],
         )
 
     @classmethod
@@ -97,7 +97,7 @@ class EncodePromptCLIP(io.ComfyNode):
                          "with a t5xxl file, or cogvideox), padded to 226 tokens, t5xxl part only."),
             inputs=[io.Clip.Input("clip", tooltip="A CLIP holding T5-XXL: CLIPLoader type sd3 (t5xxl file) or cogvideox."),
                     *_prompt_inputs()],
-            outputs=[PromptType.Output("prompt", display_name="prompt", tooltip=OUTPUT_TOOLTIP)],
+            outputs=[PromptType.Output("embeddings", display_name="prompt", tooltip=OUTPUT_TOOLTIP)],
         )
 
     @classmethod

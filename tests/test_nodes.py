@@ -38,7 +38,7 @@ def pack(models_dir):
 
 @pytest.fixture(scope="module")
 def nodes(pack):
-    return {cls.define_schema().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
+    return {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
 
 
 def run(node, **inputs):

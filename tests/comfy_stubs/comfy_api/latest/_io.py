@@ -192,6 +192,20 @@ class Schema:
     not_idempotent: bool = False
     enable_expand: bool = False
 
+    def validate(self) -> None:
+        """As ComfyUI: ids unique among inputs, among outputs, and between the two."""
+        inputs = [i.id for i in self.inputs]
+        outputs = [o.id for o in self.outputs]
+        problems = []
+        if len(set(inputs)) != len(inputs):
+            problems.append(f"Input ids must be unique: {inputs}")
+        if len(set(outputs)) != len(outputs):
+            problems.append(f"Output ids must be unique: {outputs}")
+        if set(inputs) & set(outputs):
+            problems.append(f"Ids must be unique between inputs and outputs, but {set(inputs) & set(outputs)} are not.")
+        if problems:
+            raise ValueError("\n".join(problems))
+
 
 class ComfyNode:
     """Nodes are used as classes, never instantiated; ComfyUI runs ``execute`` on a class clone."""
@@ -210,7 +224,9 @@ class ComfyNode:
 
     @classmethod
     def GET_SCHEMA(cls) -> Schema:
-        return cls.define_schema()
+        schema = cls.define_schema()
+        schema.validate()
+        return schema
 
 
 class NodeOutput:
