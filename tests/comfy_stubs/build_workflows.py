@@ -6,7 +6,9 @@ Run by hand against a running ComfyUI with the pack installed (any model folder 
     python tests/comfy_stubs/build_workflows.py http://127.0.0.1:8188
 
 The frontend itself creates the nodes, sets the widgets, connects them and serialises the graph,
-so the files are exactly what the current frontend saves (``nodes``, ``links``, ``widgets_values``
+so the files are exactly what the current frontend saves. The video is saved with SaveAnimatedWEBP,
+whose inputs are the same in ComfyUI 0.3.64 and 0.33 (CreateVideo and SaveVideo changed between
+them); CreateVideo + SaveVideo take the frames just as well (``nodes``, ``links``, ``widgets_values``
 with the hidden control value after the seed).
 """
 
@@ -49,9 +51,8 @@ def _spec(people: int, prompt: str) -> dict:
              widgets=dict(width=720, height=480, frames=49, steps=50, cfg=6.0, seed=42,
                           control_after_generate="fixed", scheduler="dpm", dynamic_cfg=False)),
         dict(key="decode", type="IngredientsDecode", pos=[COLUMNS[3], 0], widgets=dict(tiling=True)),
-        dict(key="video", type="CreateVideo", pos=[COLUMNS[4], 0], widgets=dict(fps=8.0)),
-        dict(key="save", type="SaveVideo", pos=[COLUMNS[4], 140],
-             widgets=dict(filename_prefix="video/Ingredients", format="auto", codec="auto")),
+        dict(key="save", type="SaveAnimatedWEBP", pos=[COLUMNS[4], 0],
+             widgets=dict(filename_prefix="Ingredients", fps=8.0, lossless=False, quality=90, method="default")),
     ]
     links = [
         ("t5", "t5", "prompt", "t5"),
@@ -61,7 +62,7 @@ def _spec(people: int, prompt: str) -> dict:
         ("project", "id_tokens", "route", "id_tokens"), ("ids", "ids", "canvas", "ids"),
         ("canvas", "canvas", "canvas_preview", "images"),
         ("vae", "vae", "decode", "vae"), ("sampler", "latents", "decode", "latents"),
-        ("decode", "frames", "video", "images"), ("video", "VIDEO", "save", "video"),
+        ("decode", "frames", "save", "images"),
     ]
     for i in range(1, people + 1):
         row = 520 + (i - 1) * 420

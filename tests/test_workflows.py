@@ -1,0 +1,95 @@
+"""The example workflows against the pack's own node schemas (no ComfyUI needed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+STUBS = Path(__file__).resolve().parent / "comfy_stubs"
+sys.path.insert(0, str(STUBS))
+import harness  # noqa: E402
+import workflow_tools  # noqa: E402
+
+sys.path.remove(str(STUBS))
+
+WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
+OFFICIAL_TWO_ID_PROMPT = ("Two men in half bodies, are seated in a dimly lit room, possibly an office or meeting "
+                          "room, with a formal atmosphere.")
+
+
+@pytest.fixture(scope="module")
+def definitions(tmp_path_factory):
+    harness.load_pack(tmp_path_factory.mktemp("no_models"))
+    try:
+        yield workflow_tools.node_definitions(harness.pack_module("nodes.extension").NODES)
+    finally:
+        harness.unload_pack()
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def by_type(workflow: dict, node_type: str) -> list[dict]:
+    return [n for n in workflow["nodes"] if n["type"] == node_type]
+
+
+def test_examples_exist_for_one_and_two_people():
+    names = {p.name for p in WORKFLOWS}
+    assert {"ingredients_1_id.json", "ingredients_2_ids.json"} <= names
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_matches_node_definitions(path, definitions):
+    workflow = load(path)
+    assert workflow_tools.check_workflow(workflow, definitions) == []
+    ids = [n["id"] for n in workflow["nodes"]]
+    assert len(set(ids)) == len(ids) and workflow["last_node_id"] >= max(ids)
+    assert workflow["last_link_id"] >= max(link[0] for link in workflow["links"])
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_converts_to_api_format(path, definitions):
+    workflow = load(path)
+    prompt = workflow_tools.to_api(workflow, definitions)
+    sampler_id, sampler = next((k, v) for k, v in prompt.items() if v["class_type"] == "IngredientsSampler")
+    assert sampler["inputs"]["seed"] == 42 and "control_after_generate" not in sampler["inputs"]
+    assert {sampler["inputs"][k] for k in ("width", "height", "frames", "steps")} == {720, 480, 49, 50}
+    for node in prompt.values():
+        for value in node["inputs"].values():
+            if isinstance(value, list):
+                assert value[0] in prompt, f"{node['class_type']} links to missing node {value[0]}"
+    loads = [n for n in prompt.values() if n["class_type"] == "LoadImage"]
+    assert all(set(n["inputs"]) == {"image"} for n in loads)  # the upload button value is not an input
+    assert any(v["class_type"] == "IngredientsDecode" and v["inputs"]["latents"] == [sampler_id, 0]
+               for v in prompt.values())
+
+
+def test_two_id_example_uses_the_official_prompt_and_two_slots():
+    workflow = load(harness.REPO / "workflows" / "ingredients_2_ids.json")
+    prompt_node, = by_type(workflow, "IngredientsEncodePrompt")
+    assert prompt_node["widgets_values"][0] == OFFICIAL_TWO_ID_PROMPT
+    id_list, = by_type(workflow, "IngredientsIDList")
+    connected = [i["name"] for i in id_list["inputs"] if i.get("link") is not None]
+    assert connected == ["face_1", "face_2"] and len(by_type(workflow, "IngredientsEncodeFace")) == 2
+    sampler, = by_type(workflow, "IngredientsSampler")
+    assert sampler["widgets_values"][5:7] == [42, "fixed"]  # the seed, then its hidden control value
+
+
+@pytest.mark.parametrize("mutation, expected", [
+    (lambda w: by_type(w, "IngredientsSampler")[0]["widgets_values"].pop(6), "widget values for"),
+    (lambda w: by_type(w, "IngredientsSampler")[0]["widgets_values"].__setitem__(2, 5000), "frames: 5000 outside"),
+    (lambda w: by_type(w, "IngredientsSampler")[0]["widgets_values"].__setitem__(6, "sometimes"), "control value"),
+    (lambda w: by_type(w, "IngredientsRouteIDs")[0]["widgets_values"].__setitem__(0, "random"), "not in"),
+    (lambda w: w["links"][0].__setitem__(5, "INGREDIENTS_MODEL"), "is recorded as INGREDIENTS_MODEL"),
+    (lambda w: w["nodes"][0].__setitem__("type", "IngredientsOldLoader"), "unknown node type"),
+])
+def test_checker_catches_broken_workflows(definitions, mutation, expected):
+    workflow = copy.deepcopy(load(harness.REPO / "workflows" / "ingredients_2_ids.json"))
+    mutation(workflow)
+    problems = workflow_tools.check_workflow(workflow, definitions)
+    assert any(expected in p for p in problems), problems
