@@ -79,11 +79,10 @@ def folder_names(kind: FolderKind) -> list[str]:
 
 
 def missing_message(kind: FolderKind, name: str, input_name: str) -> str:
-    roots = _roots(kind)
-    searched = ", ".join(str(r) for r in roots) or "(no search folders registered)"
-    return (f"{input_name}: no {kind.label} folder named {name!r}. A {kind.label} folder holds "
-            f"{kind.describe()}; put it in one of: {searched} (or add a path with "
-            f"extra_model_paths.yaml). Download: {SOURCE}.")
+    searched = ", ".join(str(r) for r in _roots(kind)) or "(no search folders registered)"
+    return (f"{input_name}: no folder {name!r} holding the {kind.label} ({kind.describe()}) in: {searched}. "
+            f"Put the downloaded folder in one of them, or add its parent folder to extra_model_paths.yaml "
+            f"under the key '{kind.roots[0]}'. Download: {SOURCE}.")
 
 
 def resolve(kind: FolderKind, name: str, input_name: str) -> Path:

@@ -1,0 +1,197 @@
+"""The pack inside a real ComfyUI: start it, list the nodes, run every example workflow.
+
+Runs only when ``COMFYUI_PATH`` names a ComfyUI checkout (``COMFYUI_PYTHON``: the interpreter with
+ComfyUI's requirements and the pack's; default: this one). ComfyUI starts with ``--cpu`` on a free
+port, with a base directory in a temporary folder (the pack symlinked into its custom_nodes) and
+the tiny models offered through an ``extra_model_paths.yaml``. With Debian's chromium and pip's
+playwright present, the real frontend is checked too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+STUBS = Path(__file__).resolve().parent / "comfy_stubs"
+sys.path.insert(0, str(STUBS))
+import frontend  # noqa: E402
+import harness  # noqa: E402
+import workflow_tools  # noqa: E402
+
+sys.path.remove(str(STUBS))
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set: the real-ComfyUI test needs a "
+                                                     "ComfyUI checkout (and COMFYUI_PYTHON with its requirements)")
+WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
+# The tiny transformer has learned positions for 9 frames of 64 x 96: the only override of the examples.
+TINY_SAMPLER = dict(width=96, height=64, frames=9, steps=2)
+START_TIMEOUT, RUN_TIMEOUT = 240, 600
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "comfyui.log"
+        self.process = None
+
+    def start(self) -> None:
+        yaml = self.root / "extra_model_paths.yaml"
+        yaml.write_text(f"ingredients_tests:\n    base_path: {self.root / 'models'}\n    ingredients: ingredients\n")
+        command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+                   "--port", str(self.port), "--base-directory", str(self.root / "base"),
+                   "--extra-model-paths-config", str(yaml)]
+        self.process = subprocess.Popen(command, cwd=COMFYUI, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                self.get("/object_info/IngredientsSampler")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(1)
+        pytest.fail(f"ComfyUI did not answer within {START_TIMEOUT} s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post_prompt(self, prompt: dict) -> tuple[int, dict]:
+        body = json.dumps({"prompt": prompt, "client_id": "ingredients-tests"}).encode()
+        request = urllib.request.Request(self.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def wait_for(self, prompt_id: str) -> dict:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None and (
+                    entry["status"]["completed"] or entry["status"].get("status_str") == "error"):
+                return entry
+            time.sleep(1)
+        pytest.fail(f"prompt {prompt_id} did not finish within {RUN_TIMEOUT} s:\n{self.log()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    sys.path.insert(0, str(STUBS))
+    import tiny_models
+    from PIL import Image
+
+    sys.path.remove(str(STUBS))
+    root = tmp_path_factory.mktemp("comfyui")
+    tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
+    for sub in ("custom_nodes", "input", "output", "temp", "user"):
+        (root / "base" / sub).mkdir(parents=True)
+    (root / "base" / "custom_nodes" / "ComfyUI-Ingredients").symlink_to(harness.REPO, target_is_directory=True)
+    for i in (1, 2):
+        Image.fromarray(tiny_models.face_photo(i)).save(root / "base" / "input" / f"person_{i}.png")
+    server = Server(root)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def definitions(server):
+    return server.get("/object_info")
+
+
+def _pack_node_ids() -> set[str]:
+    harness.load_pack(Path("/nonexistent"))
+    try:
+        return {cls.GET_SCHEMA().node_id for cls in harness.pack_module("nodes.extension").NODES}
+    finally:
+        harness.unload_pack()
+
+
+def test_every_node_is_listed_and_nothing_failed_to_import(server, definitions):
+    expected = _pack_node_ids()
+    assert expected <= set(definitions), f"missing: {sorted(expected - set(definitions))}"
+    failed = [line for line in server.log().splitlines() if "IMPORT FAILED" in line]
+    assert failed == [], "\n".join(failed)
+    for node_id in expected:
+        assert definitions[node_id]["category"] == "Ingredients"
+
+
+def test_core_node_table_matches_this_comfyui(definitions):
+    table = json.loads(workflow_tools.CORE_NODES.read_text())
+    for name, ours in table.items():
+        assert workflow_tools.widget_layout(definitions[name]) == workflow_tools.widget_layout(ours), name
+        # outputs may be added in newer ComfyUI (0.33's PreviewImage passes its images on); links to
+        # the ones the table lists must stay valid
+        assert definitions[name]["output"][:len(ours["output"])] == ours["output"], name
+
+
+def test_missing_model_folder_is_refused_on_the_node(server, definitions):
+    prompt = workflow_tools.to_api(json.loads(WORKFLOWS[0].read_text()), definitions)
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "IngredientsModelLoader")
+    prompt[loader]["inputs"]["model_folder"] = "NotDownloaded"
+    _, answer = server.post_prompt(prompt)  # outputs that do not need the model (canvas preview) may still run
+    assert loader in answer["node_errors"], answer
+    message = json.dumps(answer["node_errors"][loader])
+    assert "NotDownloaded" in message and "feizhengcong/Ingredients" in message and "models" in message
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_example_workflow_runs_to_saved_frames(server, definitions, path):
+    workflow = json.loads(path.read_text())
+    assert workflow_tools.check_workflow(workflow, definitions) == []
+    prompt = workflow_tools.to_api(workflow, definitions)
+    for node in prompt.values():
+        if node["class_type"] == "IngredientsSampler":
+            node["inputs"].update(TINY_SAMPLER)
+    status, answer = server.post_prompt(prompt)
+    assert status == 200 and not answer.get("node_errors"), answer
+    entry = server.wait_for(answer["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    saver = next(k for k, v in prompt.items() if v["class_type"] == "SaveAnimatedWEBP")
+    images = entry["outputs"][saver]["images"]
+    assert images and (server.root / "base" / "output" / images[0]["filename"]).stat().st_size > 0
+
+
+@pytest.mark.skipif(not frontend.available(), reason="needs Debian chromium (/usr/bin/chromium) and pip playwright")
+def test_frontend_loads_the_pack_and_agrees_on_the_api_prompt(server, definitions):
+    with frontend.open_comfyui(server.url) as (page, log):
+        assert frontend.extension_registered(page)
+        for path in WORKFLOWS:
+            workflow = json.loads(path.read_text())
+            missing, output = frontend.load(page, workflow)
+            assert missing == [], f"{path.name}: the frontend does not know {missing}"
+            for node in output.values():
+                node.pop("_meta", None)
+            assert output == workflow_tools.to_api(workflow, definitions), path.name
+        assert log.pack_errors() == []
