@@ -57,7 +57,8 @@ class EncodeFace(io.ComfyNode):
                              tooltip="Smallest accepted face (short side of the box, pixels). 0 accepts any size."),
             ],
             outputs=[
-                FaceType.Output("face", display_name="face", tooltip="This person's face features, for Ingredients IDs."),
+                FaceType.Output("face", display_name="face",
+                                tooltip="This person's face features, for Ingredients IDs."),
                 io.Image.Output("aligned_crop", display_name="aligned_crop",
                                 tooltip="The aligned 512 x 512 face crop (what goes on the canvas)."),
             ],
@@ -88,7 +89,8 @@ class IDList(io.ComfyNode):
             description=("Puts 1 to 4 people in order. The order is the canvas slot order (person 1 leftmost) "
                          "and the order of the ID tokens."),
             inputs=[FaceType.Input("face_1", tooltip="Person 1 (canvas slot 1, leftmost)."), *optional],
-            outputs=[IDsType.Output("ids", display_name="ids", tooltip="The ordered people, for Project IDs and the canvas.")],
+            outputs=[IDsType.Output("ids", display_name="ids",
+                                    tooltip="The ordered people, for Project IDs and the canvas.")],
         )
 
     @classmethod
@@ -112,7 +114,8 @@ class FaceCanvas(io.ComfyNode):
             description=("The 720 x 480 white canvas with the aligned faces in slot order: the image the video "
                          "starts from (the sampler builds the same canvas itself)."),
             inputs=[IDsType.Input("ids", tooltip="From Ingredients IDs.")],
-            outputs=[io.Image.Output("canvas", display_name="canvas", tooltip="The face canvas as an IMAGE (1, 480, 720, 3).")],
+            outputs=[io.Image.Output("canvas", display_name="canvas",
+                                     tooltip="The face canvas as an IMAGE (1, 480, 720, 3).")],
         )
 
     @classmethod

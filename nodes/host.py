@@ -20,14 +20,13 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 import comfy.latent_formats
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
 import latent_preview
+import torch
 
 logger = logging.getLogger(__name__)
 

@@ -66,8 +66,9 @@ class RouteIDs(io.ComfyNode):
             inputs=[
                 IDTokensType.Input("id_tokens", tooltip="From Ingredients Project IDs."),
                 io.Combo.Input("routing_mode", options=[MODEL_DEFAULT, *ROUTING_MODES], default=MODEL_DEFAULT,
-                               tooltip=("from model = the loader's choice; official = the paper's code (router of the "
-                                        "negative-prompt half for the whole batch); per_sample = each half on its own.")),
+                               tooltip=("from model = the loader's choice; official = the paper's code (router of "
+                                        "the negative-prompt half for the whole batch); per_sample = each half on "
+                                        "its own.")),
                 io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
                                tooltip=("Multiplies the checkpoint's ID strength (local_face_scale). 1.0 = as trained; "
                                         "lower = looser likeness, 0 = no identity features.")),

@@ -115,7 +115,8 @@ class Sampler(io.ComfyNode):
                 io.Int.Input("seed", default=42, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Seed of every random draw (canvas latent, noise, scheduler)."),
                 io.Combo.Input("scheduler", options=SCHEDULERS, default="dpm",
-                               tooltip="dpm = CogVideoXDPMScheduler (official, stochastic); ddim = CogVideoXDDIMScheduler."),
+                               tooltip=("dpm = CogVideoXDPMScheduler (official, stochastic); "
+                                        "ddim = CogVideoXDDIMScheduler.")),
                 io.Boolean.Input("dynamic_cfg", default=False,
                                  tooltip="CogVideoX dynamic guidance (cfg rises over the run). Official: off."),
             ],
@@ -143,12 +144,14 @@ class Decode(io.ComfyNode):
             node_id="IngredientsDecode",
             display_name="Ingredients Decode",
             category=CATEGORY,
-            description="Decodes the video latents to IMAGE frames (one image per frame) for ComfyUI's video and image savers.",
+            description=("Decodes the video latents to IMAGE frames (one image per frame) for ComfyUI's video "
+                         "and image savers."),
             inputs=[
                 VAEType.Input("vae", tooltip="From Load Ingredients VAE."),
                 LatentsType.Input("latents", tooltip="From Ingredients Sampler."),
                 io.Boolean.Input("tiling", default=True,
-                                 tooltip="Decode in tiles: much less memory, tiny seams at most. Off = the official decode."),
+                                 tooltip=("Decode in tiles: much less memory, tiny seams at most. "
+                                          "Off = the official decode.")),
             ],
             outputs=[io.Image.Output("frames", display_name="frames",
                                      tooltip="The video frames as an IMAGE batch (frames, height, width, 3).")],

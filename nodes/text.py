@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 CATEGORY = "Ingredients"
 TOKENS = 226
 T5_KEY = "t5xxl"
-PROMPT_TOOLTIP = "What happens in the video. T5 reads at most 226 tokens; longer prompts are cut (a warning names the cut text)."
+PROMPT_TOOLTIP = ("What happens in the video. T5 reads at most 226 tokens; longer prompts are cut "
+                  "(a warning says how much).")
 NEGATIVE_TOOLTIP = "What to avoid. The official default is empty."
 OUTPUT_TOOLTIP = "Prompt and negative prompt as T5 embeddings (226 tokens each), for the sampler."
 
@@ -40,7 +41,8 @@ class EncodePrompt(io.ComfyNode):
             node_id="IngredientsEncodePrompt",
             display_name="Ingredients Encode Prompt (T5)",
             category=CATEGORY,
-            description="Encodes prompt and negative prompt with the T5 of the Ingredients folder, as the official pipeline.",
+            description=("Encodes prompt and negative prompt with the T5 of the Ingredients folder, as the "
+                         "official pipeline does."),
             inputs=[T5Type.Input("t5", tooltip="From Load Ingredients T5."), *_prompt_inputs()],
             outputs=[PromptType.Output("embeddings", display_name="prompt", tooltip=OUTPUT_TOOLTIP)],
         )
@@ -95,7 +97,8 @@ class EncodePromptCLIP(io.ComfyNode):
             category=CATEGORY,
             description=("Encodes prompt and negative prompt with a native ComfyUI T5-XXL (CLIPLoader type sd3 "
                          "with a t5xxl file, or cogvideox), padded to 226 tokens, t5xxl part only."),
-            inputs=[io.Clip.Input("clip", tooltip="A CLIP holding T5-XXL: CLIPLoader type sd3 (t5xxl file) or cogvideox."),
+            inputs=[io.Clip.Input("clip", tooltip=("A CLIP holding T5-XXL: CLIPLoader type sd3 (t5xxl file) "
+                                                   "or cogvideox.")),
                     *_prompt_inputs()],
             outputs=[PromptType.Output("embeddings", display_name="prompt", tooltip=OUTPUT_TOOLTIP)],
         )

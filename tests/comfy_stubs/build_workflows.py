@@ -86,7 +86,8 @@ def main(url: str) -> int:
         for name, spec in EXAMPLES.items():
             workflow, _ = frontend.build(page, spec)
             (WORKFLOWS / name).write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")
-            sys.stdout.write(f"wrote {WORKFLOWS / name}: {len(workflow['nodes'])} nodes, {len(workflow['links'])} links\n")
+            counts = f"{len(workflow['nodes'])} nodes, {len(workflow['links'])} links"
+            sys.stdout.write(f"wrote {WORKFLOWS / name}: {counts}\n")
         problems = log.pack_errors()
     if problems:
         sys.stderr.write("console errors from the pack:\n" + "\n".join(problems) + "\n")

@@ -96,9 +96,10 @@ def _check_widgets(node: dict, definition: dict) -> list[str]:
         return [f"{label}: {len(values)} widget values for {len(layout)} widgets {[n for n, _ in layout]}"]
     specs = {name: (io_type, options) for name, io_type, options in _inputs(definition)}
     problems = []
-    for (name, kind), value in zip(layout, values):
+    for (name, kind), value in zip(layout, values, strict=False):
         if kind == "control" and value not in CONTROL_VALUES:
-            problems.append(f"{label}: control value after {name} is {value!r}, expected one of {sorted(CONTROL_VALUES)}")
+            problems.append(f"{label}: control value after {name} is {value!r}, "
+                            f"expected one of {sorted(CONTROL_VALUES)}")
         elif kind == "value":
             problem = _value_problem(name, *specs[name], value)
             if problem:
@@ -143,7 +144,7 @@ def to_api(workflow: dict, definitions: dict) -> dict:
             continue
         definition = definitions[node["type"]]
         inputs = {}
-        for (name, kind), value in zip(widget_layout(definition), node.get("widgets_values") or []):
+        for (name, kind), value in zip(widget_layout(definition), node.get("widgets_values") or [], strict=False):
             if kind == "value":
                 inputs[name] = value
         for slot in node.get("inputs", []):
