@@ -9,11 +9,13 @@ playwright present, the real frontend is checked too.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +38,7 @@ WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
 # The tiny transformer has learned positions for 9 frames of 64 x 96: the only override of the examples.
 TINY_SAMPLER = dict(width=96, height=64, frames=9, steps=2)
 START_TIMEOUT, RUN_TIMEOUT = 240, 600
+CLIENT_ID = "ingredients-tests"
 
 
 def _free_port() -> int:
@@ -56,7 +59,7 @@ class Server:
         yaml = self.root / "extra_model_paths.yaml"
         yaml.write_text(f"ingredients_tests:\n    base_path: {self.root / 'models'}\n    ingredients: ingredients\n")
         command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-                   "--port", str(self.port), "--base-directory", str(self.root / "base"),
+                   "--port", str(self.port), "--base-directory", str(self.root / "base"), "--preview-method", "auto",
                    "--extra-model-paths-config", str(yaml)]
         self.process = subprocess.Popen(command, cwd=COMFYUI, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
@@ -86,7 +89,7 @@ class Server:
             return json.loads(response.read())
 
     def post_prompt(self, prompt: dict) -> tuple[int, dict]:
-        body = json.dumps({"prompt": prompt, "client_id": "ingredients-tests"}).encode()
+        body = json.dumps({"prompt": prompt, "client_id": CLIENT_ID}).encode()
         request = urllib.request.Request(self.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
@@ -128,6 +131,28 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def definitions(server):
     return server.get("/object_info")
+
+
+def test_stand_ins_match_the_real_schema_api(tmp_path):
+    """Every stand-in parameter exists in the real signature, with ``id`` in the same place (the
+    pack passes only ``id`` by position); every stand-in Schema field exists in the real Schema."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run([python, str(STUBS / "real_signatures.py"), COMFYUI], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    real = json.loads(result.stdout.strip().splitlines()[-1])
+    sys.path.insert(0, str(STUBS))
+    try:
+        import real_signatures
+        from comfy_api.latest import io, ui
+
+        ours = real_signatures.signatures(io, ui)
+    finally:
+        harness.unload_pack()
+    for name, params in ours.items():
+        assert set(params) <= set(real[name]), f"{name}: stand-in {params} vs real {real[name]}"
+        if "id" in params:
+            assert real[name].index("id") == params.index("id"), name
 
 
 def _pack_node_ids() -> set[str]:
@@ -195,3 +220,47 @@ def test_frontend_loads_the_pack_and_agrees_on_the_api_prompt(server, definition
                 node.pop("_meta", None)
             assert output == workflow_tools.to_api(workflow, definitions), path.name
         assert log.pack_errors() == []
+
+
+def _listen(url: str, messages: list, ready: threading.Event, done: threading.Event) -> None:
+    """Collect the websocket messages ComfyUI sends to CLIENT_ID until ``done`` is set."""
+    import aiohttp
+
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{url.replace('http', 'ws')}/ws?clientId={CLIENT_ID}") as ws:
+                ready.set()
+                while not done.is_set():
+                    try:
+                        message = await ws.receive(timeout=1.0)
+                    except asyncio.TimeoutError:
+                        continue
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        messages.append(("binary", int.from_bytes(message.data[:4], "big")))
+                    elif message.type == aiohttp.WSMsgType.TEXT:
+                        messages.append(("json", json.loads(message.data)))
+                    else:
+                        return
+
+    asyncio.run(main())
+
+
+def test_sampler_reports_progress_and_latent_previews(server, definitions):
+    pytest.importorskip("aiohttp")
+    prompt = workflow_tools.to_api(json.loads(WORKFLOWS[0].read_text()), definitions)
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "IngredientsSampler")
+    prompt[sampler]["inputs"].update(TINY_SAMPLER, steps=3, seed=1234)  # a new seed: the sampler runs again
+    messages, ready, done = [], threading.Event(), threading.Event()
+    listener = threading.Thread(target=_listen, args=(server.url, messages, ready, done), daemon=True)
+    listener.start()
+    assert ready.wait(30)
+    try:
+        _, answer = server.post_prompt(prompt)
+        assert server.wait_for(answer["prompt_id"])["status"]["status_str"] == "success"
+    finally:
+        done.set()
+        listener.join(10)
+    progress = [m["data"] for kind, m in messages if kind == "json" and m["type"] == "progress"
+                and m["data"].get("node") == sampler]
+    assert [(p["value"], p["max"]) for p in progress][-3:] == [(1, 3), (2, 3), (3, 3)]
+    assert sum(1 for kind, m in messages if kind == "binary") >= 3  # one JPEG preview per step
