@@ -2,8 +2,10 @@
 
 Two ways in: the T5 that ships with Ingredients (Load Ingredients T5), or a native ComfyUI CLIP
 loaded with CLIPLoader type ``sd3`` (a t5xxl file) or ``cogvideox`` (newer ComfyUI). The CLIP path
-asks the tokenizer for 226 tokens per call (``tokenizer_options``) and encodes only the t5xxl part,
-so the shared CLIP object is never changed.
+asks the tokenizer for 226 tokens per call (``tokenizer_options``), without ComfyUI's ``(word:1.2)``
+emphasis syntax (``disable_weights``: brackets stay text, as in the official pipeline; the token ids
+then equal the official tokenizer's), and encodes only the t5xxl part, so the shared CLIP object is
+never changed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ CATEGORY = "Ingredients"
 TOKENS = 226
 T5_KEY = "t5xxl"
 PROMPT_TOOLTIP = ("What happens in the video. T5 reads at most 226 tokens; longer prompts are cut "
-                  "(a warning says how much).")
+                  "(a warning says how much). Brackets are plain text (no ComfyUI emphasis), as in the paper's code.")
 NEGATIVE_TOOLTIP = "What to avoid. The official default is empty."
 OUTPUT_TOOLTIP = "Prompt and negative prompt as T5 embeddings (226 tokens each), for the sampler."
 
@@ -59,7 +61,7 @@ class EncodePrompt(io.ComfyNode):
 
 def clip_t5_embeddings(clip, text: str, input_name: str):
     """(1, 226, 4096) T5-XXL hidden states of ``text`` from a native ComfyUI CLIP."""
-    tokens = clip.tokenize(text, tokenizer_options={f"{T5_KEY}_min_length": TOKENS})
+    tokens = clip.tokenize(text, tokenizer_options={f"{T5_KEY}_min_length": TOKENS}, disable_weights=True)
     if T5_KEY not in tokens:
         raise ValueError(f"{input_name}: this CLIP has no T5-XXL encoder (it has {', '.join(sorted(tokens))}). "
                          "Load t5xxl with CLIPLoader type 'sd3' (or 'cogvideox' on newer ComfyUI).")

@@ -155,6 +155,20 @@ def test_stand_ins_match_the_real_schema_api(tmp_path):
             assert real[name].index("id") == params.index("id"), name
 
 
+def test_clip_prompt_path_with_comfyuis_own_t5_tokenizers(tmp_path):
+    """sd3 (and cogvideox where ComfyUI has it): 226 tokens, t5xxl part only, ids = official ids."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run([python, str(STUBS / "real_tokenizer_check.py"), COMFYUI, str(harness.REPO)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "sd3" in report
+    for name, found in report.items():
+        assert found["shapes"] == [[1, 226, 4096], [1, 226, 4096]], name
+        assert all(sent["t5xxl"] == [226] and not any(sent.get(k) for k in ("l", "g")) for sent in found["sent"])
+        assert found["end_token_kept"] and found["official_ids"], name
+
+
 def _pack_node_ids() -> set[str]:
     harness.load_pack(Path("/nonexistent"))
     try:

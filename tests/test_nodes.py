@@ -240,6 +240,7 @@ class FakeT5Clip:
         self.encoded = []
 
     def tokenize(self, text, return_word_ids=False, **kwargs):
+        assert kwargs.get("disable_weights") is True  # brackets are text, as in the official pipeline
         options = kwargs.get("tokenizer_options", {})
         words = [(100 + i, 1.0, i + 1) for i, _ in enumerate(text.split())]
         t5 = words + [(1, 1.0, 0)]
