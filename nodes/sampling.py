@@ -49,6 +49,12 @@ def _check_prompt(prompt: IngredientsPrompt, config) -> None:
                          "the official model).")
 
 
+def _check_ids(routed: IngredientsRoutedIDs, model: IngredientsModel) -> None:
+    if routed.tokens.model_folder != model.folder:
+        raise ValueError(f"routed_ids: the ID tokens were projected with the model in {routed.tokens.model_folder}, "
+                         f"the sampler uses {model.folder}: feed Project IDs the same model as the sampler.")
+
+
 def _generator(model_device: torch.device, vae_device: torch.device, seed: int) -> torch.Generator:
     """The official run draws everything from one generator on the pipeline's device; when
     ComfyUI keeps the VAE on another device, a CPU generator serves both (same seed, other noise)."""
@@ -132,6 +138,7 @@ class Sampler(io.ComfyNode):
                              scheduler=scheduler, dynamic_cfg=dynamic_cfg)
         settings.check_model(model.transformer.config)
         _check_prompt(prompt, model.transformer.config)
+        _check_ids(routed_ids, model)
         host.check_interrupt()
         latents = run_sampler(model, prompt, routed_ids, vae, settings)
         return io.NodeOutput(IngredientsLatents(latents.to(host.output_device()), height, width, frames))

@@ -278,3 +278,33 @@ def test_sampler_reports_progress_and_latent_previews(server, definitions):
                 and m["data"].get("node") == sampler]
     assert [(p["value"], p["max"]) for p in progress][-3:] == [(1, 3), (2, 3), (3, 3)]
     assert sum(1 for kind, m in messages if kind == "binary") >= 3  # one JPEG preview per step
+
+
+def test_cancel_stops_the_sampler_between_steps(server, definitions):
+    pytest.importorskip("aiohttp")
+    prompt = workflow_tools.to_api(json.loads(WORKFLOWS[0].read_text()), definitions)
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "IngredientsSampler")
+    steps = 500
+    prompt[sampler]["inputs"].update(TINY_SAMPLER, steps=steps, seed=99)
+    messages, ready, done = [], threading.Event(), threading.Event()
+    listener = threading.Thread(target=_listen, args=(server.url, messages, ready, done), daemon=True)
+    listener.start()
+    assert ready.wait(30)
+    try:
+        _, answer = server.post_prompt(prompt)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not any(kind == "json" and m["type"] == "progress" and m["data"].get("node") == sampler
+                      for kind, m in list(messages)):
+            assert time.monotonic() < deadline, "the sampler never reported progress"
+            time.sleep(0.05)
+        urllib.request.urlopen(urllib.request.Request(server.url + "/interrupt", data=b"{}", method="POST"),
+                               timeout=30).read()
+        entry = server.wait_for(answer["prompt_id"])
+    finally:
+        done.set()
+        listener.join(10)
+    assert entry["status"]["status_str"] == "error"
+    assert any(message[0] == "execution_interrupted" for message in entry["status"]["messages"])
+    reached = max(m["data"]["value"] for kind, m in messages if kind == "json" and m["type"] == "progress"
+                  and m["data"].get("node") == sampler)
+    assert reached < steps

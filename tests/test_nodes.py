@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -229,6 +230,9 @@ def test_sampler_errors_name_the_input(nodes, graph):
     wide = type(graph["prompt"])(torch.zeros(1, 226, 4096), torch.zeros(1, 226, 4096), "test")
     with pytest.raises(ValueError, match="prompt: embeddings are 4096 wide"):
         sample(nodes, graph, prompt=wide)
+    other = dataclasses.replace(graph["model"], folder=Path("/models/ingredients/Other"))
+    with pytest.raises(ValueError, match="routed_ids: the ID tokens were projected with the model in"):
+        sample(nodes, graph, model=other)
 
 
 # -- prompts from a native CLIP ------------------------------------------------------------------
