@@ -72,13 +72,13 @@ def test_infer_config_recovers_interval(state):
 def test_missing_unexpected_and_wrong_shape_are_named(tmp_path, state):
     broken = dict(state)
     del broken["router.0.to_q.weight"]
-    broken["router.9.extra.weight"] = torch.zeros(2)
+    broken["lora_unet.extra.weight"] = torch.zeros(2)
     broken["proj_out.bias"] = torch.zeros(7)
     write_transformer_folder(tmp_path / "transformer", broken, tiny_config().to_dict())
     with pytest.raises(CheckpointError) as err:
         load_transformer(tmp_path)
     msg = str(err.value)
-    assert "router.0.to_q.weight" in msg and "router.9.extra.weight" in msg
+    assert "router.0.to_q.weight" in msg and "lora_unet.extra.weight" in msg
     assert "proj_out.bias: expected (64,), found (7,)" in msg
 
 
@@ -106,4 +106,27 @@ def test_truncated_safetensors(tmp_path, state):
     weights = folder / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="re-download"):
+        load_transformer(tmp_path)
+
+
+def test_interval_from_router_count_when_config_lacks_it(tmp_path):
+    cfg = tiny_config(num_layers=4, cross_attn_interval=2)
+    data = cfg.to_dict()
+    del data["cross_attn_interval"]
+    write_transformer_folder(tmp_path / "transformer", tiny_state_dict(cfg), data)
+    assert load_transformer(tmp_path, dtype=torch.float32).config.cross_attn_interval == 2
+    data["cross_attn_interval"] = 1
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="cross_attn_interval=1 gives 4 routed layers but the weights have 2"):
+        load_transformer(tmp_path)
+
+
+def test_wrapped_torch_state_dict(tmp_path, state):
+    folder = tmp_path / "transformer"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, folder / "model.pt")
+    assert _same_weights(load_transformer(tmp_path, dtype=torch.float32), state)
+    torch.save([1, 2, 3], folder / "model.pt")
+    with pytest.raises(CheckpointError, match="model.pt: expected a mapping of tensor names"):
         load_transformer(tmp_path)

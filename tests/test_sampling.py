@@ -13,9 +13,7 @@ from ingredients_core.parity import main as parity_main
 from ingredients_core.parity import run_parity
 from ingredients_core.sampling import Interrupted, StepInfo, denoise, dynamic_guidance, make_scheduler
 
-SCHEDULER_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                        num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
-                        set_alpha_to_one=True, snr_shift_scale=1.0, steps_offset=0, timestep_spacing="trailing")
+from ingredients_core.testing.make_tiny import COGVIDEOX_I2V_SCHEDULER_CONFIG as SCHEDULER_CONFIG
 
 
 class FakeDenoiser:
@@ -103,6 +101,19 @@ def test_callback_sees_every_step_and_can_interrupt():
     with pytest.raises(Interrupted):
         _run(callback=stop_after_first, fake=fake)
     assert len(fake.calls) == 2  # stopped right after step 1: no further model call
+
+
+def test_dynamic_cfg_is_applied():
+    g = torch.Generator().manual_seed(3)
+    latents, image = torch.randn(1, 2, 16, 4, 6, generator=g), torch.randn(1, 2, 16, 4, 6, generator=g)
+    sched = make_scheduler("ddim", SCHEDULER_CONFIG)
+    dynamic = denoise(FakeDenoiser(), sched, latents, image, torch.ones(1, 5, 8), torch.zeros(1, 5, 8), None,
+                      steps=1, cfg=6.0, dynamic_cfg=True)
+    sched.set_timesteps(1)
+    t = int(sched.timesteps[0])
+    pred = 0.5 * latents + dynamic_guidance(6.0, 1, t) * 1.0
+    expected = sched.step(pred, sched.timesteps[0], latents, return_dict=False)[0]
+    torch.testing.assert_close(dynamic, expected)
 
 
 def test_dynamic_cfg_formula():

@@ -118,3 +118,59 @@ def test_full_scale_on_meta_device():
     out = model(torch.empty(2, 13, 32, 60, 90, **meta), torch.empty(2, 226, 4096, **meta),
                 torch.empty(2, dtype=torch.long, **meta), rot, ids=model.prepare_ids(tokens))
     assert out.shape == (2, 13, 16, 60, 90)
+
+
+def test_interval_two_matches_per_block_reference(tmp_path):
+    """A 4-layer model routed after blocks 0 and 2 equals a plain reference loop that injects the
+    official per-person cross-attention mix after exactly those blocks (official batch-0 routing)."""
+    from ingredients_core.testing.tiny_transformer import write_tiny_transformer, tiny_config
+
+    write_tiny_transformer(tmp_path, tiny_config(num_layers=4, cross_attn_interval=2))
+    m = load_transformer(tmp_path, dtype=torch.float32)
+    assert m.config.num_routed_layers == 2
+    x, text, t = _inputs()
+    rot = rotary_embeddings(m.config, 64, 96, 3, "cpu")
+    tokens = m.project_ids(_faces(2))
+    with torch.no_grad():
+        ours = m(x, text, t, rot, ids=m.prepare_ids(tokens))
+        emb = m.time_embedding(m.time_proj(t).to(x.dtype))
+        seq = m.patch_embed(text, x)
+        enc, video = seq[:, :226], seq[:, 226:]
+        for i, block in enumerate(m.transformer_blocks):
+            video, enc = block(hidden_states=video, encoder_hidden_states=enc, temb=emb, image_rotary_emb=rot)
+            if i % 2 == 0:
+                k, router = i // 2, m.router[i // 2]
+                merged = router.id_merge(router.norm1(tokens).transpose(-2, -1)).squeeze(-1)
+                logits = router.to_q(router.norm2(video[:1])) @ router.to_kv(merged).T
+                weights = torch.softmax(logits, -1)
+                video = video + _official_cross_attention(m.perceiver_cross_attention[k], tokens, video[:1], weights)
+        video = m.norm_final(torch.cat([enc, video], 1))[:, 226:]
+        ref = m.proj_out(m.norm_out(video, temb=emb))
+        ref = ref.reshape(2, 3, 4, 6, -1, 2, 2).permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_strength_scales_injection_linearly(model):
+    from ingredients_core.routing import RoutingOptions, RoutingPlan
+
+    ids = model.prepare_ids(model.project_ids(_faces(2)))
+    video = torch.randn(2, 72, model.config.inner_dim)
+    step = lambda s: RoutingPlan(RoutingOptions(strengths=s), 2, (3, 4, 6), 1.0, torch.device("cpu")).step(0, 1)  # noqa: E731
+    with torch.no_grad():
+        full = model._inject(0, video, ids, step([1.0, 1.0])) - video
+        scaled = model._inject(0, video, ids, step([0.25, 0.25])) - video
+    torch.testing.assert_close(scaled, 0.25 * full, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_forward_and_denoise(tiny_transformer_dir):
+    from ingredients_core.sampling import denoise, make_scheduler
+    from ingredients_core.testing.make_tiny import COGVIDEOX_I2V_SCHEDULER_CONFIG as SCHEDULER_CONFIG
+
+    m = load_transformer(tiny_transformer_dir, dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    latents, image = torch.randn(1, 3, 16, 8, 12, generator=g), torch.randn(1, 3, 16, 8, 12, generator=g)
+    text = torch.randn(1, 226, 32, generator=g)
+    out = denoise(m, make_scheduler("dpm", SCHEDULER_CONFIG), latents, image, text, torch.zeros_like(text),
+                  m.project_ids(_faces(2)), steps=2, cfg=6.0, generator=torch.Generator().manual_seed(1),
+                  routing=RoutingOptions(mode="per_sample", masks=[torch.ones(8, 8), None]))
+    assert out.dtype == torch.bfloat16 and out.shape == latents.shape and torch.isfinite(out.float()).all()

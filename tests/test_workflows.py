@@ -40,7 +40,7 @@ def by_type(workflow: dict, node_type: str) -> list[dict]:
 
 def test_examples_exist_for_one_and_two_people():
     names = {p.name for p in WORKFLOWS}
-    assert {"ingredients_1_id.json", "ingredients_2_ids.json"} <= names
+    assert {"ingredients_one_id.json", "ingredients_two_ids.json"} <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -70,7 +70,7 @@ def test_workflow_converts_to_api_format(path, definitions):
 
 
 def test_two_id_example_uses_the_official_prompt_and_two_slots():
-    workflow = load(harness.REPO / "workflows" / "ingredients_2_ids.json")
+    workflow = load(harness.REPO / "workflows" / "ingredients_two_ids.json")
     prompt_node, = by_type(workflow, "IngredientsEncodePrompt")
     assert prompt_node["widgets_values"][0] == OFFICIAL_TWO_ID_PROMPT
     id_list, = by_type(workflow, "IngredientsIDList")
@@ -89,7 +89,7 @@ def test_two_id_example_uses_the_official_prompt_and_two_slots():
     (lambda w: w["nodes"][0].__setitem__("type", "IngredientsOldLoader"), "unknown node type"),
 ])
 def test_checker_catches_broken_workflows(definitions, mutation, expected):
-    workflow = copy.deepcopy(load(harness.REPO / "workflows" / "ingredients_2_ids.json"))
+    workflow = copy.deepcopy(load(harness.REPO / "workflows" / "ingredients_two_ids.json"))
     mutation(workflow)
     problems = workflow_tools.check_workflow(workflow, definitions)
     assert any(expected in p for p in problems), problems

@@ -76,8 +76,8 @@ def _spec(people: int, prompt: str) -> dict:
 
 
 EXAMPLES = {
-    "ingredients_1_id.json": _spec(1, ONE_WOMAN),
-    "ingredients_2_ids.json": _spec(2, TWO_MEN),
+    "ingredients_one_id.json": _spec(1, ONE_WOMAN),
+    "ingredients_two_ids.json": _spec(2, TWO_MEN),
 }
 
 
