@@ -50,7 +50,7 @@ def run_ours(golden: Path, weights: Path, steps: int, out: Path) -> list[float]:
                           callback=lambda info: stamps.append(time.perf_counter()),
                           height=case["height_px"], width=case["width_px"])
     torch.save(latents, out)
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
 def run_official(golden: Path, weights: Path, steps: int, out: Path, official: Path) -> list[float]:
@@ -93,7 +93,7 @@ def run_official(golden: Path, weights: Path, steps: int, out: Path, official: P
                        id_vit_hidden=[[x[f"id{i}.vit_hidden.{k}"] for k in range(5)] for i in range(2)],
                        return_dict=False)[0]
     torch.save(latents, out)
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
 def child(args) -> None:

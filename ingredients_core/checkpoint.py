@@ -102,16 +102,37 @@ def _iter_tensors(files: tuple[Path, ...], meta_only: bool = False) -> Iterator[
             except (SafetensorError, OSError) as err:
                 raise CheckpointError(f"{file}: not a readable safetensors file ({err}); re-download it") from err
         else:
-            try:
-                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as err:  # torch.load's unpickler raises many types; all mean "unusable file"
-                raise CheckpointError(f"{file}: cannot be read safely with torch.load(weights_only=True) "
-                                      f"({err}); convert it to .safetensors") from err
-            for key, tensor in state.items():
+            for key, tensor in _torch_state(file).items():
                 yield key, (tuple(tensor.shape) if meta_only else tensor)
 
 
+def _torch_state(file: Path) -> dict[str, torch.Tensor]:
+    """A flat {key: tensor} from a .bin/.pt file, read with ``weights_only=True`` only.
+
+    Unwraps the usual containers (``state_dict``, ``model``, ``module``) and a DataParallel
+    ``module.`` key prefix.
+    """
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # the unpickler raises many types; all mean "unusable file"
+        raise CheckpointError(f"{file}: cannot be read safely with torch.load(weights_only=True) "
+                              f"({err}); convert it to .safetensors") from err
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{file}: expected a mapping of tensor names to tensors (a state dict), "
+                              f"found {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
 # -- 3. config -----------------------------------------------------------------------------------
+def _indices(shapes: dict[str, tuple[int, ...]], prefix: str) -> set[int]:
+    """The numbers N of keys ``{prefix}.N.*`` (layers of a ModuleList)."""
+    pattern = re.compile(rf"{re.escape(prefix)}\.(\d+)\.")
+    return {int(m.group(1)) for k in shapes if (m := pattern.match(k))}
+
+
 def infer_config(shapes: dict[str, tuple[int, ...]]) -> TransformerConfig:
     """Derive the config from checkpoint key shapes (no config.json).
 
@@ -127,8 +148,8 @@ def infer_config(shapes: dict[str, tuple[int, ...]]) -> TransformerConfig:
 
     proj = need("patch_embed.proj.weight")                          # (dim, in_channels, p, p)
     head_dim = need("transformer_blocks.0.attn1.norm_q.weight")[0]
-    num_layers = 1 + max(int(m.group(1)) for k in shapes if (m := re.match(r"transformer_blocks\.(\d+)\.", k)))
-    routed = {int(m.group(1)) for k in shapes if (m := re.match(r"router\.(\d+)\.", k))}
+    num_layers = len(_indices(shapes, "transformer_blocks"))
+    routed = _indices(shapes, "router")
     if not routed:
         raise CheckpointError("no router.* keys: this is a plain CogVideoX transformer, not Ingredients")
     out_channels = need("proj_out.weight")[0] // (proj[2] * proj[3])
@@ -155,8 +176,7 @@ def _id_sizes(shapes: dict[str, tuple[int, ...]], dim: int) -> dict:
     if "local_facial_extractor.proj_out" not in shapes:
         return {}
     ext_dim, token_dim = shapes["local_facial_extractor.proj_out"]
-    depth = 1 + max(int(m.group(1)) for k in shapes
-                    if (m := re.match(r"local_facial_extractor\.layers\.(\d+)\.", k)))
+    depth = len(_indices(shapes, "local_facial_extractor.layers"))
     ids = IDModuleConfig.for_width(
         dim, token_dim=token_dim, extractor_dim=ext_dim, extractor_depth=depth,
         num_tokens=shapes["local_facial_extractor.latents"][1],
@@ -167,15 +187,37 @@ def _id_sizes(shapes: dict[str, tuple[int, ...]], dim: int) -> dict:
 
 
 def read_config(files: CheckpointFiles, shapes: dict[str, tuple[int, ...]]) -> TransformerConfig:
+    """The checkpoint's config: its config.json checked against the weights, else inferred from shapes."""
     try:
-        if files.config is not None:
-            data = json.loads(files.config.read_text())
-            width = data.get("num_attention_heads", 48) * data.get("attention_head_dim", 64)
-            ids = {} if "ids" in data else _id_sizes(shapes, width)
-            return TransformerConfig.from_dict(data, **ids)
-        return infer_config(shapes)
+        if files.config is None:
+            return infer_config(shapes)
+        data = json.loads(files.config.read_text())
+        if not isinstance(data, dict):
+            raise ConfigError("expected a JSON object")
+        width = data.get("num_attention_heads", 48) * data.get("attention_head_dim", 64)
+        overrides = {} if "ids" in data else _id_sizes(shapes, width)
+        overrides.update(_interval_from_keys(data, shapes, files.config))
+        return TransformerConfig.from_dict(data, **overrides)
     except (ConfigError, TypeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{files.config or files.weights[0]}: unusable transformer config: {err}") from err
+
+
+def _interval_from_keys(data: dict, shapes: dict[str, tuple[int, ...]], where: Path) -> dict:
+    """``cross_attn_interval`` from the number of routers when config.json lacks it; a clear error
+    when the two disagree (the official loader would leave routers randomly initialised)."""
+    routers = len(_indices(shapes, "router"))
+    layers = data.get("num_layers", TransformerConfig.num_layers)
+    if not routers:
+        return {}
+    interval = layers // routers
+    if "cross_attn_interval" not in data:
+        logger.info("%s: no cross_attn_interval; %d routers in %d layers give %d", where, routers, layers, interval)
+        return {"cross_attn_interval": interval}
+    if layers // data["cross_attn_interval"] != routers:
+        raise ConfigError(f"cross_attn_interval={data['cross_attn_interval']} gives "
+                          f"{layers // data['cross_attn_interval']} routed layers but the weights have {routers} "
+                          f"routers (interval {interval}); fix cross_attn_interval in config.json")
+    return {}
 
 
 # -- 4. loading ----------------------------------------------------------------------------------

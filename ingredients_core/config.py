@@ -46,7 +46,7 @@ class IDModuleConfig:
     @classmethod
     def for_width(cls, inner_dim: int, **overrides: Any) -> "IDModuleConfig":
         """Sizes derived from the transformer width, as the official code fixes them for 3072."""
-        if (2 * inner_dim) % 3 or inner_dim % 3:
+        if inner_dim % 3:
             raise ConfigError(f"transformer width {inner_dim} must be divisible by 3 (ID tokens are 2/3 of it)")
         values = {"token_dim": 2 * inner_dim // 3, "extractor_dim": inner_dim // 3}
         values.update(overrides)

@@ -76,9 +76,12 @@ class RoutingOptions:
 
 @dataclass
 class RoutingRecorder:
-    """Router assignment (softmax weights, batch element 0) per routed layer, for routing maps.
+    """Router assignment per routed layer, for routing maps.
 
-    Keeps, per layer, the last step's weights and the sum over steps: (N, P) each, on the CPU.
+    Records the assignment of the last batch element the router saw (``official`` mode: element 0,
+    the only one routed; ``per_sample`` with guidance: the positive-prompt half), IDs switched off at
+    that step shown as unassigned. Keeps, per layer, the last step's weights and the sum over steps:
+    (N, P) each, on the CPU.
     """
 
     grid: tuple[int, int, int] = (0, 0, 0)  # latent frames, token rows, token columns (set by the plan)
@@ -87,7 +90,7 @@ class RoutingRecorder:
     steps: dict[int, int] = field(default_factory=dict)
 
     def add(self, layer: int, weights: torch.Tensor) -> None:
-        w = weights[0].detach().float().cpu()  # (N, P)
+        w = weights[-1].detach().float().cpu()  # (N, P)
         self.last[layer] = w
         self.total[layer] = self.total.get(layer, 0) + w
         self.steps[layer] = self.steps.get(layer, 0) + 1
@@ -113,28 +116,33 @@ class StepRouting:
     logit_bias: Optional[torch.Tensor]   # (N, P) soft-mask bias
     hard: Optional[torch.Tensor]         # (N, P) one-hot hard assignment (rows all 0 = nobody)
     recorder: Optional[RoutingRecorder]
+    on: tuple[bool, ...] = ()            # which IDs are injected this step (known on the host, no sync)
+
+    @property
+    def enabled(self) -> bool:
+        return any(self.on)
 
     @classmethod
-    def default(cls, num_ids: int, scale: float, mode: RoutingMode = "official") -> "StepRouting":
+    def default(cls, num_ids: int, scale: float, device: torch.device,
+                mode: RoutingMode = "official") -> "StepRouting":
         """Plain routing: every ID at full strength, no masks, nothing recorded."""
-        return cls(mode, scale, torch.ones(num_ids), None, None, None)
+        return cls(mode, scale, torch.ones(num_ids, device=device), None, None, None, (True,) * num_ids)
 
     def assign(self, logits: torch.Tensor) -> torch.Tensor:
         """Router logits (b, N, P) -> assignment (b, N, P): softmax over active IDs, or the hard masks."""
-        on = self.active > 0
         if self.hard is not None:
             w = self.hard.to(logits.dtype).expand_as(logits)
         else:
             if self.logit_bias is not None:
                 logits = logits + self.logit_bias.to(logits.dtype)
-            if not bool(on.all()):
-                logits = logits.masked_fill(~on.to(logits.device), float("-inf"))
+            if not all(self.on):
+                logits = logits.masked_fill(~(self.active > 0), float("-inf"))
             w = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
         return w
 
     def strengths(self, like: torch.Tensor) -> torch.Tensor:
-        """Per-ID strength of this step, (P,) on ``like``'s device and dtype."""
-        return self.active.to(device=like.device, dtype=like.dtype)
+        """Per-ID strength of this step, (P,) in ``like``'s dtype."""
+        return self.active.to(dtype=like.dtype)
 
 
 class RoutingPlan:
@@ -147,6 +155,7 @@ class RoutingPlan:
         self.num_ids = num_ids
         self.grid = grid
         self.scale = default_scale if options.scale is None else float(options.scale)
+        self.device = device
         self.strengths = torch.tensor(list(options.strengths or [1.0] * num_ids), dtype=torch.float32)
         self.token_masks = self._token_masks(device)
         self.recorder = recorder
@@ -175,7 +184,8 @@ class RoutingPlan:
                 bias = self.options.mask_strength * self.token_masks
             else:
                 hard = _hard_assignment(self.token_masks)
-        return StepRouting(self.options.mode, self.scale, active, bias, hard, self.recorder)
+        on = tuple(bool(a > 0) for a in active)
+        return StepRouting(self.options.mode, self.scale, active.to(self.device), bias, hard, self.recorder, on)
 
 
 def _hard_assignment(token_masks: torch.Tensor) -> torch.Tensor:

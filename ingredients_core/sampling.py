@@ -94,12 +94,13 @@ def _step_kwargs(scheduler, generator: Optional[torch.Generator], eta: float) ->
     return kwargs
 
 
+@torch.no_grad()
 def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.Tensor,
             prompt_embeds: torch.Tensor, negative_embeds: Optional[torch.Tensor],
             id_tokens: Optional[torch.Tensor], *, steps: int, cfg: float, dynamic_cfg: bool = False,
             generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None,
-            routing: Optional[RoutingOptions] = None, recorder: Optional[RoutingRecorder] = None, height: Optional[int] = None,
-            width: Optional[int] = None, eta: float = 0.0) -> torch.Tensor:
+            routing: Optional[RoutingOptions] = None, recorder: Optional[RoutingRecorder] = None,
+            height: Optional[int] = None, width: Optional[int] = None, eta: float = 0.0) -> torch.Tensor:
     """Run the sampling loop; returns the denoised latents (B, F, C, H, W) in the model dtype.
 
     latents: initial noise, already scaled by ``scheduler.init_noise_sigma``; image_latents: the scaled
@@ -133,9 +134,8 @@ def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.
     for i, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = torch.cat([scheduler.scale_model_input(model_input, t), image_input], dim=2)
-        with torch.no_grad():
-            pred = transformer(model_input, text, t.expand(model_input.shape[0]), rotary, ids=ids,
-                               routing=plan.step(i, len(timesteps)) if plan is not None else None).float()
+        pred = transformer(model_input, text, t.expand(model_input.shape[0]), rotary, ids=ids,
+                           routing=plan.step(i, len(timesteps)) if plan is not None else None).float()
         if guided:
             scale = dynamic_guidance(cfg, steps, t.item()) if dynamic_cfg else cfg
             uncond, cond = pred.chunk(2)

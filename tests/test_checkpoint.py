@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from ingredients_core.checkpoint import CheckpointError, infer_config, load_transformer, resolve
 from ingredients_core.testing.tiny_transformer import tiny_config, tiny_state_dict

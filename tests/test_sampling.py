@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -12,7 +11,6 @@ from ingredients_core.config import TransformerConfig
 from ingredients_core.parity import main as parity_main
 from ingredients_core.parity import run_parity
 from ingredients_core.sampling import Interrupted, StepInfo, denoise, dynamic_guidance, make_scheduler
-
 from ingredients_core.testing.make_tiny import COGVIDEOX_I2V_SCHEDULER_CONFIG as SCHEDULER_CONFIG
 
 

@@ -123,7 +123,7 @@ def test_full_scale_on_meta_device():
 def test_interval_two_matches_per_block_reference(tmp_path):
     """A 4-layer model routed after blocks 0 and 2 equals a plain reference loop that injects the
     official per-person cross-attention mix after exactly those blocks (official batch-0 routing)."""
-    from ingredients_core.testing.tiny_transformer import write_tiny_transformer, tiny_config
+    from ingredients_core.testing.tiny_transformer import tiny_config, write_tiny_transformer
 
     write_tiny_transformer(tmp_path, tiny_config(num_layers=4, cross_attn_interval=2))
     m = load_transformer(tmp_path, dtype=torch.float32)

@@ -152,15 +152,15 @@ class IngredientsTransformer(nn.Module):
     def _inject(self, k: int, video: torch.Tensor, ids: IDState, routing: Optional[StepRouting]) -> torch.Tensor:
         """Add the routed ID features of routed layer ``k`` to the video tokens (B, N, dim)."""
         if routing is None:
-            routing = StepRouting.default(ids.num_ids, self.config.local_face_scale)
-        if not bool((routing.active > 0).any()):
+            routing = StepRouting.default(ids.num_ids, self.config.local_face_scale, video.device)
+        if not routing.enabled:
             return video
         # official mode: batch element 0 decides for the whole batch (the official zip quirk)
         source = video[:1] if routing.mode == "official" else video
         logits = self.router[k](source, ids.router_keys[k])                     # (b, N, P)
-        assignment = routing.assign(logits)                                      # (b, N, P)
+        assignment, strengths = routing.assign(logits), routing.strengths(logits)  # (b, N, P), (P,)
         if routing.recorder is not None:
-            routing.recorder.add(k, assignment)
-        weights = assignment * routing.strengths(assignment)
+            routing.recorder.add(k, assignment * (strengths > 0))
+        weights = assignment * strengths
         features = self.perceiver_cross_attention[k](source, ids.cross_kv[k], weights)  # (b, N, dim)
         return video + routing.scale * features
