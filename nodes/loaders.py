@@ -103,6 +103,7 @@ class VAELoader(io.ComfyNode):
         from ..ingredients_core.vae import load_vae
 
         folder = model_files.resolve(VAE, model_folder, "model_folder")
+        model_files.require_file(folder / "vae" / "config.json", "VAE config", folder / "vae")
         _, offload = host.devices("vae")
         vae = load_vae(folder, host.pick_dtype("vae", dtype), offload)
         return io.NodeOutput(IngredientsVAE(vae, host.manage("vae", vae=vae), folder))
@@ -135,6 +136,9 @@ class T5Loader(io.ComfyNode):
         from ..ingredients_core.text import load_text_encoder, load_tokenizer
 
         folder = model_files.resolve(T5, model_folder, "model_folder")
+        model_files.require_file(folder / "text_encoder" / "config.json", "T5 config", folder / "text_encoder")
+        model_files.require_file(folder / "tokenizer" / "spiece.model", "T5 tokenizer", folder / "tokenizer",
+                                 "tokenizer.json")
         _, offload = host.devices("text")
         encoder = load_text_encoder(folder, host.pick_dtype("text", dtype), offload)
         tokenizer = load_tokenizer(folder)

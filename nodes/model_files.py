@@ -98,12 +98,15 @@ def validate_name(kind: FolderKind, name: str, input_name: str) -> bool | str:
     return True if name in find_folders(kind) else missing_message(kind, name, input_name)
 
 
-def require_file(path: Path, what: str, folder: Path) -> Path:
-    """``path`` when it is a file; otherwise FileNotFoundError naming the file, folder and source."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing file {path.name} ({what}) in {folder}; download the complete "
-                                f"folder from {SOURCE}.")
-    return path
+def require_file(path: Path, what: str, folder: Path, *alternatives: str) -> Path:
+    """``path`` (or the first existing alternative name beside it) when it is a file; otherwise
+    FileNotFoundError naming the file, the folder and the source."""
+    for candidate in (path, *(path.with_name(name) for name in alternatives)):
+        if candidate.is_file():
+            return candidate
+    names = " or ".join([path.name, *alternatives])
+    raise FileNotFoundError(f"missing file {names} ({what}) in {folder}; download the complete folder from "
+                            f"{SOURCE}.")
 
 
 def search_dirs(folder: Path, extra_kinds: Sequence[str]) -> list[Path]:

@@ -144,6 +144,22 @@ def test_missing_folder_and_file_errors_name_the_fix(nodes, models_dir, tmp_path
     model_files = harness.pack_module("nodes.model_files")
     with pytest.raises(FileNotFoundError, match=r"scheduler_config.json .* in .*feizhengcong/Ingredients"):
         model_files.require_file(tmp_path / "scheduler_config.json", "scheduler config", tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    found = model_files.require_file(tmp_path / "spiece.model", "T5 tokenizer", tmp_path, "tokenizer.json")
+    assert found == tmp_path / "tokenizer.json"
+
+
+def test_loader_names_a_missing_file_in_a_listed_folder(nodes, models_dir):
+    import shutil
+
+    broken = models_dir / "ingredients" / "Broken"
+    (broken / "vae").mkdir(parents=True)
+    try:
+        with pytest.raises(FileNotFoundError, match=r"missing file config.json \(VAE config\) in .*Broken/vae; "
+                                                    r"download the complete folder from .*feizhengcong"):
+            run(nodes["IngredientsVAELoader"], model_folder="Broken", dtype="auto")
+    finally:
+        shutil.rmtree(broken)
 
 
 # -- the graph -----------------------------------------------------------------------------------
