@@ -1,9 +1,11 @@
 """Time per denoising step and peak RSS on the shared golden config, ours vs. the official code.
 
-    python bench/bench_step.py ../shared/golden [--steps 10] [--official PATH_TO_OFFICIAL_CHECKOUT]
+    python bench/bench_step.py ../shared/golden [--steps 10] [--scheduler ddim|dpm]
+                               [--official PATH_TO_OFFICIAL_CHECKOUT]
 
 Each implementation runs in its own process (so peak RSS is that process's own) on the same
-deterministic weights, inputs, scheduler (the case's) and step generator seed. Printed per
+deterministic weights, inputs, scheduler (the case's, or ``--scheduler``) and step generator seed; with
+``--scheduler dpm`` the stochastic CogVideoXDPMScheduler path is compared too. Printed per
 implementation: median seconds per step (first step excluded as warm-up), peak RSS (whole process,
 weights included); with ``--official``, the ratio ours/official and the max relative difference of
 the final latents. The official checkout (github feizc/Ingredients) is never part of this repo.
@@ -22,12 +24,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SCHEDULER_OVERRIDE = None  # set from --scheduler
 
 
 def _inputs(golden: Path):
     from safetensors.torch import load_file
 
     case = json.loads((golden / "case.json").read_text())
+    if SCHEDULER_OVERRIDE:
+        case["scheduler"] = SCHEDULER_OVERRIDE
     return case, load_file(str(golden / "inputs.safetensors"))
 
 
@@ -112,6 +117,8 @@ def measure(impl: str, args, weights: Path, tmp: Path) -> dict:
            "--steps", str(args.steps), "--out", str(out)]
     if args.official:
         cmd += ["--official", str(args.official)]
+    if args.scheduler:
+        cmd += ["--scheduler", args.scheduler]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{impl} run failed:\n{proc.stderr[-4000:]}")
@@ -124,11 +131,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("golden", type=Path, help="the golden folder (../shared/golden)")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps per run (default 10)")
+    parser.add_argument("--scheduler", choices=("ddim", "dpm"), help="override the case's scheduler")
     parser.add_argument("--official", type=Path, help="a checkout of github feizc/Ingredients to compare with")
     parser.add_argument("--child", choices=("ours", "official"), help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global SCHEDULER_OVERRIDE
+    SCHEDULER_OVERRIDE = args.scheduler
     sys.path.insert(0, str(REPO))
     if args.child:
         child(args)
@@ -142,7 +152,7 @@ def main() -> None:
         weights = write_golden_checkpoint(args.golden, tmp / "model")
         impls = ["ours"] + (["official"] if args.official else [])
         results = {impl: measure(impl, args, weights, tmp) for impl in impls}
-        print(f"golden config, {args.steps} steps, float32, CPU, torch {torch.__version__}, "
+        print(f"golden config, {args.scheduler or 'case'} scheduler, {args.steps} steps, float32, CPU, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads")
         for impl, r in results.items():
             per_step = statistics.median(r["step_s"][1:] or r["step_s"])
