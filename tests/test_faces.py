@@ -342,3 +342,15 @@ def test_importing_faces_does_not_import_heavy_libraries():
         "assert not any(m == 'comfy' or m.startswith('comfy.') for m in sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_canvas_is_writable_for_torch_from_numpy():
+    import warnings
+
+    crop = np.zeros((512, 512, 3), np.uint8)
+    crop.flags.writeable = False
+    canvas = make_canvas([crop])
+    assert canvas.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.from_numpy(canvas)

@@ -16,9 +16,24 @@ import numpy as np
 import pytest
 import torch
 
-from ingredients_core.faces import Detection, FaceEncoder, FaceError, find_face_models
-from ingredients_core.faces.arcface import CPU_PROVIDER, CUDA_PROVIDER, load_arcface, onnx_providers
-from ingredients_core.faces.detector import align_face, detections_from_rows, load_retinaface
+from ingredients_core.faces import (
+    Detection,
+    FaceEncoder,
+    FaceError,
+    FaceModelsError,
+    find_face_models,
+)
+from ingredients_core.faces.arcface import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    load_arcface,
+    onnx_providers,
+)
+from ingredients_core.faces.detector import (
+    align_face,
+    detections_from_rows,
+    load_retinaface,
+)
 from ingredients_core.faces.eva_clip import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
@@ -119,10 +134,71 @@ class _Payload:
 def test_checkpoints_load_without_unpickling_code(tmp_path):
     evil = tmp_path / "detection_Resnet50_Final.pth"
     torch.save({"body.conv1.weight": torch.zeros(1), "payload": _Payload()}, evil)
-    with pytest.raises(pickle.UnpicklingError):
-        load_retinaface(evil)
-    with pytest.raises(pickle.UnpicklingError):
-        load_eva_clip(evil)
+    for load in (load_retinaface, load_eva_clip):
+        with pytest.raises(FaceModelsError, match="could run code") as caught:
+            load(evil)
+        assert isinstance(caught.value.__cause__, pickle.UnpicklingError)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model at all" * 10, b"PK\x03\x04" + b"\0" * 64],
+                         ids=["empty", "garbage", "broken-zip"])
+def test_corrupt_face_model_files_name_the_file_and_the_source(tmp_path, content):
+    """Each loader turns an unreadable file into one FaceModelsError (a ValueError) that names the
+    file and says where to get a good copy; no raw torch/ONNX Runtime errors."""
+    loaders = {
+        "detection_Resnet50_Final.pth": load_retinaface,
+        "EVA02_CLIP_L_336_psz14_s6B.pt": load_eva_clip,
+        "glintr100.onnx": lambda path: load_arcface(path, [CPU_PROVIDER]),
+    }
+    for name, load in loaders.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(FaceModelsError) as caught:
+            load(path)
+        message = str(caught.value)
+        assert isinstance(caught.value, ValueError) and caught.value.path == path
+        assert str(path) in message and "feizhengcong/Ingredients" in message and "face_encoder/" in message
+
+
+def test_legacy_torch_files_are_read_with_weights_only_in_both_branches(tmp_path, monkeypatch):
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    torch.save({"visual.x": torch.ones(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    load_torch_file(tmp_path / "old.pt")
+    assert [c.get("mmap", False) for c in calls] == [True, False]
+    assert all(c["weights_only"] is True for c in calls)
+
+
+def test_eva_clip_notes_go_to_debug_not_root_or_stdout(face_dir, caplog, capsys):
+    """consisid_eva_clip logs "Shape of rope freq" on the root logger while the tower is built."""
+    caplog.set_level(logging.INFO)
+    handlers = list(logging.getLogger().handlers)
+    load_eva_clip(face_dir / "EVA02_CLIP_L_336_psz14_s6B.pt")
+    assert logging.getLogger().handlers == handlers and not logging.getLogger().filters
+    assert not [r for r in caplog.records if "rope" in r.getMessage() and r.levelno >= logging.INFO]
+    assert "rope" not in capsys.readouterr().out
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="ingredients_core.faces.eva_clip")
+    load_eva_clip(face_dir / "EVA02_CLIP_L_336_psz14_s6B.pt")
+    assert any("Shape of rope freq" in r.getMessage() and r.levelno == logging.DEBUG
+               and r.name == "ingredients_core.faces.eva_clip" for r in caplog.records)
+
+
+def test_eva_pixels_from_a_read_only_crop_give_no_warning(encoder):
+    import warnings
+
+    crop = np.zeros((512, 512, 3), np.uint8)
+    crop.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixels = eva_pixel_values(crop, encoder.eva)
+    assert pixels.shape == (1, 3, 336, 336)
 
 
 def test_legacy_torch_files_load_too(tmp_path):
@@ -153,7 +229,7 @@ def test_onnx_file_that_is_not_arcface_is_refused(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 100, 100])],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(tmp_path / "m.onnx"))
-    with pytest.raises(ValueError, match="ArcFace"):
+    with pytest.raises(FaceModelsError, match="ArcFace"):
         load_arcface(tmp_path / "m.onnx", [CPU_PROVIDER])
 
 

@@ -15,7 +15,7 @@ are imported only when models are loaded or images processed.
 from .canvas import CANVAS_HEIGHT, CANVAS_WIDTH, MAX_IDS, canvas_slots, make_canvas
 from .choice import FACE_CHOICES, FaceChoice, choose_face, faces_left_to_right
 from .encoder import MIN_FACE_SIZE, FaceEncoder
-from .errors import FaceError, FaceModelsNotFoundError
+from .errors import FaceError, FaceModelsError, FaceModelsNotFoundError
 from .features import Detection, FaceFeatures, combine_features
 from .image import to_rgb_uint8
 from .paths import FaceModelPaths, find_face_models
@@ -32,6 +32,7 @@ __all__ = [
     "FaceError",
     "FaceFeatures",
     "FaceModelPaths",
+    "FaceModelsError",
     "FaceModelsNotFoundError",
     "canvas_slots",
     "choose_face",

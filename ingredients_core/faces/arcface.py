@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import FaceModelsError
+
 logger = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -42,14 +44,23 @@ def onnx_providers(
 
 
 def load_arcface(path: str | Path, providers: Sequence[str | tuple[str, dict]]):
-    """insightface ``ArcFaceONNX`` for ``path``; raises ``ValueError`` if it is not a recognition model."""
+    """insightface ``ArcFaceONNX`` for ``path``.
+
+    Raises :class:`~ingredients_core.faces.errors.FaceModelsError` (a ``ValueError``) if the file
+    cannot be read by ONNX Runtime or is not a recognition model.
+    """
     import insightface.model_zoo
 
-    model = insightface.model_zoo.get_model(str(path), providers=list(providers))
+    try:
+        model = insightface.model_zoo.get_model(str(path), providers=list(providers))
+    except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) subclass Exception only
+        raise FaceModelsError(path, f"ONNX Runtime cannot load it ({str(error).strip()[:300]}); "
+                                    "the file is corrupt or truncated") from error
     if model is None or getattr(model, "taskname", None) != "recognition":
-        raise ValueError(
-            f"{path}: insightface does not recognise this as an ArcFace model "
-            "(expected input (N, 3, 112, 112) and one (N, 512) output)"
+        raise FaceModelsError(
+            path,
+            "insightface does not recognise this as an ArcFace model "
+            "(expected input (N, 3, 112, 112) and one (N, 512) output)",
         )
     logger.info("ArcFace model loaded from %s (providers %s)", path, model.session.get_providers())
     return model

@@ -22,9 +22,10 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from ..routing import MAX_IDS
+
 CANVAS_WIDTH = 720
 CANVAS_HEIGHT = 480
-MAX_IDS = 4
 
 
 def canvas_slots(count: int) -> list[tuple[int, int, int]]:
@@ -41,7 +42,8 @@ def canvas_slots(count: int) -> list[tuple[int, int, int]]:
 def make_canvas(crops: Sequence[np.ndarray]) -> np.ndarray:
     """Paste 1 to 4 aligned face crops (RGB uint8, any square size, usually 512) on the canvas.
 
-    Returns a ``(480, 720, 3)`` uint8 RGB array. Raises ``ValueError`` for no crops, more than 4,
+    Returns a new, writable ``(480, 720, 3)`` uint8 RGB array (``torch.from_numpy`` takes it
+    without a warning). Raises ``ValueError`` for no crops, more than 4,
     or a crop that is not ``(H, W, 3)`` uint8.
     """
     if len(crops) == 0:

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import FaceModelsError
 from .features import Detection
+from .weights import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +49,16 @@ def load_retinaface(path: str | Path, device: str | torch.device = "cpu") -> tor
     """facexlib ``RetinaFace(network_name='resnet50')`` with the weights in ``path`` (float32, eval).
 
     The state dict is read with ``torch.load(weights_only=True)``; ``module.`` prefixes (from
-    DataParallel training) are removed, as facexlib does; loading is strict.
+    DataParallel training) are removed, as facexlib does; loading is strict. A file that cannot
+    be read or does not fit raises :class:`~ingredients_core.faces.errors.FaceModelsError`.
     """
     from facexlib.detection.retinaface import RetinaFace
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path)
     if isinstance(state, dict):
-        state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+        state = {(k.removeprefix("module.")): v for k, v in state.items()}
     if not isinstance(state, dict) or "body.conv1.weight" not in state:
-        raise ValueError(f"{path}: not a facexlib RetinaFace-ResNet50 state dict (no body.conv1.weight)")
+        raise FaceModelsError(path, "not a facexlib RetinaFace-ResNet50 state dict (no body.conv1.weight)")
     with warnings.catch_warnings():
         # RetinaFace builds torchvision's resnet50 with the deprecated ``pretrained=False``.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\..*")
@@ -63,7 +66,7 @@ def load_retinaface(path: str | Path, device: str | torch.device = "cpu") -> tor
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not fit facexlib RetinaFace-ResNet50: {error}") from error
+        raise FaceModelsError(path, f"weights do not fit facexlib RetinaFace-ResNet50: {error}") from error
     logger.info("RetinaFace-ResNet50 detector loaded from %s", path)
     return model.to(device).eval().requires_grad_(False)
 

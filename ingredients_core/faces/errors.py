@@ -50,3 +50,20 @@ class FaceModelsNotFoundError(FileNotFoundError):
             "(glintr100.onnx may also sit in ComfyUI's models/insightface/models/antelopev2/)."
         )
         super().__init__(message)
+
+
+class FaceModelsError(ValueError):
+    """A face model file is there but cannot be used (corrupt, truncated, or a different model).
+
+    Attributes:
+        path: the file.
+        problem: what was wrong with it.
+    """
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(
+            f"face model {self.path}: {problem}. Replace it with a good copy from {FACE_ENCODER_SOURCE} "
+            "(Hugging Face feizhengcong/Ingredients, folder face_encoder/)"
+        )

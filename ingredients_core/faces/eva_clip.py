@@ -17,11 +17,14 @@ import contextlib
 import io
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .errors import FaceModelsError
+from .weights import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -32,25 +35,49 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _ROPE_SUFFIXES = ("rope.freqs_cos", "rope.freqs_sin")
 
 
+class _NotesToDebug(logging.Filter):
+    """Drops consisid_eva_clip's root-logger notes ("Shape of rope freq: ...") and logs them at
+    debug level on this module's logger instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "consisid_eva_clip" not in record.pathname:
+            return True
+        logger.debug("consisid_eva_clip: %s", record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def eva_clip_notes_to_debug() -> Iterator[None]:
+    """While inside: what consisid_eva_clip prints to stdout or logs on the root logger goes to
+    this module's logger at debug level.
+
+    A ``NullHandler`` is put on the root logger while inside when it has no handler, because
+    ``logging.info`` would otherwise call ``logging.basicConfig()`` for the whole process.
+    """
+    root = logging.getLogger()
+    notes = _NotesToDebug()
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    root.addFilter(notes)
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        root.removeFilter(notes)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+        for line in buffer.getvalue().splitlines():
+            logger.debug("consisid_eva_clip: %s", line)
+
+
 def import_eva_clip():
     """Import ``consisid_eva_clip``, sending the notes it prints at import time to the log."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
+    with eva_clip_notes_to_debug():
         import consisid_eva_clip
-        import consisid_eva_clip.model  # noqa: F401  (prints too)
-    for line in buffer.getvalue().splitlines():
-        logger.debug("consisid_eva_clip: %s", line)
+        import consisid_eva_clip.model
     return consisid_eva_clip
-
-
-def load_torch_file(path: str | Path) -> Mapping[str, torch.Tensor]:
-    """``torch.load`` with ``weights_only=True`` (memory-mapped when the file format allows)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def visual_state_dict(checkpoint: Mapping[str, object], path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
@@ -65,13 +92,13 @@ def visual_state_dict(checkpoint: Mapping[str, object], path: str | Path = "chec
             state = state[wrapper]
             break
     if not isinstance(state, Mapping) or not state:
-        raise ValueError(f"{path}: not an EVA-CLIP state dict")
-    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+        raise FaceModelsError(path, "not an EVA-CLIP state dict")
+    state = {(k.removeprefix("module.")): v for k, v in state.items()}
     if any(k.startswith("visual.") for k in state):
         state = {k[7:]: v for k, v in state.items() if k.startswith("visual.")}
     state = {k: v for k, v in state.items() if not k.endswith(_ROPE_SUFFIXES)}
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
-        raise ValueError(f"{path}: no EVA-CLIP visual tower found (missing patch_embed/pos_embed)")
+        raise FaceModelsError(path, "no EVA-CLIP visual tower found (missing patch_embed/pos_embed)")
     return dict(state)
 
 
@@ -105,21 +132,30 @@ def load_eva_clip(path: str | Path, device: str | torch.device = "cpu", dtype: t
     """Build the EVA02-CLIP visual tower, load ``path`` into it strictly, move it, set eval mode.
 
     The returned module has ``image_size``, ``image_mean`` and ``image_std`` attributes like the
-    one ``create_model_and_transforms(..., force_custom_clip=True).visual`` returns.
+    one ``create_model_and_transforms(..., force_custom_clip=True).visual`` returns. Raises
+    :class:`~ingredients_core.faces.errors.FaceModelsError` for a file that is not a usable
+    EVA02-CLIP-L-14-336 checkpoint.
     """
     import_eva_clip()
     from consisid_eva_clip.model import CLIPVisionCfg, _build_vision_tower
 
     state = visual_state_dict(load_torch_file(path), path)
-    embed_dim, vision = vision_config_from_state_dict(state)
-    with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        embed_dim, vision = vision_config_from_state_dict(state)
+    except (KeyError, IndexError, ValueError) as error:
+        raise FaceModelsError(path, f"not an {EVA_MODEL_NAME} checkpoint ({type(error).__name__}: {error})") from error
+    with eva_clip_notes_to_debug():
         tower = _build_vision_tower(embed_dim, CLIPVisionCfg(**vision))
-    result = tower.load_state_dict(state, strict=False)
+    try:
+        result = tower.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise FaceModelsError(path, f"EVA-CLIP weights do not fit the {EVA_MODEL_NAME} tower ({error})") from error
     missing = [k for k in result.missing_keys if not k.endswith(_ROPE_SUFFIXES)]
     if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{path}: EVA-CLIP weights do not fit the {EVA_MODEL_NAME} tower "
-            f"(missing {missing[:5]}, unexpected {list(result.unexpected_keys)[:5]})"
+        raise FaceModelsError(
+            path,
+            f"EVA-CLIP weights do not fit the {EVA_MODEL_NAME} tower "
+            f"(missing {missing[:5]}, unexpected {list(result.unexpected_keys)[:5]})",
         )
     tower.image_mean, tower.image_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     logger.info("EVA-CLIP visual tower loaded from %s (width %d, %d blocks)", path, vision["width"], vision["layers"])
@@ -135,7 +171,8 @@ def eva_pixel_values(crop_rgb: np.ndarray, tower, device: str | torch.device = "
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.functional import normalize, resize
 
-    pixels = torch.from_numpy(np.ascontiguousarray(crop_rgb).transpose(2, 0, 1)).float().unsqueeze(0) / 255.0
+    # A writable copy: torch.from_numpy warns on read-only arrays (np.asarray of a PIL image).
+    pixels = torch.from_numpy(np.array(crop_rgb, copy=True).transpose(2, 0, 1)).float().unsqueeze(0) / 255.0
     pixels = resize(pixels.to(device), tower.image_size, InterpolationMode.BICUBIC)
     return normalize(pixels, tower.image_mean, tower.image_std)
 
