@@ -5,6 +5,12 @@
 
 Exit codes: 0 done; 1 a problem with the inputs or the model folder (the message says which);
 2 bad command-line usage; 130 interrupted (Ctrl-C).
+
+Defaults that differ from the official ``infer.py`` run (see ``generate --help``):
+
+- VAE tiling is on (less memory); ``--no-vae-tiling`` gives the official untiled decode.
+- Faces smaller than 64 px are refused; ``--min-face-size 0`` accepts any face, as officially.
+- Seed 0 is an ordinary seed; the official ``infer.py`` treats seed 0 as "pick a random seed".
 """
 
 from __future__ import annotations
@@ -13,11 +19,11 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .pipeline import DTYPE_NAMES, SCHEDULER_NAMES, GenerationSettings
+from .pipeline import DTYPE_NAMES, GenerationSettings
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +31,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-FACE_CHOICES = ("best", "largest", "index")
+DEFAULT_MIN_FACE_SIZE = 64  # faces.encoder.MIN_FACE_SIZE (imported lazily: it loads torch); a test ties them
+DIFFERENCES_FROM_OFFICIAL = (
+    "Defaults that differ from the official infer.py: VAE tiling is on (--no-vae-tiling for the "
+    f"official decode); faces under {DEFAULT_MIN_FACE_SIZE} px are refused (--min-face-size 0 accepts any, "
+    "as officially); "
+    "seed 0 is an ordinary seed (official infer.py treats 0 as 'random seed').")
 
 
 class InputError(ValueError):
@@ -53,11 +64,37 @@ def _seed(text: str) -> int:
     return value
 
 
+def _one_of(names_of: Callable[[], Sequence[str]]) -> Callable[[str], str]:
+    """An argparse type accepting only the names ``names_of()`` returns (looked up when parsing,
+    so the canonical lists can live in modules that import torch without slowing ``--help``)."""
+
+    def parse(text: str) -> str:
+        names = tuple(names_of())
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(names)})")
+        return text
+
+    return parse
+
+
+def _scheduler_names() -> Sequence[str]:
+    from .sampling import SCHEDULERS
+
+    return SCHEDULERS
+
+
+def _face_choices() -> Sequence[str]:
+    from .faces.choice import FACE_CHOICES
+
+    return FACE_CHOICES
+
+
 def _add_generate(commands) -> None:
     defaults = GenerationSettings()
     gen = commands.add_parser(
         "generate", help="generate a video of 1 to 4 people from face photos and a prompt",
-        description="Generate a video keeping the identity of each person in the face photos.")
+        description="Generate a video keeping the identity of each person in the face photos.",
+        epilog=DIFFERENCES_FROM_OFFICIAL)
     gen.add_argument("--model", required=True, type=Path,
                      help="Ingredients model folder (transformer/, vae/, text_encoder/, tokenizer/, "
                           "scheduler/, face_encoder/)")
@@ -73,11 +110,12 @@ def _add_generate(commands) -> None:
                      help=f"classifier-free guidance scale (default {defaults.cfg}; 1 or less: none)")
     gen.add_argument("--dynamic-cfg", action="store_true", help="the official dynamic CFG schedule")
     gen.add_argument("--seed", type=_seed, default=defaults.seed,
-                     help=f"random seed (default {defaults.seed}); same seed and settings, same video")
+                     help=f"random seed (default {defaults.seed}); same seed and settings, same video; "
+                          "0 is an ordinary seed (the official infer.py treats 0 as unseeded)")
     gen.add_argument("--height", type=_positive_int, help="default: the checkpoint's size (480)")
     gen.add_argument("--width", type=_positive_int, help="default: the checkpoint's size (720)")
     gen.add_argument("--frames", type=_positive_int, help="4k+1; default: the checkpoint's (49)")
-    gen.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=defaults.scheduler,
+    gen.add_argument("--scheduler", type=_one_of(_scheduler_names), default=defaults.scheduler,
                      help="dpm: CogVideoXDPMScheduler (official default); ddim: CogVideoXDDIMScheduler")
     gen.add_argument("--id-scale", type=_non_negative_float, default=None, metavar="SCALE",
                      help="strength of the identity features (default: the checkpoint's, 1.0)")
@@ -86,13 +124,19 @@ def _add_generate(commands) -> None:
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     gen.add_argument("--fps", type=_positive_int, default=defaults.fps,
                      help=f"frames per second of the MP4 (default {defaults.fps}, as officially)")
-    gen.add_argument("--face-choice", choices=FACE_CHOICES, default="best",
+    gen.add_argument("--face-choice", type=_one_of(_face_choices), default="best",
                      help="which face of a photo: best (official), largest, or index")
     gen.add_argument("--face-index", type=int, default=None, metavar="N",
                      help="with --face-choice index: 0-based face number from the left")
     gen.add_argument("--face-models", type=Path, action="append", default=None, metavar="DIR",
                      help="extra folder(s) to search for the face models (default: MODEL/face_encoder)")
-    gen.add_argument("--no-vae-tiling", action="store_true", help="decode without tiling (more memory)")
+    gen.add_argument("--min-face-size", type=_non_negative_float, default=DEFAULT_MIN_FACE_SIZE,
+                     metavar="PX", help=f"refuse faces whose box is shorter than PX pixels (after the photo "
+                                        f"is shrunk to 1024 px at most; default {DEFAULT_MIN_FACE_SIZE}; "
+                                        "0 accepts any face, as the official code does)")
+    gen.add_argument("--no-vae-tiling", action="store_true",
+                     help="decode without tiling, as the official script does (more memory; "
+                          "tiling is on by default here)")
     gen.add_argument("--vae-slicing", action="store_true", help="VAE slicing (less memory)")
     gen.add_argument("--save-canvas", type=Path, default=None, metavar="PNG",
                      help="also write the face canvas (the first-frame condition) as a PNG")
@@ -144,6 +188,38 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise InputError(f"--out must name an .mp4 file; got {args.out}")
     if args.face_choice == "index" and args.face_index is None:
         raise InputError("--face-choice index needs --face-index N (0-based, counted from the left)")
+    check_outputs(args.out, args.save_canvas)
+
+
+def check_outputs(out: Path, canvas: Path | None) -> None:
+    """Fail before the run, not after it, when the outputs cannot be written where asked."""
+    from PIL import Image
+
+    _check_folder_usable(out, "--out", may_create=True)
+    if canvas is None:
+        return
+    if not canvas.parent.is_dir():
+        raise InputError(f"--save-canvas: folder {canvas.parent} does not exist; create it or choose "
+                         f"another path for {canvas.name}")
+    _check_folder_usable(canvas, "--save-canvas", may_create=False)
+    if canvas.suffix.lower() not in Image.registered_extensions():
+        raise InputError(f"--save-canvas must name an image file such as canvas.png; got {canvas}")
+
+
+def _check_folder_usable(path: Path, option: str, may_create: bool) -> None:
+    """The nearest existing folder of ``path`` must be a writable folder (``--out`` folders are
+    created by the writer; ``--save-canvas`` folders must exist)."""
+    import os
+
+    folder = path.parent
+    while may_create and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{option}: {folder} is not a folder, so {path} cannot be written")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{option}: folder {folder} is not writable, so {path} cannot be written")
+    if path.is_dir():
+        raise InputError(f"{option}: {path} is a folder; give a file name")
 
 
 def settings_from_args(args: argparse.Namespace, model_config) -> GenerationSettings:
@@ -170,14 +246,17 @@ def load_photo(path: Path):
 
 
 def encode_faces(face_dirs: Sequence[Path], people: Sequence[Sequence[Path]], device: torch.device,
-                 dtype: torch.dtype, choice: str = "best", index: int | None = None) -> list:
-    """FaceFeatures per person (several photos of one person are merged)."""
+                 dtype: torch.dtype, choice: str = "best", index: int | None = None,
+                 min_face_size: float = DEFAULT_MIN_FACE_SIZE) -> list:
+    """FaceFeatures per person (several photos of one person are merged); faces whose box is
+    shorter than ``min_face_size`` are refused (0 accepts any, as the official code)."""
     from .faces.encoder import FaceEncoder
     from .faces.paths import find_face_models
 
     encoder = FaceEncoder.load(find_face_models(face_dirs), device=device, dtype=dtype)
     return [encoder.encode_person([load_photo(p) for p in photos], choice, index,
-                                  source=f"person {n} ({', '.join(p.name for p in photos)})")
+                                  source=f"person {n} ({', '.join(p.name for p in photos)})",
+                                  min_face_size=min_face_size)
             for n, photos in enumerate(people, start=1)]
 
 
@@ -231,7 +310,8 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
     dtype = resolve_dtype(args.dtype, device)
     prompt, negative = encode_texts_once(args.model, [args.prompt, args.negative], device, dtype)
     face_dirs = [args.model / "face_encoder", *(args.face_models or [])]
-    faces = encode_faces(face_dirs, args.face, device, dtype, args.face_choice, args.face_index)
+    faces = encode_faces(face_dirs, args.face, device, dtype, args.face_choice, args.face_index,
+                         args.min_face_size)
     bundle = load_bundle(args.model, device=args.device, dtype=args.dtype, load_text=False)
     settings = settings_from_args(args, bundle.transformer.config)
     callback, close = progress_callback(settings.steps, args.quiet)
@@ -251,12 +331,12 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a bad model folder (shown without a traceback)."""
     from .checkpoint import CheckpointError
-    from .faces.errors import FaceError
+    from .faces.errors import FaceError, FaceModelsError
     from .pipeline import SettingsError
     from .routing import RoutingError
 
-    return (FileNotFoundError, NotADirectoryError, CheckpointError, FaceError, RoutingError,
-            SettingsError, InputError)
+    return (FileNotFoundError, NotADirectoryError, CheckpointError, FaceError, FaceModelsError,
+            RoutingError, SettingsError, InputError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .text import MAX_SEQUENCE_LENGTH
+from .vae import latent_frame_count
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,9 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEDULER_NAMES = ("dpm", "ddim")
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
-MAX_IDS = 4
 MODEL_FOLDER_PARTS = {
     "transformer": "the Ingredients transformer (config.json + safetensors; transformer_ema/ also works)",
     "vae": "the CogVideoX VAE (AutoencoderKLCogVideoX config.json + safetensors)",
@@ -57,9 +56,16 @@ class GenerationSettings:
 
     ``local_face_scale`` None keeps the checkpoint's value. ``dtype``/``device`` say where the models
     are loaded (:func:`load_bundle`); "auto" picks CUDA when present, bfloat16 on CUDA and float32 on
-    the CPU; :func:`generate` refuses a bundle loaded elsewhere. VAE tiling (on by default to keep
-    decoding memory low; the official script decodes untiled) changes pixels slightly where tiles
-    are blended; slicing only matters for batches.
+    the CPU; :func:`generate` refuses a bundle loaded elsewhere.
+
+    Differences from the official ``infer.py`` run:
+
+    - ``vae_tiling`` is on by default to keep decoding memory low; the official script decodes
+      untiled (set ``vae_tiling=False``, CLI ``--no-vae-tiling``, for its exact decode). Tiling
+      changes pixels slightly where tiles are blended; slicing only matters for batches.
+    - ``seed`` 0 is an ordinary seed here; the official ``infer.py`` treats seed 0 as "no seed"
+      (a random one each run).
+    - The scheduler names (``dpm``, ``ddim``) are :data:`ingredients_core.sampling.SCHEDULERS`.
     """
 
     height: int = 480
@@ -92,8 +98,10 @@ class GenerationSettings:
             raise SettingsError(f"steps must be at least 1; got {self.steps}")
         if self.cfg < 0:
             raise SettingsError(f"cfg must be 0 or more (1 or less disables guidance); got {self.cfg}")
-        if self.scheduler not in SCHEDULER_NAMES:
-            raise SettingsError(f"scheduler must be one of {SCHEDULER_NAMES}; got {self.scheduler!r}")
+        from .sampling import SCHEDULERS
+
+        if self.scheduler not in SCHEDULERS:
+            raise SettingsError(f"scheduler must be one of {SCHEDULERS}; got {self.scheduler!r}")
         if self.dtype not in DTYPE_NAMES:
             raise SettingsError(f"dtype must be one of {DTYPE_NAMES}; got {self.dtype!r}")
         if not 0 <= self.seed < 2**64:
@@ -108,7 +116,7 @@ class GenerationSettings:
         if not getattr(config, "use_learned_positional_embeddings", False):
             return
         height, width = config.sample_height * 8, config.sample_width * 8
-        latent = (config.sample_frames - 1) // config.temporal_compression_ratio + 1
+        latent = latent_frame_count(config.sample_frames, config.temporal_compression_ratio)
         if (self.height, self.width, self.frames) != (height, width, config.sample_frames):
             raise SettingsError(
                 f"this checkpoint has learned positional embeddings for exactly {config.sample_frames} "
@@ -217,16 +225,23 @@ def load_bundle(folder: str | Path, device: str = "auto", dtype: str = "auto",
 
 
 def read_transformer_config(folder: str | Path):
-    """The transformer config of a model folder from its config.json (no weights read), or None."""
-    import json
+    """The transformer config of a model folder from its config.json (no weights read), or None.
 
-    from .checkpoint import resolve
-    from .config import TransformerConfig
+    Raises :class:`~ingredients_core.checkpoint.CheckpointError` naming the config file when it
+    is not valid JSON or does not describe an Ingredients transformer.
+    """
+    from .checkpoint import CheckpointError, read_config, resolve
 
     files = resolve(folder)
     if files.config is None:
         return None
-    return TransformerConfig.from_dict(json.loads(files.config.read_text()))
+    try:
+        # No shapes: the config alone (checks against the weights happen when they are loaded).
+        return read_config(files, {})
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError) as error:  # e.g. a JSON list
+        raise CheckpointError(f"{files.config}: unusable transformer config: {error}") from error
 
 
 def encode_texts_once(folder: str | Path, texts: Sequence[str], device: torch.device,
@@ -287,13 +302,29 @@ def _routing_options(routing: RoutingOptions | None, scale: float | None):
     return routing if scale is None else dataclasses.replace(routing, scale=scale)
 
 
+def _indexed(device: torch.device) -> torch.device:
+    """A bare ``cuda`` device as the GPU it means now (the current device index)."""
+    import torch
+
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same; bare ``cuda`` counts as the current GPU."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return a.index in (None, b.index) or b.index is None
+    return _indexed(a) == _indexed(b)
+
+
 def _check_placement(settings: GenerationSettings, bundle: ModelBundle) -> None:
     """The settings' device/dtype ("auto" matches any) must describe where the bundle lives."""
     problems = []
-    if settings.device != "auto":
-        device = resolve_device(settings.device)
-        if device.type != bundle.device.type or device.index not in (None, bundle.device.index):
-            problems.append(f"device={settings.device!r}")
+    if settings.device != "auto" and not same_device(resolve_device(settings.device), bundle.device):
+        problems.append(f"device={settings.device!r}")
     if settings.dtype != "auto" and resolve_dtype(settings.dtype, bundle.device) != bundle.dtype:
         problems.append(f"dtype={settings.dtype!r}")
     if problems:
@@ -305,6 +336,8 @@ def _check_placement(settings: GenerationSettings, bundle: ModelBundle) -> None:
 
 
 def _check_faces(faces: Sequence[FaceFeatures]) -> None:
+    from .routing import MAX_IDS
+
     if not 1 <= len(faces) <= MAX_IDS:
         raise ValueError(f"Ingredients takes the faces of 1 to {MAX_IDS} people; got {len(faces)}")
     for i, face in enumerate(faces):

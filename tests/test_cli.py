@@ -137,7 +137,7 @@ def test_module_entry_point_runs_without_loading_models():
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "ingredients_core"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "ingredients_core"], capture_output=True, text=True, check=False,
                           cwd=repo, timeout=120)
     assert done.returncode == 2 and "COMMAND" in done.stderr
 
@@ -164,3 +164,131 @@ def test_ctrl_c_exits_130(tiny_dir, photos, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pipeline, "encode_texts_once", interrupt)
     assert cli.main(_args(tiny_dir, photos, tmp_path / "x.mp4")) == cli.EXIT_INTERRUPTED
     assert "interrupted" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def _copy_model(tiny_dir, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tiny_dir, tmp_path / "model"))
+
+
+def _no_heavy_work(monkeypatch):
+    from ingredients_core import pipeline
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the run started before the inputs were checked")
+
+    monkeypatch.setattr(pipeline, "encode_texts_once", must_not_run)
+
+
+@pytest.mark.parametrize("failure", [OSError("No space left on device"), KeyboardInterrupt()],
+                         ids=["disk-full", "ctrl-c"])
+def test_failed_mp4_write_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, monkeypatch, failure):
+    import av
+    import torch
+
+    from ingredients_core.video import write_mp4
+
+    frames = torch.rand(5, 32, 48, 3)
+    calls = []
+
+    def failing_frame(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # mid-write: two frames already encoded
+            raise failure
+        return real(*args, **kwargs)
+
+    real = av.VideoFrame.from_ndarray
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", failing_frame)
+    old, new = tmp_path / "old.mp4", tmp_path / "new.mp4"
+    old.write_bytes(b"the previous video")
+    for target in (old, new):
+        calls.clear()
+        with pytest.raises(type(failure)):
+            write_mp4(frames, target, fps=8)
+    assert old.read_bytes() == b"the previous video" and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.mp4"]  # no temporary files left
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", real)
+    write_mp4(frames, old, fps=8)
+    assert _read_video(old)[0].shape == (5, 32, 48, 3)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"num_layers": 3, "cross_attn_interval": 2}, "num_layers"),
+    ({"num_layers": "two"}, "config.json: unusable transformer config"),
+    (None, "config.json: unusable transformer config"),
+], ids=["layers-vs-interval", "wrong-type", "invalid-json"])
+def test_bad_transformer_config_is_one_line_naming_the_file(tiny_dir, photos, tmp_path, capsys,
+                                                              monkeypatch, change, message):
+    import json
+
+    from ingredients_core.checkpoint import CheckpointError
+    from ingredients_core.pipeline import read_transformer_config
+
+    model = _copy_model(tiny_dir, tmp_path)
+    config_file = model / "transformer" / "config.json"
+    if change is None:
+        config_file.write_text('{"num_layers": 2,')
+    else:
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **change}))
+    with pytest.raises(CheckpointError, match=str(config_file)):
+        read_transformer_config(model)
+    _no_heavy_work(monkeypatch)
+    assert cli.main(_args(model, photos, tmp_path / "x.mp4")) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {config_file}") and message in err and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_corrupt_face_model_is_one_clear_error(tiny_dir, photos, tmp_path, capsys):
+    model = _copy_model(tiny_dir, tmp_path)
+    detector = model / "face_encoder" / "detection_Resnet50_Final.pth"
+    detector.write_bytes(b"truncated download")
+    assert cli.main(_args(model, photos, tmp_path / "x.mp4")) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: face model {detector}") and "feizhengcong/Ingredients" in err, err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_min_face_size_option(tiny_dir, photos, tmp_path, capsys):
+    from ingredients_core.faces.encoder import MIN_FACE_SIZE
+
+    parser = cli.build_parser()
+    args = parser.parse_args(_args(tiny_dir, photos, tmp_path / "x.mp4"))
+    assert args.min_face_size == cli.DEFAULT_MIN_FACE_SIZE == MIN_FACE_SIZE
+    assert parser.parse_args(_args(tiny_dir, photos, tmp_path / "x.mp4", "--min-face-size", "0")).min_face_size == 0
+    # The test face is 116 x 140 px: refused at 200, accepted by default.
+    code = cli.main(_args(tiny_dir, photos, tmp_path / "x.mp4", "--min-face-size", "200"))
+    assert code == cli.EXIT_ERROR and "the face is too small" in capsys.readouterr().err
+
+
+def test_help_names_the_defaults_that_differ_from_the_official_run(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # no line wrapping
+    assert "--no-vae-tilingfortheofficialdecode" in text and "--min-face-size0acceptsany" in text
+    assert "seed0isanordinaryseed" in text
+
+
+@pytest.mark.parametrize("option,make,message", [
+    ("--save-canvas", lambda tmp: tmp / "missing_folder" / "canvas.png", "folder .*missing_folder does not exist"),
+    ("--save-canvas", lambda tmp: tmp / "canvas.xyz", "must name an image file"),
+    ("--out", lambda tmp: tmp / "a_file.txt" / "video.mp4", "a_file.txt is not a folder"),
+])
+def test_output_paths_are_checked_before_the_run(tiny_dir, photos, tmp_path, capsys, monkeypatch,
+                                                 option, make, message):
+    import re
+
+    (tmp_path / "a_file.txt").write_text("x")
+    _no_heavy_work(monkeypatch)
+    args = _args(tiny_dir, photos, tmp_path / "x.mp4")
+    if option in args:
+        args[args.index(option) + 1] = str(make(tmp_path))
+    else:
+        args += [option, str(make(tmp_path))]
+    assert cli.main(args) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {option}") and re.search(message, err), err

@@ -187,3 +187,41 @@ def test_settings_must_match_where_models_are_loaded(bundle, faces, settings):
         P.generate(bundle, faces, PROMPT, "", settings.replace(dtype="bfloat16"))
     with pytest.raises(P.SettingsError, match=r"device='cuda'"):
         P.generate(bundle, faces, PROMPT, "", settings.replace(device="cuda"))
+
+
+@pytest.mark.parametrize("settings_device,bundle_device,current,ok", [
+    ("cuda:0", "cuda", 0, True),    # bundle loaded with "auto"/"cuda": bare device, the current GPU
+    ("cuda:1", "cuda", 0, False),
+    ("cuda:1", "cuda", 1, True),
+    ("cuda", "cuda:0", 0, True),
+    ("cuda", "cuda:1", 0, False),
+    ("cuda:0", "cuda:0", 1, True),
+    ("cpu", "cuda", 0, False),
+])
+def test_placement_treats_bare_cuda_as_the_current_gpu(monkeypatch, settings_device, bundle_device, current, ok):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)  # no GPU needed
+    bundle = P.ModelBundle(transformer=None, vae=None, tokenizer=None, text_encoder=None, scheduler_config={},
+                           device=torch.device(bundle_device), dtype=torch.bfloat16)
+    settings = P.GenerationSettings(device=settings_device, dtype="auto")
+    if ok:
+        P._check_placement(settings, bundle)
+    else:
+        with pytest.raises(P.SettingsError, match=f"device='{settings_device}'"):
+            P._check_placement(settings, bundle)
+
+
+def test_shared_constants_have_one_definition():
+    from ingredients_core import routing, sampling
+    from ingredients_core.faces import canvas
+
+    assert not hasattr(P, "MAX_IDS") and not hasattr(P, "SCHEDULER_NAMES")
+    assert canvas.MAX_IDS is routing.MAX_IDS
+    with pytest.raises(P.SettingsError, match=r"\('dpm', 'ddim'\)"):
+        P.GenerationSettings(scheduler="euler").validate()
+    assert sampling.SCHEDULERS == ("dpm", "ddim")
+
+
+def test_read_transformer_config_without_config_json_is_none(tmp_path):
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert P.read_transformer_config(tmp_path) is None
