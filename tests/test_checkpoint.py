@@ -129,3 +129,21 @@ def test_wrapped_torch_state_dict(tmp_path, state):
     torch.save([1, 2, 3], folder / "model.pt")
     with pytest.raises(CheckpointError, match="model.pt: expected a mapping of tensor names"):
         load_transformer(tmp_path)
+
+
+def test_streamed_safetensors_equal_the_library_reader(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from ingredients_core.checkpoint import _iter_tensors
+
+    tensors = {"a": torch.randn(3, 4).to(torch.bfloat16), "b": torch.randn(5, dtype=torch.float16),
+               "c": torch.arange(6, dtype=torch.int64).view(2, 3), "d": torch.randn(2, 2, 2),
+               "e": torch.zeros(0, 3), "f": torch.tensor([True, False])}
+    save_file(tensors, str(tmp_path / "x.safetensors"), metadata={"format": "pt"})
+    ours = dict(_iter_tensors((tmp_path / "x.safetensors",)))
+    reference = load_file(str(tmp_path / "x.safetensors"))
+    assert ours.keys() == reference.keys()
+    for key, tensor in reference.items():
+        assert ours[key].dtype == tensor.dtype and torch.equal(ours[key], tensor), key
+    shapes = dict(_iter_tensors((tmp_path / "x.safetensors",), meta_only=True))
+    assert shapes == {k: tuple(v.shape) for k, v in tensors.items()}
