@@ -10,6 +10,7 @@ from . import host
 from .faces import EncodeFace, FaceCanvas, IDList
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
+from .routing_maps import RoutingMaps
 from .sampling import Decode, Sampler
 from .text import EncodePrompt, EncodePromptCLIP
 
@@ -29,6 +30,7 @@ NODES: list[type[io.ComfyNode]] = [
     RouteIDs,
     Sampler,
     Decode,
+    RoutingMaps,
 ]
 
 

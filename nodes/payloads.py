@@ -24,9 +24,11 @@ IDsType = io.Custom("INGREDIENTS_IDS")
 IDTokensType = io.Custom("INGREDIENTS_ID_TOKENS")
 RoutedIDsType = io.Custom("INGREDIENTS_ROUTED_IDS")
 LatentsType = io.Custom("INGREDIENTS_LATENTS")
+RoutingType = io.Custom("INGREDIENTS_ROUTING")
 
 MAX_IDS = 4
 ROUTING_MODES = ("official", "per_sample")
+MASK_MODES = ("soft", "hard")
 
 
 @dataclass(frozen=True)
@@ -118,3 +120,33 @@ class IngredientsLatents:
     height: int
     width: int
     frames: int
+
+
+@dataclass(frozen=True)
+class IngredientsRouting:
+    """What the router gave each video region during one sampler run, for routing maps.
+
+    ``last`` and ``mean``: per routed layer (in ``layers`` order), the assignment weights
+    (latent frames, token rows, token columns, people) on the CPU, of the last step and averaged over
+    the steps (from the core's ``RoutingRecorder``). ``height``, ``width``, ``frames``: the video size.
+    """
+
+    layers: tuple
+    last: tuple
+    mean: tuple
+    height: int
+    width: int
+    frames: int
+
+    def maps(self, steps: str, layer: int):
+        """Weights (F, rows, cols, people) of one routed layer, or their mean over all layers (-1)."""
+        import torch
+
+        if not self.layers:
+            raise ValueError("routing: nothing was recorded (every person had strength 0 or was outside its "
+                             "start/end range at every step): give a person a strength above 0 on Route IDs.")
+        if not -1 <= layer < len(self.layers):
+            raise ValueError(f"layer: {layer} is out of range; this model has {len(self.layers)} routed layers: "
+                             f"use -1 (mean over all) or 0 to {len(self.layers) - 1}.")
+        per_layer = self.last if steps == "last" else self.mean
+        return torch.stack(per_layer).mean(0) if layer == -1 else per_layer[layer]

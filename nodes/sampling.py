@@ -18,11 +18,13 @@ from .payloads import (
     IngredientsModel,
     IngredientsPrompt,
     IngredientsRoutedIDs,
+    IngredientsRouting,
     IngredientsVAE,
     LatentsType,
     ModelType,
     PromptType,
     RoutedIDsType,
+    RoutingType,
     VAEType,
 )
 from .preview import fit_rgb_factors, preview_frame
@@ -55,6 +57,28 @@ def _check_ids(routed: IngredientsRoutedIDs, model: IngredientsModel) -> None:
                          f"the sampler uses {model.folder}: feed Project IDs the same model as the sampler.")
 
 
+def _check_masks(routed: IngredientsRoutedIDs, frames: int) -> None:
+    """Refuse masks whose frame count does not fit the video before anything runs (the core's message)."""
+    from ..ingredients_core.routing import RoutingError, resize_mask
+    from ..ingredients_core.vae import latent_frame_count
+
+    for n, mask in enumerate(routed.routing.masks or [], start=1):
+        if mask is not None:
+            try:
+                resize_mask(mask, (latent_frame_count(frames), 1, 1), f"mask_{n}")
+            except RoutingError as error:
+                raise ValueError(f"routed_ids: {error} (mask_{n} of Ingredients Route IDs; the sampler makes "
+                                 f"{frames} frames)") from error
+
+
+def routing_payload(recorder, settings) -> IngredientsRouting:
+    """The recorder's maps per routed layer (CPU tensors), with the video size."""
+    layers = tuple(sorted(recorder.last))
+    return IngredientsRouting(layers, tuple(recorder.maps("last", k) for k in layers),
+                              tuple(recorder.maps("mean", k) for k in layers),
+                              settings.height, settings.width, settings.frames)
+
+
 def _generator(model_device: torch.device, vae_device: torch.device, seed: int) -> torch.Generator:
     """The official run draws everything from one generator on the pipeline's device; when
     ComfyUI keeps the VAE on another device, a CPU generator serves both (same seed, other noise)."""
@@ -63,8 +87,9 @@ def _generator(model_device: torch.device, vae_device: torch.device, seed: int) 
 
 
 def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: IngredientsRoutedIDs,
-                vae: IngredientsVAE, settings) -> torch.Tensor:
-    """Denoised latents (1, F, 16, h, w) for these inputs, following ``pipeline.generate``."""
+                vae: IngredientsVAE, settings, recorder=None) -> torch.Tensor:
+    """Denoised latents (1, F, 16, h, w) for these inputs, following ``pipeline.generate``;
+    ``recorder`` (a ``RoutingRecorder``) receives the router's assignments."""
     from diffusers.utils.torch_utils import randn_tensor
 
     from ..ingredients_core.faces import make_canvas
@@ -90,7 +115,7 @@ def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: Ingr
         prompt.negative if guided else None, routed.tokens.tokens, steps=settings.steps, cfg=settings.cfg,
         dynamic_cfg=settings.dynamic_cfg, generator=generator,
         callback=lambda info: report(info.step + 1, preview_frame(info.latents)),
-        routing=routed.routing_for(model), height=settings.height, width=settings.width,
+        routing=routed.routing_for(model), recorder=recorder, height=settings.height, width=settings.width,
     )
 
 
@@ -102,7 +127,8 @@ class Sampler(io.ComfyNode):
             display_name="Ingredients Sampler",
             category=CATEGORY,
             description=("Generates the video latents: the face canvas starts the video, the prompt guides it, "
-                         "the routed ID tokens keep each person's identity. Official defaults: 720 x 480, "
+                         "the routed ID tokens keep each person's identity. Also records which person the "
+                         "router gave each region (routing, for Routing Maps). Official defaults: 720 x 480, "
                          "49 frames, 50 dpm steps, cfg 6."),
             inputs=[
                 ModelType.Input("model", tooltip="From Load Ingredients Model."),
@@ -127,21 +153,29 @@ class Sampler(io.ComfyNode):
                                  tooltip="CogVideoX dynamic guidance (cfg rises over the run). Official: off."),
             ],
             outputs=[LatentsType.Output("latents", display_name="latents",
-                                        tooltip="The denoised video latents, for Ingredients Decode.")],
+                                        tooltip="The denoised video latents, for Ingredients Decode."),
+                     RoutingType.Output("routing", display_name="routing",
+                                        tooltip=("Which person the router gave each video region, per routed "
+                                                 "layer (last step and mean over steps), for Routing Maps."))],
         )
 
     @classmethod
     def execute(cls, model: IngredientsModel, prompt: IngredientsPrompt, routed_ids: IngredientsRoutedIDs,
                 vae: IngredientsVAE, width: int, height: int, frames: int, steps: int, cfg: float, seed: int,
                 scheduler: str, dynamic_cfg: bool) -> io.NodeOutput:
+        from ..ingredients_core.routing import RoutingRecorder
+
         settings = _settings(height=height, width=width, frames=frames, steps=steps, cfg=cfg, seed=seed,
                              scheduler=scheduler, dynamic_cfg=dynamic_cfg)
         settings.check_model(model.transformer.config)
         _check_prompt(prompt, model.transformer.config)
         _check_ids(routed_ids, model)
+        _check_masks(routed_ids, frames)
         host.check_interrupt()
-        latents = run_sampler(model, prompt, routed_ids, vae, settings)
-        return io.NodeOutput(IngredientsLatents(latents.to(host.output_device()), height, width, frames))
+        recorder = RoutingRecorder()
+        latents = run_sampler(model, prompt, routed_ids, vae, settings, recorder)
+        return io.NodeOutput(IngredientsLatents(latents.to(host.output_device()), height, width, frames),
+                             routing_payload(recorder, settings))
 
 
 class Decode(io.ComfyNode):

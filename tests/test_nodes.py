@@ -74,7 +74,7 @@ def sample(nodes, graph, **overrides):
     values = dict(model=graph["model"], prompt=graph["prompt"], routed_ids=graph["routed"], vae=graph["vae"],
                   steps=2, cfg=6.0, seed=7, scheduler="dpm", dynamic_cfg=False, **TINY)
     values.update(overrides)
-    latents, = run(nodes["IngredientsSampler"], **values)
+    latents, _ = run(nodes["IngredientsSampler"], **values)
     return latents
 
 
@@ -95,7 +95,7 @@ def test_entrypoint_returns_extension_with_all_nodes(pack, nodes):
 
     extension = asyncio.run(pack.comfy_entrypoint())
     assert isinstance(extension, ComfyExtension)
-    assert len(asyncio.run(extension.get_node_list())) == len(nodes) == 13
+    assert len(asyncio.run(extension.get_node_list())) == len(nodes) == 14
 
 
 def test_every_node_documents_every_input_and_output(nodes):
@@ -110,7 +110,7 @@ def test_every_node_documents_every_input_and_output(nodes):
 
 
 def test_payload_types_are_the_packs_own(nodes):
-    builtin = {"IMAGE", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+    builtin = {"IMAGE", "MASK", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
     for cls in nodes.values():
         schema = cls.define_schema()
         for item in [*schema.inputs, *schema.outputs]:

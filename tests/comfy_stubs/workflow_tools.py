@@ -8,6 +8,9 @@
   does: widget values are matched to the widget inputs in input order, the hidden control value
   after a ``control_after_generate`` widget and the upload button value of an image combo are
   skipped, and links become ``[source node id, output index]``.
+
+A workflow saved before a node gained optional widgets (appended after the old ones) has fewer
+widget values; the frontend keeps those widgets at their defaults, and so do these tools.
 """
 
 from __future__ import annotations
@@ -55,6 +58,25 @@ def _inputs(definition: dict) -> list[tuple[str, object, dict]]:
     return result
 
 
+def _optional(definition: dict) -> set[str]:
+    return set(definition.get("input_order", {}).get("optional", []))
+
+
+def _values_with_defaults(node: dict, definition: dict) -> list | None:
+    """The node's widget values, with defaults for optional widgets added after it was saved; None
+    when the values do not fit the widgets that way."""
+    layout = widget_layout(definition)
+    values = node.get("widgets_values") or []
+    if isinstance(values, dict) or len(values) > len(layout):
+        return None
+    missing = layout[len(values):]
+    specs = {name: options for name, _, options in _inputs(definition)}
+    if any(name not in _optional(definition) or kind != "value" or "default" not in specs[name]
+           for name, kind in missing):
+        return None
+    return list(values) + [specs[name]["default"] for name, _ in missing]
+
+
 def _is_widget(io_type, options: dict) -> bool:
     return (isinstance(io_type, list) or io_type in WIDGET_TYPES) and not options.get("forceInput")
 
@@ -91,9 +113,10 @@ def _value_problem(name: str, io_type, options: dict, value) -> str | None:
 def _check_widgets(node: dict, definition: dict) -> list[str]:
     label = f"node {node['id']} ({node['type']})"
     layout = widget_layout(definition)
-    values = node.get("widgets_values") or []
-    if isinstance(values, dict) or len(values) != len(layout):
-        return [f"{label}: {len(values)} widget values for {len(layout)} widgets {[n for n, _ in layout]}"]
+    values = _values_with_defaults(node, definition)
+    if values is None:
+        count = len(node.get("widgets_values") or [])
+        return [f"{label}: {count} widget values for {len(layout)} widgets {[n for n, _ in layout]}"]
     specs = {name: (io_type, options) for name, io_type, options in _inputs(definition)}
     problems = []
     for (name, kind), value in zip(layout, values, strict=False):
@@ -144,7 +167,8 @@ def to_api(workflow: dict, definitions: dict) -> dict:
             continue
         definition = definitions[node["type"]]
         inputs = {}
-        for (name, kind), value in zip(widget_layout(definition), node.get("widgets_values") or [], strict=False):
+        values = _values_with_defaults(node, definition) or node.get("widgets_values") or []
+        for (name, kind), value in zip(widget_layout(definition), values, strict=False):
             if kind == "value":
                 inputs[name] = value
         for slot in node.get("inputs", []):

@@ -79,6 +79,7 @@ def Custom(io_type: str) -> type:
 
 Image = _socket_type("IMAGE")
 Clip = _socket_type("CLIP")
+Mask = _socket_type("MASK")
 
 
 class Boolean:
