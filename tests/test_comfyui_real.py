@@ -120,7 +120,7 @@ def server(tmp_path_factory):
     for sub in ("custom_nodes", "input", "output", "temp", "user"):
         (root / "base" / sub).mkdir(parents=True)
     (root / "base" / "custom_nodes" / "ComfyUI-Ingredients").symlink_to(harness.REPO, target_is_directory=True)
-    for i in (1, 2):
+    for i in (1, 2, 3):
         Image.fromarray(tiny_models.face_photo(i)).save(root / "base" / "input" / f"person_{i}.png")
     server = Server(root)
     server.start()
@@ -217,9 +217,10 @@ def test_example_workflow_runs_to_saved_frames(server, definitions, path):
     assert status == 200 and not answer.get("node_errors"), answer
     entry = server.wait_for(answer["prompt_id"])
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
-    saver = next(k for k, v in prompt.items() if v["class_type"] == "SaveAnimatedWEBP")
-    images = entry["outputs"][saver]["images"]
-    assert images and (server.root / "base" / "output" / images[0]["filename"]).stat().st_size > 0
+    savers = [k for k, v in prompt.items() if v["class_type"] == "SaveAnimatedWEBP"]  # video, routing maps
+    for saver in savers:
+        images = entry["outputs"][saver]["images"]
+        assert images and (server.root / "base" / "output" / images[0]["filename"]).stat().st_size > 0
 
 
 @pytest.mark.skipif(not frontend.available(), reason="needs Debian chromium (/usr/bin/chromium) and pip playwright")

@@ -80,11 +80,35 @@ def test_two_id_example_uses_the_official_prompt_and_two_slots():
     assert sampler["widgets_values"][5:7] == [42, "fixed"]  # the seed, then its hidden control value
 
 
+def test_three_id_example_steers_each_person_to_a_third_and_saves_the_routing_maps(definitions):
+    workflow = load(harness.REPO / "workflows" / "ingredients_three_ids_masks.json")
+    prompt = workflow_tools.to_api(workflow, definitions)
+    route = next(v for v in prompt.values() if v["class_type"] == "IngredientsRouteIDs")
+    ids = next(v for v in prompt.values() if v["class_type"] == "IngredientsIDList")
+    assert [k for k in ids["inputs"] if k.startswith("face_")] == ["face_1", "face_2", "face_3"]
+    offsets = [prompt[route["inputs"][f"mask_{i}"][0]]["inputs"]["x"] for i in (1, 2, 3)]
+    assert offsets == [0, 240, 480] and route["inputs"]["mask_mode"] in ("soft", "hard")
+    sampler_id = next(k for k, v in prompt.items() if v["class_type"] == "IngredientsSampler")
+    maps_id, maps = next((k, v) for k, v in prompt.items() if v["class_type"] == "IngredientsRoutingMaps")
+    assert maps["inputs"]["routing"] == [sampler_id, 1]
+    assert any(v["class_type"] == "SaveAnimatedWEBP" and v["inputs"]["images"] == [maps_id, 0]
+               for v in prompt.values())
+
+
+def test_workflows_saved_before_the_routing_widgets_get_their_defaults(definitions):
+    workflow = load(harness.REPO / "workflows" / "ingredients_two_ids.json")
+    route = next(v for v in workflow_tools.to_api(workflow, definitions).values()
+                 if v["class_type"] == "IngredientsRouteIDs")
+    assert route["inputs"]["mask_mode"] == "soft" and route["inputs"]["strength_4"] == 1.0
+    assert route["inputs"]["end_1"] == 1.0 and "mask_1" not in route["inputs"]
+
+
 @pytest.mark.parametrize("mutation, expected", [
     (lambda w: by_type(w, "IngredientsSampler")[0]["widgets_values"].pop(6), "widget values for"),
     (lambda w: by_type(w, "IngredientsSampler")[0]["widgets_values"].__setitem__(2, 5000), "frames: 5000 outside"),
     (lambda w: by_type(w, "IngredientsSampler")[0]["widgets_values"].__setitem__(6, "sometimes"), "control value"),
     (lambda w: by_type(w, "IngredientsRouteIDs")[0]["widgets_values"].__setitem__(0, "random"), "not in"),
+    (lambda w: by_type(w, "IngredientsRouteIDs")[0]["widgets_values"].pop(1), "1 widget values for 16"),
     (lambda w: w["links"][0].__setitem__(5, "INGREDIENTS_MODEL"), "is recorded as INGREDIENTS_MODEL"),
     (lambda w: w["nodes"][0].__setitem__("type", "IngredientsOldLoader"), "unknown node type"),
 ])

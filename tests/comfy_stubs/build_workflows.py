@@ -3,7 +3,9 @@
 Run by hand against a running ComfyUI with the pack installed (any model folder named
 ``Ingredients`` makes the loaders' lists non-empty; the tiny one from ``tiny_models`` will do)::
 
-    python tests/comfy_stubs/build_workflows.py http://127.0.0.1:8188
+    python tests/comfy_stubs/build_workflows.py http://127.0.0.1:8188 [NAME.json ...]
+
+(only the named examples when names are given).
 
 The frontend itself creates the nodes, sets the widgets, connects them and serialises the graph,
 so the files are exactly what the current frontend saves. The video is saved with SaveAnimatedWEBP,
@@ -26,7 +28,10 @@ TWO_MEN = ("Two men in half bodies, are seated in a dimly lit room, possibly an 
 ONE_WOMAN = ("A woman with short hair stands by a window in soft morning light, turns towards the camera "
              "and smiles.")
 
-COLUMNS = (0, 420, 900, 1300, 1700)
+THREE_PEOPLE = ("Three friends in half bodies sit side by side on a sofa in a bright living room, talking "
+                "and laughing together.")
+
+COLUMNS = (0, 420, 900, 1300, 1700, 2150)
 
 
 def _spec(people: int, prompt: str) -> dict:
@@ -75,15 +80,49 @@ def _spec(people: int, prompt: str) -> dict:
     return dict(nodes=nodes, links=links)
 
 
+def _three_ids_masks() -> dict:
+    """Three people, each steered to a third of the 720 x 480 video by a mask made with core mask
+    nodes (a black mask plus a white 240 x 480 strip at x = 0, 240, 480), and the routing maps saved."""
+    spec = _spec(3, THREE_PEOPLE)
+    nodes = {n["key"]: n for n in spec["nodes"]}
+    nodes["project"]["pos"] = [COLUMNS[3], 260]
+    nodes["route"]["pos"] = [COLUMNS[3], 400]
+    nodes["route"]["widgets"].update(mask_mode="soft", mask_strength=5.0)
+    nodes["canvas"]["pos"], nodes["canvas_preview"]["pos"] = [COLUMNS[3], 1200], [COLUMNS[4], 1200]
+    spec["nodes"] += [
+        dict(key="black", type="SolidMask", pos=[COLUMNS[2], 760], widgets=dict(value=0.0, width=720, height=480),
+             title="Mask: nobody (720 x 480)"),
+        dict(key="strip", type="SolidMask", pos=[COLUMNS[2], 920], widgets=dict(value=1.0, width=240, height=480),
+             title="Mask: one third"),
+        dict(key="routing_maps", type="IngredientsRoutingMaps", pos=[COLUMNS[5], 0],
+             widgets=dict(steps="mean", layer=-1, opacity=0.55)),
+        dict(key="save_maps", type="SaveAnimatedWEBP", pos=[COLUMNS[5], 220],
+             widgets=dict(filename_prefix="Ingredients_routing", fps=8.0, lossless=False, quality=90,
+                          method="default")),
+    ]
+    spec["links"] += [("sampler", "routing", "routing_maps", "routing"), ("decode", "frames", "routing_maps", "frames"),
+                      ("routing_maps", "maps", "save_maps", "images")]
+    for i in (1, 2, 3):
+        spec["nodes"].append(dict(key=f"mask_{i}", type="MaskComposite", pos=[COLUMNS[2], 1080 + (i - 1) * 190],
+                                  widgets=dict(x=240 * (i - 1), y=0, operation="add"),
+                                  title=f"Region of person {i}"))
+        spec["links"] += [("black", "MASK", f"mask_{i}", "destination"), ("strip", "MASK", f"mask_{i}", "source"),
+                          (f"mask_{i}", "MASK", "route", f"mask_{i}")]
+    return spec
+
+
 EXAMPLES = {
     "ingredients_one_id.json": _spec(1, ONE_WOMAN),
     "ingredients_two_ids.json": _spec(2, TWO_MEN),
+    "ingredients_three_ids_masks.json": _three_ids_masks(),
 }
 
 
-def main(url: str) -> int:
+def main(url: str, names: list[str]) -> int:
     with frontend.open_comfyui(url) as (page, log):
         for name, spec in EXAMPLES.items():
+            if names and name not in names:
+                continue
             workflow, _ = frontend.build(page, spec)
             (WORKFLOWS / name).write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")
             counts = f"{len(workflow['nodes'])} nodes, {len(workflow['links'])} links"
@@ -96,4 +135,4 @@ def main(url: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8188"))
+    raise SystemExit(main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8188", sys.argv[2:]))
