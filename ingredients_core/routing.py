@@ -81,7 +81,7 @@ class RoutingRecorder:
     Records the assignment of the last batch element the router saw (``official`` mode: element 0,
     the only one routed; ``per_sample`` with guidance: the positive-prompt half), IDs switched off at
     that step shown as unassigned. Keeps, per layer, the last step's weights and the sum over steps:
-    (N, P) each, on the CPU.
+    (N, P) each, on the model's device (no host sync during sampling); :meth:`maps` returns CPU tensors.
     """
 
     grid: tuple[int, int, int] = (0, 0, 0)  # latent frames, token rows, token columns (set by the plan)
@@ -90,7 +90,7 @@ class RoutingRecorder:
     steps: dict[int, int] = field(default_factory=dict)
 
     def add(self, layer: int, weights: torch.Tensor) -> None:
-        w = weights[-1].detach().float().cpu()  # (N, P)
+        w = weights[-1].detach().float()  # (N, P), stays on the device
         self.last[layer] = w
         self.total[layer] = self.total.get(layer, 0) + w
         self.steps[layer] = self.steps.get(layer, 0) + 1
@@ -103,7 +103,7 @@ class RoutingRecorder:
         if layer is not None and layer not in self.last:
             raise RoutingError(f"routed layer {layer} was not recorded; recorded: {sorted(self.last)}")
         per_layer = [self.last[k] if steps == "last" else self.total[k] / self.steps[k] for k in layers]
-        return torch.stack(per_layer).mean(0).view(*self.grid, -1)
+        return torch.stack(per_layer).mean(0).view(*self.grid, -1).cpu()
 
 
 @dataclass
