@@ -303,3 +303,19 @@ def test_preview_factors_reproduce_the_canvas_colours():
     factors, bias = preview.fit_rgb_factors(canvas, latent)
     fitted = latent.permute(1, 2, 0) @ torch.tensor(factors) + torch.tensor(bias)
     assert float((fitted - rgb).abs().mean()) < 0.05
+
+
+def test_node_constants_equal_the_library_ones(pack):
+    """The node modules keep light copies of a few core constants (so ComfyUI's start does not import
+    the library); they must not drift from the core."""
+    from ingredients_core.faces.choice import FACE_CHOICES
+    import typing
+
+    from ingredients_core.routing import MAX_IDS, RoutingMode
+    from ingredients_core.sampling import SCHEDULERS
+
+    payloads = harness.pack_module("nodes.payloads")
+    assert payloads.MAX_IDS == MAX_IDS
+    assert tuple(harness.pack_module("nodes.faces").FACE_CHOICES) == tuple(FACE_CHOICES)
+    assert tuple(harness.pack_module("nodes.sampling").SCHEDULERS) == tuple(SCHEDULERS)
+    assert tuple(payloads.ROUTING_MODES) == typing.get_args(RoutingMode)
