@@ -308,9 +308,9 @@ def test_preview_factors_reproduce_the_canvas_colours():
 def test_node_constants_equal_the_library_ones(pack):
     """The node modules keep light copies of a few core constants (so ComfyUI's start does not import
     the library); they must not drift from the core."""
-    from ingredients_core.faces.choice import FACE_CHOICES
     import typing
 
+    from ingredients_core.faces.choice import FACE_CHOICES
     from ingredients_core.routing import MAX_IDS, RoutingMode
     from ingredients_core.sampling import SCHEDULERS
 
