@@ -361,11 +361,10 @@ def generate(
     :class:`ingredients_core.sampling.Interrupted`) stops the run and propagates.
     """
     import torch
-    from diffusers.utils.torch_utils import randn_tensor
 
     from .faces.canvas import make_canvas
     from .sampling import denoise, make_scheduler
-    from .vae import decode, encode_canvas
+    from .vae import decode, start_latents
 
     settings = settings or GenerationSettings()
     settings.validate()
@@ -380,10 +379,8 @@ def generate(
 
     generator = torch.Generator(device).manual_seed(settings.seed)
     canvas = make_canvas([face.crop for face in faces])
-    image_latents = encode_canvas(bundle.vae, canvas, settings.height, settings.width,
-                                  settings.frames, generator, dtype)
-    noise = randn_tensor(tuple(image_latents.shape), generator=generator, device=device, dtype=dtype)
-    latents = noise * scheduler.init_noise_sigma
+    image_latents, latents = start_latents(bundle.vae, canvas, settings.height, settings.width,
+                                           settings.frames, generator, dtype, scheduler.init_noise_sigma)
 
     with torch.no_grad():
         id_tokens = bundle.transformer.project_ids(list(faces))

@@ -117,6 +117,22 @@ def encode_canvas(
     return torch.cat([first, padding], dim=1)
 
 
+def start_latents(vae, canvas: np.ndarray, height: int, width: int, num_frames: int,
+                  generator: torch.Generator, dtype: torch.dtype,
+                  init_noise_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image_latents, initial noisy latents), each (1, F_lat, 16, h, w), in the official draw order.
+
+    One generator serves the whole run: first the canvas latent sample (:func:`encode_canvas`), then
+    the initial noise (diffusers ``randn_tensor`` on the generator's device), which is scaled by the
+    scheduler's ``init_noise_sigma``; the scheduler's own draws follow during sampling.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    image_latents = encode_canvas(vae, canvas, height, width, num_frames, generator, dtype)
+    noise = randn_tensor(tuple(image_latents.shape), generator=generator, device=generator.device, dtype=dtype)
+    return image_latents, noise * init_noise_sigma
+
+
 def decode(vae, latents: torch.Tensor, tiling: bool, slicing: bool) -> torch.Tensor:
     """Decode latents (B, F, C, h, w) to frames (B*T, H, W, 3), float32 in [0, 1] on the CPU."""
     import torch

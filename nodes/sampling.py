@@ -90,11 +90,9 @@ def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: Ingr
                 vae: IngredientsVAE, settings, recorder=None) -> torch.Tensor:
     """Denoised latents (1, F, 16, h, w) for these inputs, following ``pipeline.generate``;
     ``recorder`` (a ``RoutingRecorder``) receives the router's assignments."""
-    from diffusers.utils.torch_utils import randn_tensor
-
     from ..ingredients_core.faces import make_canvas
     from ..ingredients_core.sampling import denoise, make_scheduler
-    from ..ingredients_core.vae import encode_canvas
+    from ..ingredients_core.vae import start_latents
 
     transformer = model.transformer
     scheduler = make_scheduler(settings.scheduler, model.scheduler_config)
@@ -102,16 +100,15 @@ def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: Ingr
     generator = _generator(host.load_device(model.patcher), host.load_device(vae.patcher), settings.seed)
     canvas = make_canvas([face.crop for face in routed.tokens.ids.faces])
     dtype = transformer.dtype
-    image_latents = encode_canvas(vae.vae, canvas, settings.height, settings.width, settings.frames,
-                                  generator, dtype)
-    noise = randn_tensor(tuple(image_latents.shape), generator=generator, device=generator.device, dtype=dtype)
+    image_latents, latents = start_latents(vae.vae, canvas, settings.height, settings.width, settings.frames,
+                                           generator, dtype, scheduler.init_noise_sigma)
     factors, bias = fit_rgb_factors(canvas, image_latents[0, 0])
     report = host.step_reporter(settings.steps, host.load_device(model.patcher), factors, bias,
                                 float(vae.vae.config.scaling_factor))
     host.load(model.patcher)
     guided = settings.cfg > 1.0
     return denoise(
-        transformer, scheduler, noise * scheduler.init_noise_sigma, image_latents, prompt.positive,
+        transformer, scheduler, latents, image_latents, prompt.positive,
         prompt.negative if guided else None, routed.tokens.tokens, steps=settings.steps, cfg=settings.cfg,
         dynamic_cfg=settings.dynamic_cfg, generator=generator,
         callback=lambda info: report(info.step + 1, preview_frame(info.latents)),
