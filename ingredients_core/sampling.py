@@ -40,6 +40,7 @@ class StepInfo:
     total: int
     timestep: int
     latents: torch.Tensor  # (B, F, C, H, W), after the step
+    denoised: torch.Tensor  # (B, F, C, H, W), the scheduler's estimate of the clean latents (x0): for previews
 
 
 StepCallback = Callable[[StepInfo], None]
@@ -140,17 +141,23 @@ def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.
             scale = dynamic_guidance(cfg, steps, t.item()) if dynamic_cfg else cfg
             uncond, cond = pred.chunk(2)
             pred = uncond + scale * (cond - uncond)
-        latents, old_x0 = _scheduler_step(scheduler, pred, old_x0, timesteps, i, latents, step_kwargs)
+        latents, x0 = _scheduler_step(scheduler, pred, old_x0, timesteps, i, latents, step_kwargs)
+        old_x0 = x0 if _is_dpm(scheduler) else None
         latents = latents.to(dtype)
         if callback is not None:
-            callback(StepInfo(step=i, total=len(timesteps), timestep=int(t), latents=latents))
+            callback(StepInfo(step=i, total=len(timesteps), timestep=int(t), latents=latents, denoised=x0))
     return latents
 
 
-def _scheduler_step(scheduler, pred, old_x0, timesteps, i, latents, kwargs):
+def _is_dpm(scheduler) -> bool:
     from diffusers import CogVideoXDPMScheduler
 
-    if isinstance(scheduler, CogVideoXDPMScheduler):
+    return isinstance(scheduler, CogVideoXDPMScheduler)
+
+
+def _scheduler_step(scheduler, pred, old_x0, timesteps, i, latents, kwargs):
+    """One scheduler step -> (next latents, predicted clean latents x0)."""
+    if _is_dpm(scheduler):
         back = timesteps[i - 1] if i > 0 else None
         return scheduler.step(pred, old_x0, timesteps[i], back, latents, **kwargs, return_dict=False)
-    return scheduler.step(pred, timesteps[i], latents, **kwargs, return_dict=False)[0], None
+    return scheduler.step(pred, timesteps[i], latents, **kwargs, return_dict=False)

@@ -111,7 +111,7 @@ def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: Ingr
         transformer, scheduler, latents, image_latents, prompt.positive,
         prompt.negative if guided else None, routed.tokens.tokens, steps=settings.steps, cfg=settings.cfg,
         dynamic_cfg=settings.dynamic_cfg, generator=generator,
-        callback=lambda info: report(info.step + 1, preview_frame(info.latents)),
+        callback=lambda info: report(info.step + 1, preview_frame(info.denoised)),
         routing=routed.routing_for(model), recorder=recorder, height=settings.height, width=settings.width,
     )
 

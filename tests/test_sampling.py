@@ -90,6 +90,10 @@ def test_callback_sees_every_step_and_can_interrupt():
     seen: list[StepInfo] = []
     _run(callback=seen.append)
     assert [s.step for s in seen] == [0, 1, 2, 3] and all(s.total == 4 for s in seen)
+    assert all(s.denoised.shape == s.latents.shape for s in seen)
+    dpm_seen: list[StepInfo] = []
+    _run(scheduler="dpm", callback=dpm_seen.append)
+    assert all(torch.isfinite(s.denoised).all() for s in dpm_seen)
 
     def stop_after_first(info: StepInfo):
         if info.step == 1:
