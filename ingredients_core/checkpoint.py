@@ -236,7 +236,9 @@ def read_config(files: CheckpointFiles, shapes: dict[str, tuple[int, ...]]) -> T
         overrides = {} if "ids" in data else _id_sizes(shapes, width)
         overrides.update(_interval_from_keys(data, shapes, files.config))
         return TransformerConfig.from_dict(data, **overrides)
-    except (ConfigError, TypeError, json.JSONDecodeError) as err:
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as err:  # ConfigError, JSONDecodeError, wrong field types
         raise CheckpointError(f"{files.config or files.weights[0]}: unusable transformer config: {err}") from err
 
 
