@@ -130,6 +130,7 @@ def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.
         plan = RoutingPlan(routing or RoutingOptions(), ids.num_ids, grid, config.local_face_scale, device,
                            recorder)
     step_kwargs = _step_kwargs(scheduler, generator, eta)
+    dpm = _is_dpm(scheduler)
     image_input = torch.cat([image_latents] * 2) if guided else image_latents
     old_x0 = None
     for i, t in enumerate(timesteps):
@@ -141,8 +142,8 @@ def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.
             scale = dynamic_guidance(cfg, steps, t.item()) if dynamic_cfg else cfg
             uncond, cond = pred.chunk(2)
             pred = uncond + scale * (cond - uncond)
-        latents, x0 = _scheduler_step(scheduler, pred, old_x0, timesteps, i, latents, step_kwargs)
-        old_x0 = x0 if _is_dpm(scheduler) else None
+        latents, x0 = _scheduler_step(scheduler, dpm, pred, old_x0, timesteps, i, latents, step_kwargs)
+        old_x0 = x0 if dpm else None
         latents = latents.to(dtype)
         if callback is not None:
             callback(StepInfo(step=i, total=len(timesteps), timestep=int(t), latents=latents, denoised=x0))
@@ -155,9 +156,9 @@ def _is_dpm(scheduler) -> bool:
     return isinstance(scheduler, CogVideoXDPMScheduler)
 
 
-def _scheduler_step(scheduler, pred, old_x0, timesteps, i, latents, kwargs):
+def _scheduler_step(scheduler, dpm: bool, pred, old_x0, timesteps, i, latents, kwargs):
     """One scheduler step -> (next latents, predicted clean latents x0)."""
-    if _is_dpm(scheduler):
+    if dpm:
         back = timesteps[i - 1] if i > 0 else None
         return scheduler.step(pred, old_x0, timesteps[i], back, latents, **kwargs, return_dict=False)
     return scheduler.step(pred, timesteps[i], latents, **kwargs, return_dict=False)
