@@ -10,6 +10,7 @@ playwright present, the real frontend is checked too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -260,52 +262,58 @@ def _listen(url: str, messages: list, ready: threading.Event, done: threading.Ev
     asyncio.run(main())
 
 
-def test_sampler_reports_progress_and_latent_previews(server, definitions):
-    pytest.importorskip("aiohttp")
-    prompt = workflow_tools.to_api(json.loads(WORKFLOWS[0].read_text()), definitions)
-    sampler = next(k for k, v in prompt.items() if v["class_type"] == "IngredientsSampler")
-    prompt[sampler]["inputs"].update(TINY_SAMPLER, steps=3, seed=1234)  # a new seed: the sampler runs again
+@contextlib.contextmanager
+def _websocket_messages(url: str) -> Iterator[list]:
+    """Collect ComfyUI's websocket messages for CLIENT_ID while the block runs."""
     messages, ready, done = [], threading.Event(), threading.Event()
-    listener = threading.Thread(target=_listen, args=(server.url, messages, ready, done), daemon=True)
+    listener = threading.Thread(target=_listen, args=(url, messages, ready, done), daemon=True)
     listener.start()
     assert ready.wait(30)
     try:
-        _, answer = server.post_prompt(prompt)
-        assert server.wait_for(answer["prompt_id"])["status"]["status_str"] == "success"
+        yield messages
     finally:
         done.set()
         listener.join(10)
-    progress = [m["data"] for kind, m in messages if kind == "json" and m["type"] == "progress"
-                and m["data"].get("node") == sampler]
+
+
+def _sampler_prompt(definitions: dict, **overrides) -> tuple[dict, str]:
+    """The first example workflow in API format with sampler overrides, and the sampler's node id."""
+    prompt = workflow_tools.to_api(json.loads(WORKFLOWS[0].read_text()), definitions)
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "IngredientsSampler")
+    prompt[sampler]["inputs"].update(TINY_SAMPLER, **overrides)
+    return prompt, sampler
+
+
+def _sampler_progress(messages: list, sampler: str) -> list[dict]:
+    return [m["data"] for kind, m in list(messages) if kind == "json" and m["type"] == "progress"
+            and m["data"].get("node") == sampler]
+
+
+def test_sampler_reports_progress_and_latent_previews(server, definitions):
+    pytest.importorskip("aiohttp")
+    prompt, sampler = _sampler_prompt(definitions, steps=3, seed=1234)  # a new seed: the sampler runs again
+    with _websocket_messages(server.url) as messages:
+        _, answer = server.post_prompt(prompt)
+        assert server.wait_for(answer["prompt_id"])["status"]["status_str"] == "success"
+    progress = _sampler_progress(messages, sampler)
     assert [(p["value"], p["max"]) for p in progress][-3:] == [(1, 3), (2, 3), (3, 3)]
     assert sum(1 for kind, m in messages if kind == "binary") >= 3  # one JPEG preview per step
 
 
 def test_cancel_stops_the_sampler_between_steps(server, definitions):
     pytest.importorskip("aiohttp")
-    prompt = workflow_tools.to_api(json.loads(WORKFLOWS[0].read_text()), definitions)
-    sampler = next(k for k, v in prompt.items() if v["class_type"] == "IngredientsSampler")
     steps = 500
-    prompt[sampler]["inputs"].update(TINY_SAMPLER, steps=steps, seed=99)
-    messages, ready, done = [], threading.Event(), threading.Event()
-    listener = threading.Thread(target=_listen, args=(server.url, messages, ready, done), daemon=True)
-    listener.start()
-    assert ready.wait(30)
-    try:
+    prompt, sampler = _sampler_prompt(definitions, steps=steps, seed=99)
+    with _websocket_messages(server.url) as messages:
         _, answer = server.post_prompt(prompt)
         deadline = time.monotonic() + RUN_TIMEOUT
-        while not any(kind == "json" and m["type"] == "progress" and m["data"].get("node") == sampler
-                      for kind, m in list(messages)):
+        while not _sampler_progress(messages, sampler):
             assert time.monotonic() < deadline, "the sampler never reported progress"
             time.sleep(0.05)
         urllib.request.urlopen(urllib.request.Request(server.url + "/interrupt", data=b"{}", method="POST"),
                                timeout=30).read()
         entry = server.wait_for(answer["prompt_id"])
-    finally:
-        done.set()
-        listener.join(10)
     assert entry["status"]["status_str"] == "error"
     assert any(message[0] == "execution_interrupted" for message in entry["status"]["messages"])
-    reached = max(m["data"]["value"] for kind, m in messages if kind == "json" and m["type"] == "progress"
-                  and m["data"].get("node") == sampler)
+    reached = max(p["value"] for p in _sampler_progress(messages, sampler))
     assert reached < steps
