@@ -120,23 +120,52 @@ def test_full_scale_on_meta_device():
     assert out.shape == (2, 13, 16, 60, 90)
 
 
-def test_interval_two_matches_per_block_reference(tmp_path):
-    """A 4-layer model routed after blocks 0 and 2 equals a plain reference loop that injects the
-    official per-person cross-attention mix after exactly those blocks (official batch-0 routing)."""
+def _diffusers_reference(m):
+    """diffusers' own CogVideoX modules with our model's weights (same keys): the reference for
+    everything but the ID modules."""
+    from diffusers.models.embeddings import CogVideoXPatchEmbed, TimestepEmbedding, Timesteps
+    from diffusers.models.normalization import AdaLayerNorm
+    from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
+
+    c, dim = m.config, m.config.inner_dim
+    ref = torch.nn.Module()
+    ref.patch_embed = CogVideoXPatchEmbed(
+        patch_size=c.patch_size, in_channels=c.in_channels, embed_dim=dim, text_embed_dim=c.text_embed_dim,
+        sample_width=c.sample_width, sample_height=c.sample_height, sample_frames=c.sample_frames,
+        max_text_seq_length=c.max_text_seq_length, use_positional_embeddings=False,
+        use_learned_positional_embeddings=True)
+    ref.time_proj = Timesteps(dim, c.flip_sin_to_cos, c.freq_shift)
+    ref.time_embedding = TimestepEmbedding(dim, c.time_embed_dim, c.timestep_activation_fn)
+    ref.transformer_blocks = torch.nn.ModuleList(
+        CogVideoXBlock(dim=dim, num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
+                       time_embed_dim=c.time_embed_dim, attention_bias=c.attention_bias) for _ in range(c.num_layers))
+    ref.norm_final = torch.nn.LayerNorm(dim, c.norm_eps)
+    ref.norm_out = AdaLayerNorm(c.time_embed_dim, output_dim=2 * dim, norm_elementwise_affine=True, chunk_dim=1)
+    ref.proj_out = torch.nn.Linear(dim, c.patch_size ** 2 * c.out_channels)
+    state = {k: v for k, v in m.state_dict().items() if k.split(".")[0] in dict(ref.named_children())}
+    ref.load_state_dict(state, strict=True)
+    return ref
+
+
+def test_interval_two_matches_diffusers_blocks_and_official_mix(tmp_path):
+    """A 4-layer model routed after blocks 0 and 2 equals diffusers' CogVideoX modules (same weights)
+    with the official per-person cross-attention mix injected after exactly those blocks (official
+    batch-0 routing)."""
     from ingredients_core.testing.tiny_transformer import tiny_config, write_tiny_transformer
 
     write_tiny_transformer(tmp_path, tiny_config(num_layers=4, cross_attn_interval=2))
     m = load_transformer(tmp_path, dtype=torch.float32)
     assert m.config.num_routed_layers == 2
+    ref_model = _diffusers_reference(m)
     x, text, t = _inputs()
     rot = rotary_embeddings(m.config, 64, 96, 3, "cpu")
     tokens = m.project_ids(_faces(2))
     with torch.no_grad():
         ours = m(x, text, t, rot, ids=m.prepare_ids(tokens))
-        emb = m.time_embedding(m.time_proj(t).to(x.dtype))
-        seq = m.patch_embed(text, x)
+        emb = ref_model.time_embedding(ref_model.time_proj(t).to(x.dtype))
+        seq = ref_model.patch_embed(text, x)
         enc, video = seq[:, :226], seq[:, 226:]
-        for i, block in enumerate(m.transformer_blocks):
+        for i, block in enumerate(ref_model.transformer_blocks):
             video, enc = block(hidden_states=video, encoder_hidden_states=enc, temb=emb, image_rotary_emb=rot)
             if i % 2 == 0:
                 k, router = i // 2, m.router[i // 2]
@@ -144,8 +173,8 @@ def test_interval_two_matches_per_block_reference(tmp_path):
                 logits = router.to_q(router.norm2(video[:1])) @ router.to_kv(merged).T
                 weights = torch.softmax(logits, -1)
                 video = video + _official_cross_attention(m.perceiver_cross_attention[k], tokens, video[:1], weights)
-        video = m.norm_final(torch.cat([enc, video], 1))[:, 226:]
-        ref = m.proj_out(m.norm_out(video, temb=emb))
+        video = ref_model.norm_final(torch.cat([enc, video], 1))[:, 226:]
+        ref = ref_model.proj_out(ref_model.norm_out(video, temb=emb))
         ref = ref.reshape(2, 3, 4, 6, -1, 2, 2).permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
