@@ -262,29 +262,41 @@ def _interval_from_keys(data: dict, shapes: dict[str, tuple[int, ...]], where: P
 
 # -- 4. loading ----------------------------------------------------------------------------------
 def load_transformer(path: PathLike, dtype: torch.dtype = torch.bfloat16,
-                     device: Union[str, torch.device] = "cpu", strict: bool = True):
+                     device: Union[str, torch.device] = "cpu", strict: bool = True,
+                     weight_dtype: Optional[torch.dtype] = None, operations=None, attention=None):
     """Load an Ingredients transformer from any supported layout (see module doc).
 
+    ``dtype`` is the compute dtype; ``weight_dtype`` (None: the same) the storage dtype of the large
+    ``Linear`` weights (:mod:`ingredients_core.model.storage`), e.g. ``torch.float8_e4m3fn``.
+    Every tensor is converted on its own while it streams from the file, so no copy of the model
+    in the checkpoint's dtype ever exists. ``operations``/``attention``: the layer namespace and
+    attention function the model is built with (:mod:`ingredients_core.model.layers`); a stored
+    weight dtype other than the compute dtype needs operations that cast per call.
     Raises :class:`CheckpointError` naming missing keys, unexpected keys and shape mismatches.
     """
+    from .model.storage import convert, storage_module_names, tensor_dtype
     from .model.transformer import IngredientsTransformer
 
     files = resolve(path)
     shapes = _tensor_shapes(files.weights)
     config = read_config(files, shapes)
     with torch.device("meta"):
-        model = IngredientsTransformer(config)
-    check_keys(model, shapes, where=str(files.weights[0].parent), strict=strict)
-    expected = model.state_dict()
+        reference = IngredientsTransformer(config)  # plain layers: the key layout, whatever the operations
+        model = reference if operations is None and attention is None else IngredientsTransformer(
+            config, operations=operations, attention=attention)
+    check_keys(reference, shapes, where=str(files.weights[0].parent), strict=strict)
+    expected = reference.state_dict()
+    storage = storage_module_names(reference) if weight_dtype not in (None, dtype) else set()
     params = {}
     for key, tensor in _iter_tensors(files.weights):
         if key in expected:
-            params[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            target = tensor_dtype(key, storage, dtype, weight_dtype) if tensor.is_floating_point() else tensor.dtype
+            params[key] = convert(tensor, target, device)
             del tensor
     model.load_state_dict(params, strict=False, assign=True)
     _check_materialised(model)
-    logger.info("loaded Ingredients transformer (%d layers, %d routed, %s) from %s",
-                config.num_layers, config.num_routed_layers, dtype, path)
+    logger.info("loaded Ingredients transformer (%d layers, %d routed, compute %s, weights %s) from %s",
+                config.num_layers, config.num_routed_layers, dtype, weight_dtype or dtype, path)
     return model.eval().requires_grad_(False)
 
 
