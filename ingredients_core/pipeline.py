@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
+MAX_TEACACHE = 1.0
 MODEL_FOLDER_PARTS = {
     "transformer": "the Ingredients transformer (config.json + safetensors; transformer_ema/ also works)",
     "vae": "the CogVideoX VAE (AutoencoderKLCogVideoX config.json + safetensors)",
@@ -66,6 +67,8 @@ class GenerationSettings:
     - ``seed`` 0 is an ordinary seed here; the official ``infer.py`` treats seed 0 as "no seed"
       (a random one each run).
     - The scheduler names (``dpm``, ``ddim``) are :data:`ingredients_core.sampling.SCHEDULERS`.
+    - ``teacache`` > 0 skips transformer evaluations whose change TeaCache estimates below the
+      threshold (:mod:`ingredients_core.step_cache`); 0, the default, computes every step.
     """
 
     height: int = 480
@@ -82,6 +85,7 @@ class GenerationSettings:
     fps: int = 8
     vae_tiling: bool = True
     vae_slicing: bool = False
+    teacache: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`SettingsError` for values no model can use."""
@@ -110,6 +114,9 @@ class GenerationSettings:
             raise SettingsError(f"fps must be at least 1; got {self.fps}")
         if self.local_face_scale is not None and self.local_face_scale < 0:
             raise SettingsError(f"local_face_scale must be 0 or more; got {self.local_face_scale}")
+        if not 0.0 <= self.teacache <= MAX_TEACACHE:
+            raise SettingsError(f"teacache must be between 0 (off) and {MAX_TEACACHE}; got {self.teacache} "
+                                "(published CogVideoX-5B settings: 0.10 to 0.20)")
 
     def check_model(self, config) -> None:
         """Check the size against a transformer config (learned positional embeddings fix it)."""
@@ -357,9 +364,8 @@ def generate(
     """
     import torch
 
-    from .faces.canvas import make_canvas
-    from .sampling import denoise, make_scheduler
-    from .vae import decode, start_latents
+    from .generation import RunHooks, RunPlacement, sample_video
+    from .vae import decode
 
     settings = settings or GenerationSettings()
     settings.validate()
@@ -370,21 +376,11 @@ def generate(
     guided = settings.cfg > 1.0
     prompt_embeds = prompt_embeddings(bundle, prompt)
     negative_embeds = prompt_embeddings(bundle, negative_prompt) if guided else None
-    scheduler = make_scheduler(settings.scheduler, bundle.scheduler_config)
-
-    generator = torch.Generator(device).manual_seed(settings.seed)
-    canvas = make_canvas([face.crop for face in faces])
-    image_latents, latents = start_latents(bundle.vae, canvas, settings.height, settings.width,
-                                           settings.frames, generator, dtype, scheduler.init_noise_sigma)
-
     with torch.no_grad():
-        id_tokens = bundle.transformer.project_ids(list(faces))
-    latents = denoise(
-        bundle.transformer, scheduler, latents, image_latents, prompt_embeds, negative_embeds,
-        id_tokens, steps=settings.steps, cfg=settings.cfg, dynamic_cfg=settings.dynamic_cfg,
-        generator=generator, callback=callback,
-        routing=_routing_options(routing, settings.local_face_scale),
-        height=settings.height, width=settings.width,
-    )
-    frames = decode(bundle.vae, latents, tiling=settings.vae_tiling, slicing=settings.vae_slicing)
-    return GenerationResult(frames=frames, canvas=canvas, latents=latents, settings=settings)
+        id_tokens = bundle.transformer.project_ids(list(faces), device, dtype)
+    result = sample_video(
+        bundle.transformer, bundle.vae, bundle.scheduler_config, [face.crop for face in faces], prompt_embeds,
+        negative_embeds, id_tokens, settings, RunPlacement(device, dtype, device),
+        RunHooks(step=callback), routing=_routing_options(routing, settings.local_face_scale))
+    frames = decode(bundle.vae, result.latents, tiling=settings.vae_tiling, slicing=settings.vae_slicing)
+    return GenerationResult(frames=frames, canvas=result.canvas, latents=result.latents, settings=settings)

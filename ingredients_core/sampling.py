@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .routing import RoutingOptions, RoutingPlan, RoutingRecorder
+from .step_cache import TeaCache
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +102,22 @@ def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.
             id_tokens: Optional[torch.Tensor], *, steps: int, cfg: float, dynamic_cfg: bool = False,
             generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None,
             routing: Optional[RoutingOptions] = None, recorder: Optional[RoutingRecorder] = None,
-            height: Optional[int] = None, width: Optional[int] = None, eta: float = 0.0) -> torch.Tensor:
-    """Run the sampling loop; returns the denoised latents (B, F, C, H, W) in the model dtype.
+            height: Optional[int] = None, width: Optional[int] = None, eta: float = 0.0,
+            device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
+            cache: Optional[TeaCache] = None, ff_chunk: Optional[int] = None) -> torch.Tensor:
+    """Run the sampling loop; returns the denoised latents (B, F, C, H, W) in ``dtype``.
 
     latents: initial noise, already scaled by ``scheduler.init_noise_sigma``; image_latents: the scaled
     face-canvas latent followed by zero frames, same shape; prompt/negative embeds (B, S, D);
     id_tokens (P, T, token_dim) from ``transformer.project_ids`` or None for no identities;
     recorder: receives the router's assignment at every routed layer and step (routing maps);
-    height/width: pixel size for the rotary grid (latent size x 8 when None).
+    height/width: pixel size for the rotary grid (latent size x 8 when None);
+    device/dtype: where and in what the transformer computes (default: where its weights are);
+    cache: a :class:`~ingredients_core.step_cache.TeaCache` for this run (None: every step computed);
+    ff_chunk: feed-forward token chunk (less activation memory, same result).
     """
-    device, dtype = transformer.device, transformer.dtype
+    default_device, default_dtype = _placement(transformer)
+    device, dtype = device or default_device, dtype or default_dtype
     config = transformer.config
     guided = cfg > 1.0
     if guided and negative_embeds is None:
@@ -125,7 +132,7 @@ def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.
     timesteps = scheduler.timesteps
     ids = plan = None
     if id_tokens is not None:
-        ids = transformer.prepare_ids(id_tokens)
+        ids = transformer.prepare_ids(id_tokens, device, dtype)
         grid = (frames, h // config.patch_size, w // config.patch_size)
         plan = RoutingPlan(routing or RoutingOptions(), ids.num_ids, grid, config.local_face_scale, device,
                            recorder)
@@ -137,7 +144,8 @@ def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = torch.cat([scheduler.scale_model_input(model_input, t), image_input], dim=2)
         pred = transformer(model_input, text, t.expand(model_input.shape[0]), rotary, ids=ids,
-                           routing=plan.step(i, len(timesteps)) if plan is not None else None).float()
+                           routing=plan.step(i, len(timesteps)) if plan is not None else None,
+                           cache=cache, ff_chunk=ff_chunk).float()
         if guided:
             scale = dynamic_guidance(cfg, steps, t.item()) if dynamic_cfg else cfg
             uncond, cond = pred.chunk(2)
@@ -148,6 +156,13 @@ def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.
         if callback is not None:
             callback(StepInfo(step=i, total=len(timesteps), timestep=int(t), latents=latents, denoised=x0))
     return latents
+
+
+def _placement(transformer) -> tuple[torch.device, torch.dtype]:
+    placement = getattr(transformer, "placement", None)
+    if placement is not None:
+        return placement()
+    return transformer.device, transformer.dtype
 
 
 def _is_dpm(scheduler) -> bool:

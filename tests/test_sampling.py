@@ -27,7 +27,7 @@ class FakeDenoiser:
     def prepare_ids(self, tokens):
         raise AssertionError("no IDs in these tests")
 
-    def __call__(self, hidden, text, timestep, rotary, ids=None, routing=None):
+    def __call__(self, hidden, text, timestep, rotary, ids=None, routing=None, cache=None, ff_chunk=None):
         self.calls.append((hidden.clone(), text.clone(), timestep.clone()))
         return 0.5 * hidden[:, :, :16] + text.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
 
