@@ -9,8 +9,11 @@ the blocks run again and the accumulator restarts. The first and the last step a
 
 ``poly`` rescales the raw distance with coefficients fitted for the model; the CogVideoX-5B ones
 are the published ``[-1.53880483e+03, 8.43202495e+02, -1.34363087e+02, 7.97131516e+00,
--5.23162339e-02]`` (highest power first). A cache belongs to one sampling run; it is never stored
-on the model.
+-5.23162339e-02]`` (highest power first). That polynomial is positive only between its two real
+roots (rel-L1 0.0075 and 0.330 for these coefficients): a step whose distance lies beyond the upper
+root is outside what the fit describes and is always computed, and the small negative values below
+the lower root count as no change. A cache belongs to one sampling run; it is never stored on the
+model.
 """
 
 from __future__ import annotations
@@ -41,12 +44,21 @@ class TeaCache:
     _accumulated: float = 0.0
     _previous: Optional[torch.Tensor] = None
     _residual: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    _fit_limit: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threshold <= 0:
             raise ValueError(f"TeaCache threshold must be above 0 (0 = no cache); got {self.threshold}")
         if self.steps < 1:
             raise ValueError(f"TeaCache needs the number of steps; got {self.steps}")
+        positive = [r.real for r in np.roots(self.coefficients) if abs(r.imag) < 1e-12 and r.real > 0]
+        self._fit_limit = max(positive) if positive else float("inf")
+
+    def estimate(self, distance: float) -> float:
+        """The rescaled change of one step (``inf`` beyond the fitted range: compute that step)."""
+        if distance > self._fit_limit:
+            return float("inf")
+        return max(float(np.polyval(self.coefficients, distance)), 0.0)
 
     def skip(self, emb: torch.Tensor) -> bool:
         """Whether this forward may reuse the cached residual (``emb``: the timestep embedding)."""
@@ -57,7 +69,7 @@ class TeaCache:
             self._accumulated = 0.0
             return False
         distance = ((emb - previous).abs().mean() / previous.abs().mean()).item()
-        self._accumulated += float(np.polyval(self.coefficients, distance))
+        self._accumulated += self.estimate(distance)
         if self._accumulated < self.threshold:
             self.skipped += 1
             self.skipped_steps.append(step)

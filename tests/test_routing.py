@@ -140,3 +140,52 @@ def test_render_routing_maps():
     assert grey.shape == (9, 64, 96, 3) and 0.3 < float(grey.mean()) < 0.55
     with pytest.raises(ValueError, match="size and a frame count"):
         render(maps)
+
+
+# -- routing evidence at the output level ----------------------------------------------------------
+def _forward_tokens(model, tokens, options, mode_batch=2):
+    """A forward with precomputed ID tokens (so runs with fewer people reuse the very same tokens)."""
+    g = torch.Generator().manual_seed(5)
+    x, text = torch.randn(mode_batch, 3, 32, 8, 12, generator=g), torch.randn(mode_batch, 226, 32, generator=g)
+    ids = model.prepare_ids(tokens)
+    plan = RoutingPlan(options, ids.num_ids, GRID, 1.0, torch.device("cpu"))
+    with torch.no_grad():
+        return model(x, text, torch.tensor([500] * mode_batch), rotary_embeddings(model.config, 64, 96, 3, "cpu"),
+                     ids=ids, routing=plan.step(0, 1))
+
+
+@pytest.mark.parametrize("mode", ["official", "per_sample"])
+def test_whole_frame_hard_mask_gives_the_output_of_that_person_alone(model, mode):
+    with torch.no_grad():
+        tokens = model.project_ids(_faces(2))
+    whole = torch.ones(64, 96)
+    masked = _forward_tokens(model, tokens, RoutingOptions(mode=mode, masks=[whole, None], mask_mode="hard"))
+    alone = _forward_tokens(model, tokens[:1], RoutingOptions(mode=mode))
+    both = _forward_tokens(model, tokens, RoutingOptions(mode=mode))
+    assert torch.equal(masked, alone)
+    assert not torch.allclose(masked, both)
+
+
+def test_hard_masks_add_exactly_zero_id_features_outside_every_mask(model):
+    left, right = _halves()  # columns 0..47 -> person 1, 48..63 -> person 2, 64..95 -> nobody
+    inside = torch.stack([resize_mask(m, GRID, "m") for m in (left, right)]).amax(0).flatten() >= 0.5  # (N,)
+    added = []
+    original = model.id_features
+
+    def recording(k, video, ids, routing):
+        features = original(k, video, ids, routing)
+        added.append(features.expand(video.shape[0], -1, -1).clone())
+        return features
+
+    model.id_features = recording
+    try:
+        with torch.no_grad():
+            tokens = model.project_ids(_faces(2))
+        _forward_tokens(model, tokens, RoutingOptions(masks=[left, right], mask_mode="hard"))
+    finally:
+        del model.id_features
+    assert len(added) == model.config.num_routed_layers
+    for features in added:                                  # (B, N, dim) per routed layer
+        assert features.shape[1] == inside.numel()
+        assert torch.count_nonzero(features[:, ~inside]) == 0
+        assert bool((features[:, inside].abs().sum(-1) > 0).all())

@@ -59,3 +59,16 @@ def weight_bytes(model: nn.Module, device: Optional[torch.device] = None) -> int
     tensors = list(model.parameters()) + list(model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors
                if device is None or t.device.type == torch.device(device).type)
+
+
+def enable_storage_casting(model: nn.Module, storage: torch.dtype, compute: torch.dtype) -> int:
+    """Compute with weights kept in ``storage`` through diffusers' layerwise casting hooks: each
+    storage layer is cast to ``compute`` for its forward and back afterwards. For hosts without
+    casting layers of their own (the CLI); returns the number of hooked layers."""
+    from diffusers.hooks.layerwise_casting import apply_layerwise_casting_hook
+
+    names = storage_module_names(model)
+    modules = dict(model.named_modules())
+    for name in sorted(names):
+        apply_layerwise_casting_hook(modules[name], storage, compute, non_blocking=False)
+    return len(names)
