@@ -8,6 +8,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import host
 from .faces import EncodeFace, FaceCanvas, IDList
+from .identity import IdentityCheck
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
 from .routing_maps import RoutingMaps
@@ -31,6 +32,7 @@ NODES: list[type[io.ComfyNode]] = [
     Sampler,
     Decode,
     RoutingMaps,
+    IdentityCheck,
 ]
 
 
