@@ -1,6 +1,7 @@
 """Command line: the same generation as the ComfyUI nodes, without ComfyUI.
 
     python -m ingredients_core generate --model DIR --face A.jpg --face B.jpg --prompt TEXT --out out.mp4
+    python -m ingredients_core evaluate --video out.mp4 --face A.jpg --face B.jpg --model DIR
     python -m ingredients_core demo --out DIR
 
 Exit codes: 0 done; 1 a problem with the inputs or the model folder (the message says which);
@@ -23,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .evaluate import add_evaluate_parser, add_generate_options, check_json_path, wants_evaluation
 from .pipeline import DTYPE_NAMES, GenerationSettings
 
 if TYPE_CHECKING:
@@ -141,6 +143,7 @@ def _add_generate(commands) -> None:
     gen.add_argument("--save-canvas", type=Path, default=None, metavar="PNG",
                      help="also write the face canvas (the first-frame condition) as a PNG")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_generate_options(gen)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(commands)
+    add_evaluate_parser(commands)
     demo = commands.add_parser(
         "demo", help="offline end-to-end run on tiny random models (proves the setup, makes noise)",
         description="Make tiny random-weight models and run the whole generation on two face photos "
@@ -189,6 +193,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     if args.face_choice == "index" and args.face_index is None:
         raise InputError("--face-choice index needs --face-index N (0-based, counted from the left)")
     check_outputs(args.out, args.save_canvas)
+    check_json_path(args.evaluate_json, "--evaluate-json")
 
 
 def check_outputs(out: Path, canvas: Path | None) -> None:
@@ -325,6 +330,10 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
     frames, height, width = result.frames.shape[:3]
     sys.stdout.write(f"Wrote {args.out} ({frames} frames, {width}x{height}, {settings.fps} fps, "
                      f"seed {settings.seed}) in {time.perf_counter() - started:.1f} s\n")
+    if wants_evaluation(args):
+        from .evaluate import evaluate_generated
+
+        evaluate_generated(args, faces, args.device)
     return EXIT_OK
 
 
@@ -332,11 +341,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a bad model folder (shown without a traceback)."""
     from .checkpoint import CheckpointError
     from .faces.errors import FaceError, FaceModelsError
+    from .faces.identity import IdentityInputError
     from .pipeline import SettingsError
     from .routing import RoutingError
 
     return (FileNotFoundError, NotADirectoryError, CheckpointError, FaceError, FaceModelsError,
-            RoutingError, SettingsError, InputError)
+            RoutingError, SettingsError, InputError, IdentityInputError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,6 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo_command
 
             return run_demo_command(args, started)
+        if args.command == "evaluate":
+            from .evaluate import run_evaluate
+
+            return run_evaluate(args)
         return run_generate(args, started)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
