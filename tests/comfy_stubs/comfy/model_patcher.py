@@ -1,12 +1,175 @@
-"""Stand-in for ``comfy.model_patcher.ModelPatcher``: it keeps the model and its devices and, like
-the real one, writes ``model.device`` (which fails on modules whose ``device`` is a property)."""
+"""Stand-in for ``comfy.model_patcher.ModelPatcher``: ComfyUI's loading and offloading of weights.
+
+What the pack meets in ComfyUI, without weight patches (LoRA), hooks or clones:
+
+- the constructor writes ``model.device`` (which fails on modules whose ``device`` is a property);
+- ``load`` follows ComfyUI's lowvram rules (``_load_list``): only modules whose parameters are all
+  their own (leaves) or that have ``comfy_cast_weights`` are candidates, largest first; a module
+  with ``comfy_cast_weights`` that does not fit the budget keeps its weights on the offload device
+  and gets ``comfy_cast_weights = True`` (its forward casts the weights per call); a module without
+  it is moved only when it fits; parameters of non-leaf modules are never moved by a partial load;
+  a full load moves the whole model;
+- ``partially_unload`` moves the smallest candidates back first, ``detach`` moves everything back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+
+logger = logging.getLogger(__name__)
+
+
+def wipe_lowvram_weight(m) -> None:
+    if hasattr(m, "prev_comfy_cast_weights"):
+        m.comfy_cast_weights = m.prev_comfy_cast_weights
+        del m.prev_comfy_cast_weights
+    if hasattr(m, "weight_function"):
+        m.weight_function = []
+    if hasattr(m, "bias_function"):
+        m.bias_function = []
 
 
 class ModelPatcher:
     def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+        self.size = size
         self.model = model
         if not hasattr(self.model, "device") or self.model.device is None:
             self.model.device = offload_device
         self.load_device = load_device
         self.offload_device = offload_device
-        self.size = size
+        self.weight_inplace_update = weight_inplace_update
+        self.patches: dict = {}
+        self.model_options = {"transformer_options": {}}
+        self.force_cast_weights = False
+        self.parent = None
+        for name, default in (("model_loaded_weight_memory", 0), ("lowvram_patch_counter", 0),
+                              ("model_lowvram", False), ("current_weight_patches_uuid", None)):
+            if not hasattr(self.model, name):
+                setattr(self.model, name, default)
+        comfy.model_management._patchers.add(self)
+
+    def model_size(self) -> int:
+        if self.size > 0:
+            return self.size
+        self.size = comfy.model_management.module_size(self.model)
+        return self.size
+
+    def loaded_size(self) -> int:
+        return self.model.model_loaded_weight_memory
+
+    def lowvram_patch_counter(self) -> int:
+        return self.model.lowvram_patch_counter
+
+    def current_loaded_device(self):
+        return self.model.device
+
+    def model_dtype(self):
+        if hasattr(self.model, "get_dtype"):
+            return self.model.get_dtype()
+        return None
+
+    def is_clone(self, other) -> bool:
+        return hasattr(other, "model") and self.model is other.model
+
+    def model_patches_models(self) -> list:
+        return []
+
+    def model_patches_to(self, device) -> None:
+        return None
+
+    def _load_list(self) -> list:
+        loading = []
+        for name, module in self.model.named_modules():
+            own = [n for n, _ in module.named_parameters(recurse=False)]
+            inherited = any(n not in own for n, _ in module.named_parameters(recurse=True))
+            if not inherited and (hasattr(module, "comfy_cast_weights") or own):
+                loading.append((comfy.model_management.module_size(module), name, module, own))
+        return loading
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False) -> None:
+        mem_counter, lowvram_counter, load_completely = 0, 0, []
+        for module_mem, name, m, params in sorted(self._load_list(), key=lambda x: (x[0], x[1]), reverse=True):
+            lowvram_weight = False
+            if not full_load and hasattr(m, "comfy_cast_weights") and mem_counter + module_mem >= lowvram_model_memory:
+                lowvram_weight = True
+                lowvram_counter += 1
+                if hasattr(m, "prev_comfy_cast_weights"):  # already offloaded
+                    continue
+            cast_weight = self.force_cast_weights
+            if lowvram_weight:
+                m.weight_function, m.bias_function = [], []
+                cast_weight = True
+            else:
+                if hasattr(m, "comfy_cast_weights"):
+                    wipe_lowvram_weight(m)
+                if full_load or mem_counter + module_mem < lowvram_model_memory:
+                    mem_counter += module_mem
+                    load_completely.append(m)
+            if cast_weight and hasattr(m, "comfy_cast_weights"):
+                m.prev_comfy_cast_weights = m.comfy_cast_weights
+                m.comfy_cast_weights = True
+        for m in load_completely:
+            m.comfy_patched_weights = True
+            m.to(device_to)
+        self.model.model_lowvram = lowvram_counter > 0
+        if lowvram_counter > 0:
+            logger.info("loaded partially %.1f MB, %d modules offloaded", mem_counter / 2 ** 20, lowvram_counter)
+        elif full_load:
+            self.model.to(device_to)
+            mem_counter = self.model_size()
+        self.model.device = device_to
+        self.model.model_loaded_weight_memory = mem_counter
+
+    def patch_model(self, device_to=None, lowvram_model_memory=0, load_weights=True, force_patch_weights=False):
+        if load_weights:
+            self.load(device_to, lowvram_model_memory=lowvram_model_memory, force_patch_weights=force_patch_weights,
+                      full_load=lowvram_model_memory == 0)
+        return self.model
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True) -> None:
+        if not unpatch_weights:
+            return
+        if self.model.model_lowvram:
+            for m in self.model.modules():
+                wipe_lowvram_weight(m)
+            self.model.model_lowvram = False
+            self.model.lowvram_patch_counter = 0
+        if device_to is not None:
+            self.model.to(device_to)
+            self.model.device = device_to
+        self.model.model_loaded_weight_memory = 0
+        for m in self.model.modules():
+            if hasattr(m, "comfy_patched_weights"):
+                del m.comfy_patched_weights
+
+    def partially_unload(self, device_to, memory_to_free=0) -> int:
+        freed = 0
+        for module_mem, name, m, _ in sorted(self._load_list(), key=lambda x: (x[0], x[1])):
+            if memory_to_free < freed:
+                break
+            if getattr(m, "comfy_patched_weights", False):
+                m.to(device_to)
+                if hasattr(m, "comfy_cast_weights"):
+                    m.prev_comfy_cast_weights = m.comfy_cast_weights
+                    m.comfy_cast_weights = True
+                m.comfy_patched_weights = False
+                freed += module_mem
+        self.model.model_lowvram = True
+        self.model.model_loaded_weight_memory -= freed
+        return freed
+
+    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False) -> int:
+        if not self.model.model_lowvram and self.model.model_loaded_weight_memory > 0:
+            return 0
+        current_used = self.model.model_loaded_weight_memory
+        full_load = current_used + extra_memory > self.model_size()
+        self.load(device_to, lowvram_model_memory=current_used + extra_memory,
+                  force_patch_weights=force_patch_weights, full_load=full_load)
+        return self.model.model_loaded_weight_memory - current_used
+
+    def detach(self, unpatch_all=True):
+        if unpatch_all:
+            self.unpatch_model(self.offload_device, unpatch_weights=unpatch_all)
+        return self.model

@@ -1,0 +1,1 @@
+"""Stand-in for ``comfy.ldm.modules`` (tests only)."""
