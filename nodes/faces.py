@@ -6,7 +6,6 @@ starts from, and the order decides which ID tokens go with which slot.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -69,8 +68,7 @@ class EncodeFace(io.ComfyNode):
                 face_index: int, min_face_size: int) -> io.NodeOutput:
         images = photos(image)
         host.load(face_encoder.patcher)
-        encoder = dataclasses.replace(face_encoder.encoder, device=host.load_device(face_encoder.patcher))
-        features = encoder.encode_person(images, choice=face_choice, index=face_index, source="image",
+        features = face_encoder.encoder.encode_person(images, choice=face_choice, index=face_index, source="image",
                                          min_face_size=float(min_face_size))
         crop = to_image(features.crop)
         return io.NodeOutput(features, crop, ui=ui.PreviewImage(crop, cls=cls))

@@ -88,9 +88,10 @@ def _face(cx, cy, size, score=0.99):
 
 
 def test_tiny_models_load_with_the_official_signatures(encoder):
-    assert encoder.arcface.taskname == "recognition"
-    assert encoder.arcface.input_size == (112, 112)
-    assert (encoder.arcface.input_mean, encoder.arcface.input_std) == (127.5, 127.5)
+    arcface = encoder.arcface.model_for("cpu")
+    assert arcface.taskname == "recognition"
+    assert arcface.input_size == (112, 112)
+    assert (arcface.input_mean, arcface.input_std) == (127.5, 127.5)
     assert encoder.eva.image_size == 336
     assert tuple(encoder.eva.image_mean) == OPENAI_CLIP_MEAN and tuple(encoder.eva.image_std) == OPENAI_CLIP_STD
     assert not encoder.detector.training and not encoder.eva.training
@@ -328,12 +329,13 @@ BIG_FACE = _face(900, 500, 400)
 @pytest.fixture(scope="module")
 def big_case(encoder):
     """``(features, arcface feeds)`` of BIG_PHOTO / BIG_FACE, with ArcFace's inputs recorded."""
-    recorder = _RecordingSession(encoder.arcface.session)
-    encoder.arcface.session = recorder
+    arcface = encoder.arcface.model_for("cpu")
+    recorder = _RecordingSession(arcface.session)
+    arcface.session = recorder
     try:
         features = _encode_one(encoder, BIG_PHOTO, BIG_FACE, source="Ann")
     finally:
-        encoder.arcface.session = recorder.session
+        arcface.session = recorder.session
     return features, recorder.feeds
 
 
@@ -346,7 +348,7 @@ def test_arcface_input_is_the_official_blob(encoder, big_case):
     expected = ((resized[:, :, ::-1].astype(np.float32) - 127.5) * np.float32(1 / 127.5)).transpose(2, 0, 1)[None]
     (feed,) = feeds
     np.testing.assert_allclose(feed["input.1"], expected, rtol=0, atol=1e-6)
-    output = encoder.arcface.session.run(None, {"input.1": feed["input.1"]})[0]
+    output = encoder.arcface.model_for("cpu").session.run(None, {"input.1": feed["input.1"]})[0]
     np.testing.assert_array_equal(features.id_cond[:, :512].numpy(), output)
 
 
@@ -387,7 +389,7 @@ def test_encode_gives_official_features_in_source_coordinates(encoder, big_case,
     helper.align_warp_face()
     crop_bgr = helper.cropped_faces[0]
     np.testing.assert_array_equal(features.crop, crop_bgr[:, :, ::-1])
-    np.testing.assert_array_equal(features.id_cond[:, :512].numpy(), encoder.arcface.get_feat(crop_bgr))
+    np.testing.assert_array_equal(features.id_cond[:, :512].numpy(), encoder.arcface.model_for("cpu").get_feat(crop_bgr))
     pixels = eva_pixel_values(cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB), encoder.eva)
     with torch.no_grad():
         pooled, hidden = encoder.eva(pixels, return_all_features=False, return_hidden=True, shuffle=False)
@@ -401,7 +403,6 @@ def test_bfloat16_tower_gives_float32_features_that_cast_back_losslessly(encoder
         detector=encoder.detector,
         arcface=encoder.arcface,
         eva=load_eva_clip(face_dir / "EVA02_CLIP_L_336_psz14_s6B.pt", dtype=torch.bfloat16),
-        device=torch.device("cpu"),
     )
     features = _encode_one(bf16, _photo(300, 400), _face(200, 150, 180))
     assert features.id_cond.dtype == torch.float32

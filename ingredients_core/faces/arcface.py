@@ -4,6 +4,10 @@ Loaded through ``insightface.model_zoo.get_model`` (which recognises a recogniti
 square >= 112 px input and single output) and run with its ``get_feat`` on the aligned 512 x 512
 BGR crop, as the official code does: ``cv2.dnn.blobFromImages`` resizes to 112 x 112 (bilinear),
 swaps to RGB and maps pixels with ``(x - 127.5) / 127.5``. The 512-value result is not normalised.
+
+ONNX Runtime lives outside torch, so a host moving the torch face models does not move ArcFace:
+:class:`ArcFace` picks the providers at each call from the device the torch face models are on
+then (or uses the providers it was given), with one session per provider list, kept.
 """
 
 from __future__ import annotations
@@ -64,6 +68,39 @@ def load_arcface(path: str | Path, providers: Sequence[str | tuple[str, dict]]):
         )
     logger.info("ArcFace model loaded from %s (providers %s)", path, model.session.get_providers())
     return model
+
+
+class ArcFace:
+    """ArcFace sessions for one ``glintr100.onnx``: one per provider list, made when first needed.
+
+    Args:
+        path: the ONNX file.
+        providers: fixed ONNX Runtime providers, or None to follow the device passed to
+            :meth:`embedding` (:func:`onnx_providers`).
+        device: the device whose session is made now, so a bad file fails at load time.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str | tuple[str, dict]] | None = None,
+                 device: str | torch.device = "cpu"):
+        self.path = Path(path)
+        self.providers = list(providers) if providers is not None else None
+        self._sessions: dict[str, object] = {}
+        self.model_for(device)
+
+    def providers_for(self, device: str | torch.device) -> list[str | tuple[str, dict]]:
+        return list(self.providers) if self.providers is not None else onnx_providers(device)
+
+    def model_for(self, device: str | torch.device):
+        """The insightface ``ArcFaceONNX`` whose session suits ``device`` (made once, then kept)."""
+        providers = self.providers_for(device)
+        key = repr(providers)
+        if key not in self._sessions:
+            self._sessions[key] = load_arcface(self.path, providers)
+        return self._sessions[key]
+
+    def embedding(self, crop_bgr: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+        """``(1, 512)`` float32 CPU tensor for an aligned BGR uint8 crop, run with ``device``'s providers."""
+        return arcface_embedding(self.model_for(device), crop_bgr)
 
 
 def arcface_embedding(model, crop_bgr: np.ndarray) -> torch.Tensor:

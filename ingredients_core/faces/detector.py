@@ -5,12 +5,13 @@ and a ParseNet it loads unconditionally), so this module builds the same ``Retin
 itself, loads the state dict safely, and reproduces the two helper steps the official code uses:
 
 - ``get_face_landmarks_5(only_center_face=False)``: ``detect_faces(bgr, 0.97)``; every detection
-  kept, in detector order (highest score first, after NMS).
+  kept, in detector order (highest score first, after NMS). :class:`RetinaFaceDetector` holds the
+  network and runs ``detect_faces``' arithmetic on whatever device the host put it on.
 - ``align_warp_face()``: a similarity transform from the 5 landmarks to facexlib's FFHQ template
   (``cv2.estimateAffinePartial2D``, LMEDS) and ``cv2.warpAffine`` to 512 x 512, border filled with
   the grey ``(135, 133, 132)``.
 
-The tests check both steps against facexlib's own helper.
+The tests check both steps against facexlib's own ``RetinaFace.detect_faces`` and helper.
 """
 
 from __future__ import annotations
@@ -45,8 +46,65 @@ FFHQ_TEMPLATE_512 = np.array(
 BORDER_VALUE = (135, 133, 132)
 
 
-def load_retinaface(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """facexlib ``RetinaFace(network_name='resnet50')`` with the weights in ``path`` (float32, eval).
+class RetinaFaceDetector(torch.nn.Module):
+    """facexlib's RetinaFace-ResNet50 network with device-free pre- and post-processing.
+
+    facexlib's ``RetinaFace`` keeps a ``device`` field and a plain ``mean_tensor`` attribute
+    that ComfyUI's model management does not move, and sends the photo to that device. This module
+    holds facexlib's layers themselves (same state-dict keys: ``body.``, ``fpn.``, ``ssh1..3.``,
+    ``ClassHead.``, ``BboxHead.``, ``LandmarkHead.``), the BGR mean as a buffer, and computes
+    :meth:`detect` wherever its parameters are at call time, with the arithmetic of facexlib's
+    ``RetinaFace.detect_faces(image, threshold)`` (origin size, NMS 0.4, float32).
+    """
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        for name in _NETWORK_PARTS:
+            self.add_module(name, getattr(network, name))
+        self.cfg = dict(network.cfg)
+        self.register_buffer("mean", torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(box offsets, class probabilities, landmark offsets) per prior, as facexlib's test phase."""
+        fpn = self.fpn(list(self.body(inputs).values()))
+        features = [self.ssh1(fpn[0]), self.ssh2(fpn[1]), self.ssh3(fpn[2])]
+        boxes = torch.cat([head(f) for head, f in zip(self.BboxHead, features)], dim=1)
+        classes = torch.cat([head(f) for head, f in zip(self.ClassHead, features)], dim=1)
+        landmarks = torch.cat([head(f) for head, f in zip(self.LandmarkHead, features)], dim=1)
+        return boxes, torch.nn.functional.softmax(classes, dim=-1), landmarks
+
+    @torch.no_grad()
+    def detect(self, bgr: np.ndarray, threshold: float = DETECTION_THRESHOLD, nms_threshold: float = 0.4) -> np.ndarray:
+        """facexlib's ``(n, 15)`` float32 rows (box, score, 5 landmarks) for a BGR uint8 image."""
+        from facexlib.detection.retinaface_utils import PriorBox, decode, decode_landm, py_cpu_nms
+
+        device = next(self.parameters()).device
+        height, width = bgr.shape[:2]
+        image = torch.from_numpy(bgr.astype(np.float32).transpose(2, 0, 1)).unsqueeze(0).to(device)
+        image = image - self.mean.to(device)
+        scale = torch.tensor([width, height] * 2, dtype=torch.float32, device=device)
+        scale1 = torch.tensor([width, height] * 5, dtype=torch.float32, device=device)
+        loc, conf, landmarks = self(image)
+        priors = PriorBox(self.cfg, image_size=image.shape[2:]).forward().to(device)
+        variance = self.cfg["variance"]
+        boxes = (decode(loc.data.squeeze(0), priors.data, variance) * scale).cpu().numpy()
+        scores = conf.squeeze(0).data.cpu().numpy()[:, 1]
+        points = (decode_landm(landmarks.squeeze(0), priors, variance) * scale1).cpu().numpy()
+        keep = np.where(scores > threshold)[0]
+        boxes, points, scores = boxes[keep], points[keep], scores[keep]
+        order = scores.argsort()[::-1]
+        boxes, points, scores = boxes[order], points[order], scores[order]
+        rows = np.hstack((boxes, scores[:, np.newaxis])).astype(np.float32, copy=False)
+        kept = py_cpu_nms(rows, nms_threshold)
+        return np.concatenate((rows[kept, :], points[kept]), axis=1)
+
+
+_NETWORK_PARTS = ("body", "fpn", "ssh1", "ssh2", "ssh3", "ClassHead", "BboxHead", "LandmarkHead")
+
+
+def load_retinaface(path: str | Path, device: str | torch.device = "cpu") -> RetinaFaceDetector:
+    """:class:`RetinaFaceDetector` with the facexlib RetinaFace-ResNet50 weights in ``path``
+    (float32, eval, on ``device``).
 
     The state dict is read with ``torch.load(weights_only=True)``; ``module.`` prefixes (from
     DataParallel training) are removed, as facexlib does; loading is strict. A file that cannot
@@ -62,7 +120,8 @@ def load_retinaface(path: str | Path, device: str | torch.device = "cpu") -> tor
     with warnings.catch_warnings():
         # RetinaFace builds torchvision's resnet50 with the deprecated ``pretrained=False``.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\..*")
-        model = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
+        network = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
+    model = RetinaFaceDetector(network)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -83,11 +142,9 @@ def detections_from_rows(rows: np.ndarray) -> list[Detection]:
     return result
 
 
-def detect_faces(model: torch.nn.Module, bgr: np.ndarray) -> list[Detection]:
+def detect_faces(model: RetinaFaceDetector, bgr: np.ndarray) -> list[Detection]:
     """All faces in a BGR uint8 image, in the image's coordinates, highest score first."""
-    with torch.no_grad():
-        rows = model.detect_faces(bgr, DETECTION_THRESHOLD)
-    return detections_from_rows(np.asarray(rows))
+    return detections_from_rows(np.asarray(model.detect(bgr, DETECTION_THRESHOLD)))
 
 
 def align_face(bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .arcface import arcface_embedding, load_arcface, onnx_providers
+from .arcface import ArcFace
 from .choice import FaceChoice, choose_face
 from .detector import align_face, detect_faces, load_retinaface
 from .errors import FaceError
@@ -47,19 +47,22 @@ _NO_FACE_HINT = (
 
 @dataclass(eq=False)
 class FaceEncoder:
-    """The three face models on one device. Build it with :meth:`load`.
+    """The three face models. Build it with :meth:`load`.
+
+    Nothing here stores a device: each torch model computes where its parameters are when it is
+    called (a host such as ComfyUI may move them at any time) and ArcFace picks its ONNX Runtime
+    providers for the device the EVA tower is on at that moment.
 
     Attributes:
-        detector: facexlib RetinaFace-ResNet50 (torch, on ``device``, float32 as officially).
-        arcface: insightface ``ArcFaceONNX`` (ONNX Runtime session).
-        eva: EVA02-CLIP visual tower (torch, on ``device`` in ``dtype``).
-        device: torch device of the detector and EVA tower.
+        detector: RetinaFace-ResNet50 (:class:`~ingredients_core.faces.detector.RetinaFaceDetector`,
+            float32 as officially).
+        arcface: :class:`~ingredients_core.faces.arcface.ArcFace` (ONNX Runtime sessions).
+        eva: EVA02-CLIP visual tower (torch).
     """
 
     detector: torch.nn.Module
-    arcface: Any
+    arcface: ArcFace
     eva: torch.nn.Module
-    device: torch.device
 
     @classmethod
     def load(
@@ -72,20 +75,25 @@ class FaceEncoder:
         """Load the models from ``paths`` (see :func:`~ingredients_core.faces.paths.find_face_models`).
 
         Args:
-            device: torch device for the detector and the EVA tower.
+            device: torch device to put the detector and the EVA tower on.
             dtype: EVA tower dtype (the official code uses the video model's dtype, bf16); the
                 detector always runs in float32, as in the official code.
-            providers: ONNX Runtime providers for ArcFace; default follows ``device``
+            providers: fixed ONNX Runtime providers for ArcFace; default (None) follows the
+                device of the torch models at each call
                 (:func:`~ingredients_core.faces.arcface.onnx_providers`).
         """
         paths.check()
         device = torch.device(device)
         return cls(
             detector=load_retinaface(paths.detection, device),
-            arcface=load_arcface(paths.arcface, providers if providers is not None else onnx_providers(device)),
+            arcface=ArcFace(paths.arcface, providers, device),
             eva=load_eva_clip(paths.eva_clip, device, dtype),
-            device=device,
         )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the EVA tower (and, as hosts load them together, the detector) is now."""
+        return next(self.eva.parameters()).device
 
     def detect(self, image: Any, source: str = "photo") -> list[Detection]:
         """All faces in a photo (highest score first), in the photo's own pixel coordinates."""
@@ -133,8 +141,9 @@ class FaceEncoder:
         except ValueError as error:
             raise FaceError(source, str(error)) from error
         crop_rgb = crop_bgr[:, :, ::-1].copy()
-        arcface = arcface_embedding(self.arcface, crop_bgr)
-        pooled, hidden = eva_features(self.eva, eva_pixel_values(crop_rgb, self.eva, self.device))
+        device = self.device
+        arcface = self.arcface.embedding(crop_bgr, device)
+        pooled, hidden = eva_features(self.eva, eva_pixel_values(crop_rgb, self.eva, device))
         if detections is None:
             original = face.scaled(1.0 / work.scale_x, 1.0 / work.scale_y)
         else:

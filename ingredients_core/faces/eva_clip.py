@@ -9,6 +9,11 @@ in the official loading path, and dropped from the file).
 Sizes (width, depth, MLP width, output width, image size, patch size) are read from the tensor
 shapes, so the tiny test checkpoints from :mod:`ingredients_core.testing.tiny_faces` load
 through the same code. The real file gives width 1024, 24 blocks, 768 outputs, 336 px, patch 14.
+
+Devices: the tower keeps nothing a host's model management would leave behind (audited, and
+checked by ``tests/test_devices.py`` over every submodule): the rotary tables are buffers, the
+relative-position indices too, ``image_mean``/``image_std`` are plain tuples, and no module stores
+a device. Inputs are made on the device of the tower's parameters at call time.
 """
 
 from __future__ import annotations
