@@ -7,7 +7,8 @@ touches ComfyUI. What lives here:
   ``models/text_encoders``, with every path ``extra_model_paths.yaml`` adds;
 - memory: each ``nn.Module`` is wrapped in a ``ModelPatcher`` and loaded with
   ``load_models_gpu(..., force_full_load=True)`` before use; nothing is moved by hand;
-- devices and dtypes as ComfyUI chooses them (``--cpu`` gives the CPU and float32);
+- devices and dtypes as ComfyUI chooses them, per role (``--cpu`` gives the CPU and float32):
+  the transformer follows the diffusion-model flags, the VAE, T5 and face models their own;
 - the progress bar, latent previews (a CogVideoX latent format) and interrupts.
 
 Heavy work never happens at import: ComfyUI has already imported these modules when the pack loads.
@@ -83,13 +84,98 @@ def devices(role: str) -> tuple[torch.device, torch.device]:
     raise ValueError(f"unknown model role {role!r}; expected one of {ROLES}")
 
 
-def pick_dtype(role: str, name: str) -> torch.dtype:
-    """``auto`` -> what ComfyUI would use on the load device (bfloat16 on capable GPUs, float32
-    under ``--cpu``); otherwise the named dtype."""
-    if name != "auto":
-        return getattr(torch, name)
-    load_device, _ = devices(role)
-    return comfy.model_management.unet_dtype(load_device, supported_dtypes=[torch.bfloat16, torch.float32])
+# -- dtypes per role -----------------------------------------------------------------------------
+# Each model takes its dtype from ComfyUI's picker for its role, so --fp16-unet never reaches the
+# VAE and --fp8_e4m3fn-unet never reaches a face model. A node's explicit choice wins over auto.
+TRAINED_DTYPE = torch.bfloat16  # the released transformer's dtype
+DIFFUSION_DTYPES = [torch.bfloat16, torch.float32]  # fp16 only when asked for (node or --fp16-unet)
+VAE_DTYPES = [torch.bfloat16, torch.float16, torch.float32]  # ComfyUI's working dtypes for the CogVideoX VAE
+FLOAT8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu") if hasattr(torch, n))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _named(choice: str) -> torch.dtype:
+    dtype = getattr(torch, choice, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype: {choice!r} is not a dtype; choose auto, bfloat16, float16 or float32")
+    return dtype
+
+
+def _computes_in(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether plain torch layers compute in ``dtype`` on ``device`` (ComfyUI's ``supports_dtype``:
+    float32 everywhere, fp16/bf16 on GPUs, fp8 nowhere)."""
+    return dtype not in FLOAT8_DTYPES and comfy.model_management.supports_dtype(device, dtype)
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The best dtype plain torch layers compute in on ``device``: bf16, else fp16, else fp32."""
+    mm = comfy.model_management
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    if mm.should_use_fp16(device):
+        return torch.float16
+    return torch.float32
+
+
+def diffusion_dtypes(choice: str = "auto", model_params: int = 0) -> tuple[torch.dtype, torch.dtype]:
+    """(weight/storage dtype, compute dtype) of the transformer on ComfyUI's diffusion device.
+
+    ``auto``: ``unet_dtype`` (which honours --fp8_e4m3fn-unet, --fp8_e5m2-unet, --fp16-unet,
+    --bf16-unet, --fp32-unet) with bf16 and fp32 as the supported dtypes; a named choice is the
+    storage dtype. The compute dtype is ``unet_manual_cast`` of it (fp8 storage computes in bf16
+    or fp32; fp16 computes in fp16 only where the device runs fp16 well).
+    """
+    mm = comfy.model_management
+    device = mm.get_torch_device()
+    if choice == "auto":
+        weight = mm.unet_dtype(device, model_params=model_params, supported_dtypes=DIFFUSION_DTYPES)
+    else:
+        weight = _named(choice)
+    supported = [torch.float16, *DIFFUSION_DTYPES] if weight == torch.float16 else DIFFUSION_DTYPES
+    compute = mm.unet_manual_cast(weight, device, supported_dtypes=supported) or weight
+    return weight, compute
+
+
+def vae_dtype(choice: str = "auto") -> torch.dtype:
+    """The VAE's dtype: ComfyUI's ``vae_dtype`` (--fp16-vae, --bf16-vae, --fp32-vae) or the choice."""
+    if choice != "auto":
+        return _named(choice)
+    return comfy.model_management.vae_dtype(devices("vae")[0], VAE_DTYPES)
+
+
+def text_encoder_dtype(choice: str = "auto") -> torch.dtype:
+    """The dtype the pack's T5 loads and runs in.
+
+    ``auto``: ComfyUI's ``text_encoder_dtype`` (--fp16-text-enc, --bf16-text-enc, --fp32-text-enc,
+    --fp8_*-text-enc; fp16 by default). ComfyUI stores text encoders in it and computes in float32;
+    this T5 is made of plain torch layers, so it computes in its storage dtype: where that dtype
+    cannot compute on the load device (fp8 anywhere, fp16/bf16 on the CPU) the weights are kept
+    in :func:`compute_dtype` instead, and the log says so.
+    """
+    if choice != "auto":
+        return _named(choice)
+    device = devices("text")[0]
+    asked = comfy.model_management.text_encoder_dtype(device)
+    if _computes_in(asked, device):
+        return asked
+    used = compute_dtype(device)
+    if asked in FLOAT8_DTYPES:
+        logger.warning("T5: ComfyUI asks for %s text-encoder weights; the Ingredients T5 cannot compute from fp8, "
+                       "so its weights are kept in %s. For an fp8 T5, load a t5xxl fp8 file with ComfyUI's "
+                       "CLIPLoader (type sd3) and use Ingredients Encode Prompt (CLIP).",
+                       dtype_name(asked), dtype_name(used))
+    else:
+        logger.info("T5: ComfyUI stores text encoders in %s; on %s the Ingredients T5 runs in %s.",
+                    dtype_name(asked), device, dtype_name(used))
+    return used
+
+
+def face_dtype() -> torch.dtype:
+    """EVA-CLIP's dtype: what the face models' device computes in (never the diffusion flags)."""
+    return compute_dtype(devices("face")[0])
 
 
 # One holder class per role, named so that ComfyUI's log ("Requested to load ...") says what loads.

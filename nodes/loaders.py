@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
+import torch
 from comfy_api.latest import io
 
 from . import host, model_files
@@ -30,12 +32,53 @@ logger = logging.getLogger(__name__)
 CATEGORY = "Ingredients"
 DTYPES = ["auto", "bfloat16", "float16", "float32"]
 PROVIDERS = ["auto", "CPUExecutionProvider", "CUDAExecutionProvider"]
-DTYPE_TOOLTIP = ("Weight and compute dtype. auto = what ComfyUI picks for this device (bfloat16 on "
-                 "recent GPUs, the official dtype; float32 on the CPU).")
+DTYPE_TOOLTIP = ("Weight dtype. auto = what ComfyUI picks for this model on this device, following its "
+                 "dtype flags for this kind of model (--fp16-unet, --bf16-vae, --fp16-text-enc, ...); "
+                 "float32 on the CPU.")
+MODEL_DTYPE_TOOLTIP = ("Weight dtype of the transformer. auto = ComfyUI's choice for diffusion models "
+                       "(bfloat16 on recent GPUs, the dtype it was trained in; float32 on the CPU; "
+                       "--fp16-unet/--bf16-unet/--fp8_e4m3fn-unet apply). float16 runs it in fp16 "
+                       "where the GPU does that well (less precise: it was trained in bf16).")
 
 
 def _folder_input(kind: model_files.FolderKind, tooltip: str) -> io.Combo.Input:
     return io.Combo.Input("model_folder", options=model_files.folder_names(kind), tooltip=tooltip)
+
+
+def _parameter_count(folder) -> int:
+    """Parameters in the transformer's safetensors files (read from their headers; 0 for other
+    formats), for ComfyUI's dtype picker, which weighs the model against the free memory."""
+    from safetensors import safe_open
+
+    from ..ingredients_core.checkpoint import resolve
+
+    count = 0
+    for path in resolve(folder).weights:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as weights:
+                count += sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+    return count
+
+
+def transformer_dtype(folder, choice: str):
+    """The dtype the transformer loads in: ComfyUI's compute dtype for it (``host.diffusion_dtypes``).
+
+    The weights are kept in the compute dtype for now; a storage dtype ComfyUI asks for beyond it
+    (fp8 from --fp8_e4m3fn-unet/--fp8_e5m2-unet, bf16 weights computed in fp32) is logged.
+    """
+    weight, compute = host.diffusion_dtypes(choice, model_params=_parameter_count(folder))
+    if weight in host.FLOAT8_DTYPES:
+        logger.warning("Ingredients transformer: ComfyUI asks for %s weight storage (--fp8_*-unet); fp8 storage "
+                       "is not used by this pack yet, the weights are kept in %s (the compute dtype).",
+                       host.dtype_name(weight), host.dtype_name(compute))
+    elif weight != compute:
+        logger.info("Ingredients transformer: ComfyUI picks %s storage computed in %s here; the weights are "
+                    "kept in %s.", host.dtype_name(weight), host.dtype_name(compute), host.dtype_name(compute))
+    if compute == torch.float16:
+        logger.warning("Ingredients transformer runs in float16 (asked for with dtype=float16 or --fp16-unet); "
+                       "it was trained in bfloat16, so fp16 may lose detail or overflow. Use auto or bfloat16 "
+                       "where the GPU supports it.")
+    return compute
 
 
 class ModelLoader(io.ComfyNode):
@@ -51,7 +94,7 @@ class ModelLoader(io.ComfyNode):
             inputs=[
                 _folder_input(MODEL, "Folder in models/ingredients (or an extra model path) holding "
                                      "transformer/ (or transformer_ema/) and scheduler/."),
-                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=DTYPE_TOOLTIP),
+                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=MODEL_DTYPE_TOOLTIP),
                 io.Combo.Input("routing_mode", options=list(ROUTING_MODES), default="official",
                                tooltip=("Default routing of ID features. official: every batch element uses "
                                         "the router of the first (negative-prompt) half, as the paper's code; "
@@ -74,7 +117,7 @@ class ModelLoader(io.ComfyNode):
                                                "scheduler config", folder / "scheduler")
         scheduler_config = json.loads(config_file.read_text(encoding="utf-8"))
         _, offload = host.devices("diffusion")
-        transformer = load_transformer(folder, dtype=host.pick_dtype("diffusion", dtype), device=offload)
+        transformer = load_transformer(folder, dtype=transformer_dtype(folder, dtype), device=offload)
         patcher = host.manage("diffusion", transformer=transformer)
         return io.NodeOutput(IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder))
 
@@ -105,7 +148,7 @@ class VAELoader(io.ComfyNode):
         folder = model_files.resolve(VAE, model_folder, "model_folder")
         model_files.require_file(folder / "vae" / "config.json", "VAE config", folder / "vae")
         _, offload = host.devices("vae")
-        vae = load_vae(folder, host.pick_dtype("vae", dtype), offload)
+        vae = load_vae(folder, host.vae_dtype(dtype), offload)
         return io.NodeOutput(IngredientsVAE(vae, host.manage("vae", vae=vae), folder))
 
 
@@ -140,7 +183,7 @@ class T5Loader(io.ComfyNode):
         model_files.require_file(folder / "tokenizer" / "spiece.model", "T5 tokenizer", folder / "tokenizer",
                                  "tokenizer.json")
         _, offload = host.devices("text")
-        encoder = load_text_encoder(folder, host.pick_dtype("text", dtype), offload)
+        encoder = load_text_encoder(folder, host.text_encoder_dtype(dtype), offload)
         tokenizer = load_tokenizer(folder)
         return io.NodeOutput(IngredientsT5(tokenizer, encoder, host.manage("text", t5=encoder), folder))
 
@@ -171,13 +214,12 @@ class FaceEncoderLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_folder: str, provider: str) -> io.NodeOutput:
         from ..ingredients_core.faces import FaceEncoder, find_face_models
-        from ..ingredients_core.faces.arcface import onnx_providers
 
         folder = model_files.resolve(FACES, model_folder, "model_folder")
         paths = find_face_models(model_files.search_dirs(folder / "face_encoder", [host.INSIGHTFACE_FOLDER]))
-        load_device, offload = host.devices("face")
-        providers = onnx_providers(load_device) if provider == "auto" else [provider]
-        encoder = FaceEncoder.load(paths, device=offload, dtype=host.pick_dtype("face", "auto"),
-                                   providers=providers)
+        _, offload = host.devices("face")
+        # auto: ArcFace's providers follow the device ComfyUI has the face models on at each run
+        encoder = FaceEncoder.load(paths, device=offload, dtype=host.face_dtype(),
+                                   providers=None if provider == "auto" else [provider])
         patcher = host.manage("face", detector=encoder.detector, eva=encoder.eva)
         return io.NodeOutput(IngredientsFaceEncoder(encoder, patcher))
