@@ -311,7 +311,7 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
     config = read_transformer_config(args.model)
     if config is not None:  # fail on a size the checkpoint cannot take before loading anything
         settings_from_args(args, config).check_model(config)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, require_available=True)
     dtype = resolve_dtype(args.dtype, device)
     prompt, negative = encode_texts_once(args.model, [args.prompt, args.negative], device, dtype)
     face_dirs = [args.model / "face_encoder", *(args.face_models or [])]

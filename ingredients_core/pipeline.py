@@ -144,13 +144,38 @@ class GenerationSettings:
                             frames=config.sample_frames)
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else the CPU; anything else as torch understands it."""
+def resolve_device(name: str, require_available: bool = False) -> torch.device:
+    """"auto" -> CUDA when available, else the CPU; anything else as torch understands it.
+
+    A name torch does not know raises :class:`SettingsError`. With ``require_available``, so does a
+    device this machine cannot compute on (``cuda`` without CUDA, ``cuda:3`` with two GPUs, ``mps``
+    without Metal, ``meta``).
+    """
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise SettingsError(f"device {name!r} is not a device name torch knows; use auto, cpu, cuda or "
+                            "cuda:N") from error
+    if not require_available or device.type == "cpu":
+        return device
+    problem = None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        problem = "this torch has no usable CUDA GPU (a CPU-only build, or no NVIDIA driver)"
+    elif device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        problem = f"this machine has {torch.cuda.device_count()} CUDA GPU(s), counted from cuda:0"
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        problem = "Metal (mps) is not available here"
+    elif device.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        problem = "no Intel GPU (xpu) is available here"
+    elif device.type not in ("cuda", "mps", "xpu"):
+        problem = f"models cannot run on a {device.type!r} device here"
+    if problem:
+        raise SettingsError(f"device {name!r}: {problem}; use --device auto or cpu")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
