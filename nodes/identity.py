@@ -45,11 +45,12 @@ def check_ids(ids) -> IngredientsIDs:
 
 
 def curricularface_dirs(face_encoder: IngredientsFaceEncoder) -> list[Path]:
-    """Where to look for the optional CurricularFace file: beside the loaded ArcFace model (up to
-    ``face_encoder/`` from ``face_encoder/models/antelopev2/``), then every Ingredients folder's
-    ``face_encoder/``."""
-    dirs: list[Path] = []
-    dirs += list(Path(face_encoder.encoder.arcface.path).parents)[:3]
+    """Where to look for the optional CurricularFace file: the folder the loaded ArcFace model sits in
+    (``face_encoder/`` for ``face_encoder/models/antelopev2/glintr100.onnx``), then every Ingredients
+    folder's ``face_encoder/``."""
+    arcface = Path(face_encoder.encoder.arcface.path)
+    in_layout = arcface.parent.name == "antelopev2" and arcface.parent.parent.name == "models"
+    dirs = [arcface.parents[2] if in_layout else arcface.parent]
     for folder in model_files.find_folders(model_files.FACES).values():
         if folder / "face_encoder" not in dirs:
             dirs.append(folder / "face_encoder")

@@ -223,6 +223,9 @@ def test_example_workflow_runs_to_saved_frames(server, definitions, path):
     for saver in savers:
         images = entry["outputs"][saver]["images"]
         assert images and (server.root / "base" / "output" / images[0]["filename"]).stat().st_size > 0
+    for check in (k for k, v in prompt.items() if v["class_type"] == "IngredientsIdentityCheck"):
+        shown = entry["outputs"][check]  # the plot and the report table, shown on the node
+        assert shown["images"] and shown["text"][0].startswith("Identity check"), shown
 
 
 @pytest.mark.skipif(not frontend.available(), reason="needs Debian chromium (/usr/bin/chromium) and pip playwright")

@@ -6,6 +6,8 @@
 // - every "Ingredients Encode Face" node shows a badge "person N" in the slot's colour for each
 //   slot it feeds (a face used twice shows two badges; an unused face shows none).
 // Encode Face and Face Canvas already show their aligned crop and canvas images after a run.
+// "Ingredients Identity Check" shows its plot (as any image output) and, below it, its report table
+// in a read-only text box that is never saved with the workflow.
 
 import { app } from "../../scripts/app.js";
 
@@ -13,6 +15,8 @@ const EXTENSION = "Ingredients.SlotColours";
 const ID_LIST = "IngredientsIDList";
 const ENCODE_FACE = "IngredientsEncodeFace";
 const SLOT_COLOURS = ["#e8745f", "#5f9be8", "#62c27a", "#e0b84f"];
+const IDENTITY_CHECK = "IngredientsIdentityCheck";
+const REPORT_WIDGET = "identity_report";
 
 function slotIndex(inputName) {
   const match = /^face_([1-4])$/.exec(inputName ?? "");
@@ -68,9 +72,38 @@ function drawBadges(node, ctx) {
   ctx.restore();
 }
 
+// The report box is made at the first run, so workflows saved before any run never contain it.
+function showReport(node, text) {
+  let widget = node.widgets?.find((w) => w.name === REPORT_WIDGET);
+  if (!widget) {
+    const area = document.createElement("textarea");
+    area.readOnly = true;
+    area.spellcheck = false;
+    Object.assign(area.style, { fontFamily: "monospace", fontSize: "11px", whiteSpace: "pre", overflow: "auto" });
+    widget = node.addDOMWidget(REPORT_WIDGET, "ingredients_report", area, {
+      serialize: false,
+      getValue: () => area.value,
+      setValue: (value) => { area.value = value; },
+      getMinHeight: () => 150,
+    });
+    widget.serialize = false;
+  }
+  widget.element.value = text;
+  node.setDirtyCanvas?.(true, true);
+}
+
 app.registerExtension({
   name: EXTENSION,
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name === IDENTITY_CHECK) {
+      const executed = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message, ...rest) {
+        const result = executed?.apply(this, [message, ...rest]);
+        const text = message?.text?.[0];
+        if (typeof text === "string") showReport(this, text);
+        return result;
+      };
+    }
     if (nodeData?.name === ENCODE_FACE) {
       const draw = nodeType.prototype.onDrawForeground;
       nodeType.prototype.onDrawForeground = function (ctx, ...rest) {

@@ -111,9 +111,20 @@ def _three_ids_masks() -> dict:
     return spec
 
 
+def _two_ids_checked() -> dict:
+    """The official two-person example with the identity check after Decode (routing from the sampler)."""
+    spec = _spec(2, TWO_MEN)
+    spec["nodes"].append(dict(key="identity", type="IngredientsIdentityCheck", pos=[COLUMNS[5], 0],
+                              widgets=dict(frames_to_sample=24, threshold=0.35)))
+    spec["links"] += [("faces", "face_encoder", "identity", "face_encoder"), ("ids", "ids", "identity", "ids"),
+                      ("decode", "frames", "identity", "frames"), ("sampler", "routing", "identity", "routing")]
+    return spec
+
+
 EXAMPLES = {
     "ingredients_one_id.json": _spec(1, ONE_WOMAN),
     "ingredients_two_ids.json": _spec(2, TWO_MEN),
+    "ingredients_two_ids_identity_check.json": _two_ids_checked(),
     "ingredients_three_ids_masks.json": _three_ids_masks(),
 }
 
