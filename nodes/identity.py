@@ -86,10 +86,10 @@ class IdentityCheck(io.ComfyNode):
                          "the region the router gave someone else; needs the routing) and merges (a face equally "
                          "close to two people), beside the paper's Face Similarity."),
             inputs=[
-                FaceEncoderType.Input("face_encoder",
-                                      tooltip="From Load Ingredients Face Encoder (its detector and ArcFace are used)."),
-                IDsType.Input("ids", tooltip="The people of the video, from the Ingredients IDs node used to make it."),
-                io.Image.Input("frames", tooltip="The video's frames: Ingredients Decode's output or any video loader."),
+                FaceEncoderType.Input("face_encoder", tooltip=("From Load Ingredients Face Encoder (its detector "
+                                                               "and ArcFace are used).")),
+                IDsType.Input("ids", tooltip="The people of the video: the Ingredients IDs node used to make it."),
+                io.Image.Input("frames", tooltip="The video's frames: Ingredients Decode's output or a video loader."),
                 RoutingType.Input("routing", optional=True,
                                   tooltip=("Optional: the sampler's routing output. With it, a person found in the "
                                            "region the router gave another person is listed as a swap.")),
