@@ -156,6 +156,28 @@ class Generator(_RealGenerator, metaclass=_AnyGenerator):
         return DEVICE
 
 
+def left_behind(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
+    """What a host's model management would leave where it is: tensors kept as module attributes
+    outside ``_parameters``/``_buffers`` (also inside lists, tuples and dicts) and stored
+    ``torch.device`` values, over every submodule's ``__dict__``, as ``"submodule.attribute"``.
+    ``skip``: attribute paths to ignore (ComfyUI writes ``device`` on the model it manages)."""
+    found = []
+    for name, sub in module.named_modules():
+        for key, value in vars(sub).items():
+            path = f"{name}.{key}" if name else key
+            if key in ("_parameters", "_buffers", "_modules") or path in skip:
+                continue
+            if _holds_tensor_or_device(value):
+                found.append(path)
+    return found
+
+
+def _holds_tensor_or_device(value) -> bool:
+    items = list(value.values()) if isinstance(value, dict) else value
+    items = items if isinstance(items, (list, tuple)) else [items]
+    return any(isinstance(item, (torch.Tensor, torch.device)) for item in items)
+
+
 def is_active() -> bool:
     """Whether :func:`computing` is active (new meta tensors are fake-GPU tensors)."""
     return _active > 0

@@ -47,6 +47,17 @@ def make_tiny_model_folder(folder: Path) -> Path:
     return folder
 
 
+def shared_models_dir(tmp_path_factory) -> Path:
+    """A models folder (``ingredients/Ingredients`` inside) made once per test session, for the test
+    modules that only read it; pass it to ``harness.load_pack``."""
+    root = tmp_path_factory.getbasetemp() / "shared_tiny_models"
+    done = root / ".complete"
+    if not done.is_file():
+        make_tiny_model_folder(root / "ingredients" / "Ingredients")
+        done.write_text("")
+    return root
+
+
 def face_photo(seed: int = 0, size: int = 512) -> np.ndarray:
     """A smooth random RGB photo (H, W, 3) uint8; the tiny detector finds 'faces' in any image."""
     rng = np.random.default_rng(seed)

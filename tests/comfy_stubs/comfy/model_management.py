@@ -189,7 +189,8 @@ def unet_dtype(device=None, model_params=0, supported_dtypes=(torch.float16, tor
     for flag, dtype in forced:
         if getattr(args, flag):
             return dtype
-    if weight_dtype in FLOAT8_TYPES and (supports_fp8_compute(device) or model_params * 2 > maximum_vram_for_weights(device)):
+    if weight_dtype in FLOAT8_TYPES and (supports_fp8_compute(device)
+                                         or model_params * 2 > maximum_vram_for_weights(device)):
         return weight_dtype
     if weight_dtype == torch.float16 and torch.float16 in supported_dtypes and should_use_fp16(device, model_params):
         return torch.float16
