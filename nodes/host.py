@@ -56,22 +56,7 @@ def model_roots(kind: str) -> list[Path]:
         return []
 
 
-# -- memory management ---------------------------------------------------------------------------
-class HostedModule(torch.nn.Module):
-    """Holds one or more modules for a ``ModelPatcher``.
-
-    ComfyUI writes ``model.device`` on the modules it manages; diffusers, transformers and the
-    Ingredients transformer expose ``device`` as a read-only property, so they are held as
-    children of this plain module instead of being handed over directly.
-    """
-
-    def __init__(self, **modules: torch.nn.Module):
-        super().__init__()
-        for name, module in modules.items():
-            self.add_module(name, module)
-        self.device = None
-
-
+# -- devices -------------------------------------------------------------------------------------
 def devices(role: str) -> tuple[torch.device, torch.device]:
     """(load device, offload device) ComfyUI picks for a model of ``role``."""
     mm = comfy.model_management
@@ -90,7 +75,8 @@ def devices(role: str) -> tuple[torch.device, torch.device]:
 TRAINED_DTYPE = torch.bfloat16  # the released transformer's dtype
 DIFFUSION_DTYPES = [torch.bfloat16, torch.float32]  # fp16 only when asked for (node or --fp16-unet)
 VAE_DTYPES = [torch.bfloat16, torch.float16, torch.float32]  # ComfyUI's working dtypes for the CogVideoX VAE
-FLOAT8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu") if hasattr(torch, n))
+FLOAT8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu")
+                      if hasattr(torch, name))
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -176,6 +162,22 @@ def text_encoder_dtype(choice: str = "auto") -> torch.dtype:
 def face_dtype() -> torch.dtype:
     """EVA-CLIP's dtype: what the face models' device computes in (never the diffusion flags)."""
     return compute_dtype(devices("face")[0])
+
+
+# -- memory management ---------------------------------------------------------------------------
+class HostedModule(torch.nn.Module):
+    """Holds one or more modules for a ``ModelPatcher``.
+
+    ComfyUI writes ``model.device`` on the modules it manages; diffusers, transformers and the
+    Ingredients transformer expose ``device`` as a read-only property, so they are held as
+    children of this plain module instead of being handed over directly.
+    """
+
+    def __init__(self, **modules: torch.nn.Module):
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
+        self.device = None
 
 
 # One holder class per role, named so that ComfyUI's log ("Requested to load ...") says what loads.

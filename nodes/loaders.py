@@ -32,9 +32,8 @@ logger = logging.getLogger(__name__)
 CATEGORY = "Ingredients"
 DTYPES = ["auto", "bfloat16", "float16", "float32"]
 PROVIDERS = ["auto", "CPUExecutionProvider", "CUDAExecutionProvider"]
-DTYPE_TOOLTIP = ("Weight dtype. auto = what ComfyUI picks for this model on this device, following its "
-                 "dtype flags for this kind of model (--fp16-unet, --bf16-vae, --fp16-text-enc, ...); "
-                 "float32 on the CPU.")
+DTYPE_TOOLTIP = ("Weight and compute dtype. auto = ComfyUI's choice for this kind of model on its device "
+                 "(its flags for it apply: --bf16-vae, --fp16-text-enc, ...; float32 on the CPU).")
 MODEL_DTYPE_TOOLTIP = ("Weight dtype of the transformer. auto = ComfyUI's choice for diffusion models "
                        "(bfloat16 on recent GPUs, the dtype it was trained in; float32 on the CPU; "
                        "--fp16-unet/--bf16-unet/--fp8_e4m3fn-unet apply). float16 runs it in fp16 "

@@ -44,6 +44,8 @@ FFHQ_TEMPLATE_512 = np.array(
     ]
 )
 BORDER_VALUE = (135, 133, 132)
+#: facexlib ``RetinaFace`` children that make the network (its state-dict prefixes).
+_NETWORK_PARTS = ("body", "fpn", "ssh1", "ssh2", "ssh3", "ClassHead", "BboxHead", "LandmarkHead")
 
 
 class RetinaFaceDetector(torch.nn.Module):
@@ -97,9 +99,6 @@ class RetinaFaceDetector(torch.nn.Module):
         rows = np.hstack((boxes, scores[:, np.newaxis])).astype(np.float32, copy=False)
         kept = py_cpu_nms(rows, nms_threshold)
         return np.concatenate((rows[kept, :], points[kept]), axis=1)
-
-
-_NETWORK_PARTS = ("body", "fpn", "ssh1", "ssh2", "ssh3", "ClassHead", "BboxHead", "LandmarkHead")
 
 
 def load_retinaface(path: str | Path, device: str | torch.device = "cpu") -> RetinaFaceDetector:
