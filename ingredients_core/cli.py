@@ -143,7 +143,27 @@ def _add_generate(commands) -> None:
     gen.add_argument("--save-canvas", type=Path, default=None, metavar="PNG",
                      help="also write the face canvas (the first-frame condition) as a PNG")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_memory_options(gen)
     add_generate_options(gen)
+
+
+def _add_memory_options(gen) -> None:
+    """Weight storage, offloading, attention kernel and step cache (see ingredients_core.offload)."""
+    from .offload import ATTENTION_NAMES, CLI_WEIGHT_DTYPES, OFFLOAD_MODES
+
+    gen.add_argument("--weight-dtype", choices=CLI_WEIGHT_DTYPES, default="default",
+                     help="storage of the transformer's large weights: default (the compute dtype) or fp8 "
+                          "(half the memory of bf16, computed in --dtype; e4m3fn is the more precise)")
+    gen.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
+                     help="none: every model on the device; model: each model on the device only for its "
+                          "stage; blocks: also stream the transformer and T5 layer by layer from CPU RAM with "
+                          "prefetch (least GPU memory, slower)")
+    gen.add_argument("--attention", choices=ATTENTION_NAMES, default="sdpa",
+                     help="attention kernel: sdpa (torch) or sage (needs the sageattention package, CUDA)")
+    gen.add_argument("--teacache", type=_non_negative_float, default=0.0, metavar="T",
+                     help="TeaCache threshold: skip transformer evaluations that change little (0 = off, the "
+                          "default; 0.10 to 0.20 are the published CogVideoX-5B settings, about 1.6x to 2.7x "
+                          "faster; quality at each threshold was not measured here)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +253,7 @@ def settings_from_args(args: argparse.Namespace, model_config) -> GenerationSett
         steps=args.steps, cfg=args.cfg, seed=args.seed, scheduler=args.scheduler,
         dynamic_cfg=args.dynamic_cfg, local_face_scale=args.id_scale, dtype=args.dtype,
         device=args.device, fps=args.fps, vae_tiling=not args.no_vae_tiling,
-        vae_slicing=args.vae_slicing).sized_for(model_config)
+        vae_slicing=args.vae_slicing, teacache=args.teacache).sized_for(model_config)
     sizes = {k: getattr(args, k) for k in ("height", "width", "frames") if getattr(args, k)}
     return base.replace(**sizes)
 
@@ -313,11 +333,13 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
         settings_from_args(args, config).check_model(config)
     device = resolve_device(args.device, require_available=True)
     dtype = resolve_dtype(args.dtype, device)
-    prompt, negative = encode_texts_once(args.model, [args.prompt, args.negative], device, dtype)
+    memory = dict(weight_dtype=args.weight_dtype, offload=args.offload, attention=args.attention)
+    check_memory_options(memory, device, dtype)
+    prompt, negative = encode_texts_once(args.model, [args.prompt, args.negative], device, dtype, args.offload)
     face_dirs = [args.model / "face_encoder", *(args.face_models or [])]
     faces = encode_faces(face_dirs, args.face, device, dtype, args.face_choice, args.face_index,
                          args.min_face_size)
-    bundle = load_bundle(args.model, device=args.device, dtype=args.dtype, load_text=False)
+    bundle = load_bundle(args.model, device=args.device, dtype=args.dtype, load_text=False, **memory)
     settings = settings_from_args(args, bundle.transformer.config)
     callback, close = progress_callback(settings.steps, args.quiet)
     try:
@@ -330,6 +352,8 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
     frames, height, width = result.frames.shape[:3]
     sys.stdout.write(f"Wrote {args.out} ({frames} frames, {width}x{height}, {settings.fps} fps, "
                      f"seed {settings.seed}) in {time.perf_counter() - started:.1f} s\n")
+    if result.cache is not None:
+        sys.stdout.write(result.cache.summary() + "\n")
     if wants_evaluation(args):
         from .evaluate import evaluate_generated
 
@@ -337,16 +361,25 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
     return EXIT_OK
 
 
+def check_memory_options(memory: dict, device, dtype) -> None:
+    """Refuse memory options this machine cannot honour before any model loads."""
+    from .offload import resolve_attention, resolve_weight_dtype
+
+    resolve_weight_dtype(memory["weight_dtype"])
+    resolve_attention(memory["attention"], device, dtype)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a bad model folder (shown without a traceback)."""
     from .checkpoint import CheckpointError
     from .faces.errors import FaceError, FaceModelsError
     from .faces.identity import IdentityInputError
+    from .offload import OptionError
     from .pipeline import SettingsError
     from .routing import RoutingError
 
     return (FileNotFoundError, NotADirectoryError, CheckpointError, FaceError, FaceModelsError,
-            RoutingError, SettingsError, InputError, IdentityInputError)
+            RoutingError, SettingsError, InputError, IdentityInputError, OptionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

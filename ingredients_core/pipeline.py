@@ -202,6 +202,7 @@ class ModelBundle:
     device: torch.device
     dtype: torch.dtype
     folder: Path | None = None
+    offload: str = "none"
 
 
 def check_model_folder(folder: str | Path, need_text: bool = True) -> Path:
@@ -230,29 +231,42 @@ def _has_part(folder: Path, name: str) -> bool:
     return (folder / name).is_dir()
 
 
-def load_bundle(folder: str | Path, device: str = "auto", dtype: str = "auto",
-                load_text: bool = True) -> ModelBundle:
-    """Load transformer (``transformer_ema`` preferred), VAE, T5, tokenizer and scheduler config."""
+def load_bundle(folder: str | Path, device: str = "auto", dtype: str = "auto", load_text: bool = True,
+                weight_dtype: str = "default", offload: str = "none", attention: str = "sdpa") -> ModelBundle:
+    """Load transformer (``transformer_ema`` preferred), VAE, T5, tokenizer and scheduler config.
+
+    ``weight_dtype``, ``offload`` and ``attention``: see :mod:`ingredients_core.offload` (fp8
+    storage, CPU offloading, SageAttention).
+    """
     import json
 
     from .checkpoint import load_transformer
+    from .offload import home_device, prepare_transformer, resolve_attention, resolve_weight_dtype
     from .text import load_text_encoder, load_tokenizer
     from .vae import load_vae
 
     folder = check_model_folder(folder, need_text=load_text)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    logger.info("loading Ingredients from %s (%s, %s)", folder, torch_device, torch_dtype)
+    storage = resolve_weight_dtype(weight_dtype)
+    attention_fn = resolve_attention(attention, torch_device, torch_dtype)
+    home = home_device(offload, torch_device)
+    logger.info("loading Ingredients from %s (%s, %s, weights %s, offload %s)", folder, torch_device, torch_dtype,
+                weight_dtype, offload)
     scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    transformer = load_transformer(folder, dtype=torch_dtype, device=home, weight_dtype=storage,
+                                   attention=attention_fn)
+    prepare_transformer(transformer, storage, torch_dtype, offload, torch_device)
     return ModelBundle(
-        transformer=load_transformer(folder, dtype=torch_dtype, device=torch_device),
-        vae=load_vae(folder, torch_dtype, torch_device),
+        transformer=transformer,
+        vae=load_vae(folder, torch_dtype, home),
         tokenizer=load_tokenizer(folder) if load_text else None,
         text_encoder=load_text_encoder(folder, torch_dtype, torch_device) if load_text else None,
         scheduler_config=scheduler_config,
         device=torch_device,
         dtype=torch_dtype,
         folder=folder,
+        offload=offload,
     )
 
 
@@ -272,19 +286,24 @@ def read_transformer_config(folder: str | Path):
 
 
 def encode_texts_once(folder: str | Path, texts: Sequence[str], device: torch.device,
-                      dtype: torch.dtype) -> list[torch.Tensor]:
+                      dtype: torch.dtype, offload: str = "none") -> list[torch.Tensor]:
     """Load T5, encode each text to (1, 226, D) (one at a time, as officially), free T5.
 
     For single runs: the 9.5 GB T5-XXL then never shares device memory with the transformer.
+    With ``offload="blocks"`` T5 stays in CPU RAM and is streamed layer by layer.
     """
     import gc
 
     import torch
 
+    from .offload import home_device, stream_layers
     from .text import encode_prompts, load_text_encoder, load_tokenizer
 
     tokenizer = load_tokenizer(folder)
-    encoder = load_text_encoder(folder, dtype, device)
+    home = home_device(offload, device) if offload == "blocks" else device
+    encoder = load_text_encoder(folder, dtype, home)
+    if offload == "blocks":
+        stream_layers(encoder, device)
     try:
         return [encode_prompts(tokenizer, encoder, [text], device, dtype) for text in texts]
     finally:
@@ -297,12 +316,14 @@ def encode_texts_once(folder: str | Path, texts: Sequence[str], device: torch.de
 @dataclass
 class GenerationResult:
     """frames (T, H, W, 3) float32 in [0, 1] on the CPU; canvas (480, 720, 3) uint8 RGB (the I2V
-    conditioning image); latents (1, F_lat, 16, h, w) the denoised latents."""
+    conditioning image); latents (1, F_lat, 16, h, w) the denoised latents; cache: the run's TeaCache
+    (its counts of computed and skipped transformer evaluations), None when it was off."""
 
     frames: torch.Tensor
     canvas: np.ndarray
     latents: torch.Tensor
     settings: GenerationSettings
+    cache: Any = None
 
 
 def prompt_embeddings(bundle: ModelBundle, prompt: str | torch.Tensor) -> torch.Tensor:
@@ -389,7 +410,8 @@ def generate(
     """
     import torch
 
-    from .generation import RunHooks, RunPlacement, sample_video
+    from .generation import VAE_STAGE, RunHooks, RunPlacement, sample_video
+    from .offload import StageMover
     from .vae import decode
 
     settings = settings or GenerationSettings()
@@ -401,11 +423,16 @@ def generate(
     guided = settings.cfg > 1.0
     prompt_embeds = prompt_embeddings(bundle, prompt)
     negative_embeds = prompt_embeddings(bundle, negative_prompt) if guided else None
+    mover = StageMover(bundle.offload, device, bundle.transformer, bundle.vae)
     with torch.no_grad():
-        id_tokens = bundle.transformer.project_ids(list(faces), device, dtype)
+        # "model" offloading keeps the transformer in CPU RAM until sampling: project the IDs there
+        ids_device = torch.device("cpu") if bundle.offload == "model" else device
+        id_tokens = bundle.transformer.project_ids(list(faces), ids_device, dtype)
     result = sample_video(
         bundle.transformer, bundle.vae, bundle.scheduler_config, [face.crop for face in faces], prompt_embeds,
         negative_embeds, id_tokens, settings, RunPlacement(device, dtype, device),
-        RunHooks(step=callback), routing=_routing_options(routing, settings.local_face_scale))
+        RunHooks(load=mover, step=callback), routing=_routing_options(routing, settings.local_face_scale))
+    mover(VAE_STAGE)
     frames = decode(bundle.vae, result.latents, tiling=settings.vae_tiling, slicing=settings.vae_slicing)
-    return GenerationResult(frames=frames, canvas=result.canvas, latents=result.latents, settings=settings)
+    return GenerationResult(frames=frames, canvas=result.canvas, latents=result.latents, settings=settings,
+                            cache=result.cache)

@@ -52,7 +52,8 @@ class ProjectIDs(io.ComfyNode):
     def execute(cls, model: IngredientsModel, ids: IngredientsIDs) -> io.NodeOutput:
         host.load(model.patcher)
         with torch.no_grad():
-            tokens = model.transformer.project_ids(list(ids.faces))
+            tokens = model.transformer.project_ids(list(ids.faces), host.load_device(model.patcher),
+                                                   model.transformer.placement()[1])
         return io.NodeOutput(IngredientsIDTokens(tokens.to(host.output_device()), ids, model.folder))
 
 

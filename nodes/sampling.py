@@ -79,41 +79,38 @@ def routing_payload(recorder, settings) -> IngredientsRouting:
                               settings.height, settings.width, settings.frames)
 
 
-def _generator(model_device: torch.device, vae_device: torch.device, seed: int) -> torch.Generator:
+def _noise_device(model_device: torch.device, vae_device: torch.device) -> torch.device:
     """The official run draws everything from one generator on the pipeline's device; when
     ComfyUI keeps the VAE on another device, a CPU generator serves both (same seed, other noise)."""
-    device = model_device if model_device == vae_device else torch.device("cpu")
-    return torch.Generator(device).manual_seed(seed)
+    return model_device if model_device == vae_device else torch.device("cpu")
 
 
 def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: IngredientsRoutedIDs,
-                vae: IngredientsVAE, settings, recorder=None) -> torch.Tensor:
-    """Denoised latents (1, F, 16, h, w) for these inputs, following ``pipeline.generate``;
+                vae: IngredientsVAE, settings, recorder=None):
+    """The core's generation path (``generation.sample_video``) for these inputs, with ComfyUI
+    loading each model before it is used and reporting every step; returns its ``SampleResult``.
     ``recorder`` (a ``RoutingRecorder``) receives the router's assignments."""
-    from ..ingredients_core.faces import make_canvas
-    from ..ingredients_core.sampling import denoise, make_scheduler
-    from ..ingredients_core.vae import start_latents
+    from ..ingredients_core.generation import TRANSFORMER_STAGE, RunHooks, RunPlacement, sample_video
 
-    transformer = model.transformer
-    scheduler = make_scheduler(settings.scheduler, model.scheduler_config)
-    host.load(vae.patcher)
-    generator = _generator(host.load_device(model.patcher), host.load_device(vae.patcher), settings.seed)
-    canvas = make_canvas([face.crop for face in routed.tokens.ids.faces])
-    dtype = transformer.dtype
-    image_latents, latents = start_latents(vae.vae, canvas, settings.height, settings.width, settings.frames,
-                                           generator, dtype, scheduler.init_noise_sigma)
-    factors, bias = fit_rgb_factors(canvas, image_latents[0, 0])
-    report = host.step_reporter(settings.steps, host.load_device(model.patcher), factors, bias,
-                                float(vae.vae.config.scaling_factor))
-    host.load(model.patcher)
-    guided = settings.cfg > 1.0
-    return denoise(
-        transformer, scheduler, latents, image_latents, prompt.positive,
-        prompt.negative if guided else None, routed.tokens.tokens, steps=settings.steps, cfg=settings.cfg,
-        dynamic_cfg=settings.dynamic_cfg, generator=generator,
-        callback=lambda info: report(info.step + 1, preview_frame(info.denoised)),
-        routing=routed.routing_for(model), recorder=recorder, height=settings.height, width=settings.width,
-    )
+    device = host.load_device(model.patcher)
+    placement = RunPlacement(device, model.transformer.placement()[1],
+                             _noise_device(device, host.load_device(vae.patcher)))
+    reporter = []
+
+    def started(canvas, image_latents) -> None:
+        factors, bias = fit_rgb_factors(canvas, image_latents[0, 0])
+        reporter.append(host.step_reporter(settings.steps, device, factors, bias,
+                                           float(vae.vae.config.scaling_factor)))
+
+    def load(stage: str) -> None:
+        host.load(model.patcher if stage == TRANSFORMER_STAGE else vae.patcher)
+
+    hooks = RunHooks(load=load, started=started,
+                     step=lambda info: reporter[0](info.step + 1, preview_frame(info.denoised)))
+    return sample_video(model.transformer, vae.vae, model.scheduler_config,
+                        [face.crop for face in routed.tokens.ids.faces], prompt.positive, prompt.negative,
+                        routed.tokens.tokens, settings, placement, hooks, routing=routed.routing_for(model),
+                        recorder=recorder)
 
 
 class Sampler(io.ComfyNode):
@@ -170,8 +167,8 @@ class Sampler(io.ComfyNode):
         _check_masks(routed_ids, frames)
         host.check_interrupt()
         recorder = RoutingRecorder()
-        latents = run_sampler(model, prompt, routed_ids, vae, settings, recorder)
-        return io.NodeOutput(IngredientsLatents(latents.to(host.output_device()), height, width, frames),
+        result = run_sampler(model, prompt, routed_ids, vae, settings, recorder)
+        return io.NodeOutput(IngredientsLatents(result.latents.to(host.output_device()), height, width, frames),
                              routing_payload(recorder, settings))
 
 

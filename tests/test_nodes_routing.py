@@ -88,7 +88,7 @@ def test_recording_does_not_change_the_latents(nodes, graph):
     routed = route(nodes, graph, mask_1=left, mask_2=right, mask_strength=2.0)
     latents, _ = sample_routing(nodes, graph, routed)
     settings = sampling._settings(steps=2, cfg=6.0, seed=7, scheduler="dpm", dynamic_cfg=False, **TINY)
-    plain = sampling.run_sampler(graph["model"], graph["prompt"], routed, graph["vae"], settings)
+    plain = sampling.run_sampler(graph["model"], graph["prompt"], routed, graph["vae"], settings).latents
     torch.testing.assert_close(latents.latents, plain, rtol=0, atol=0)
 
 

@@ -1,0 +1,128 @@
+"""Memory options of the host-free path (the CLI): weight storage dtype, offloading, attention.
+
+- ``weight_dtype``: ``default`` (the compute dtype) or fp8 storage of the transformer's large
+  ``Linear`` weights (:mod:`ingredients_core.model.storage`), computed through diffusers'
+  layerwise casting hooks.
+- ``offload``: ``none`` keeps every model on the device; ``model`` keeps the models in CPU RAM and
+  moves each onto the device for its stage only (T5, then faces, then VAE encode, transformer,
+  VAE decode: the VAE and the transformer never share the device); ``blocks`` additionally streams
+  the transformer (and T5) layer by layer from CPU RAM with diffusers' group offloading, the next
+  layer prefetched on a CUDA stream while the current one computes (leaf level: it serves every
+  call path of the model, including the once-per-run ID projections, which block-level groups
+  would not onload).
+- ``attention``: ``sdpa`` (torch) or ``sage`` (the ``sageattention`` package, CUDA, 16-bit).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+OFFLOAD_MODES = ("none", "model", "blocks")
+ATTENTION_NAMES = ("sdpa", "sage")
+CLI_WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e5m2")
+
+
+class OptionError(ValueError):
+    """A memory option this machine or installation cannot honour (the message says what to use)."""
+
+
+def resolve_weight_dtype(name: str):
+    """``default`` -> None (the compute dtype), else the fp8 storage dtype."""
+    from .model.storage import WEIGHT_DTYPES
+
+    if name not in CLI_WEIGHT_DTYPES:
+        raise OptionError(f"weight dtype must be one of {', '.join(CLI_WEIGHT_DTYPES)}; got {name!r}")
+    return WEIGHT_DTYPES[name]
+
+
+def sage_attention(q, k, v, heads: int):
+    """SageAttention with the contract of :func:`ingredients_core.model.layers.sdpa_attention`."""
+    from sageattention import sageattn
+
+    return sageattn(q, k, v, tensor_layout="HND", is_causal=False).transpose(1, 2).flatten(2)
+
+
+def resolve_attention(name: str, device: torch.device, dtype: torch.dtype):
+    """The attention function for ``name``; ``sage`` is checked for its package, CUDA and 16-bit."""
+    import importlib.util
+
+    import torch
+
+    from .model.layers import sdpa_attention
+
+    if name == "sdpa":
+        return sdpa_attention
+    if name != "sage":
+        raise OptionError(f"attention must be one of {', '.join(ATTENTION_NAMES)}; got {name!r}")
+    if importlib.util.find_spec("sageattention") is None:
+        raise OptionError("--attention sage needs the sageattention package, which is not installed "
+                          "(pip install sageattention); use --attention sdpa")
+    if device.type != "cuda":
+        raise OptionError(f"--attention sage runs on CUDA GPUs only, not on {device}; use --attention sdpa")
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise OptionError(f"--attention sage computes in bfloat16 or float16, not {dtype}; use --dtype bfloat16")
+    return sage_attention
+
+
+def home_device(offload: str, device: torch.device) -> torch.device:
+    """Where a model lives between its uses."""
+    import torch
+
+    if offload not in OFFLOAD_MODES:
+        raise OptionError(f"offload must be one of {', '.join(OFFLOAD_MODES)}; got {offload!r}")
+    return device if offload == "none" else torch.device("cpu")
+
+
+def stream_layers(module, device: torch.device) -> None:
+    """Keep ``module`` in CPU RAM and stream each layer to ``device`` when it runs (diffusers'
+    group offloading, leaf level; prefetch on a CUDA stream)."""
+    import torch
+    from diffusers.hooks import apply_group_offloading
+
+    apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
+                           offload_type="leaf_level", use_stream=device.type == "cuda")
+
+
+@dataclass
+class StageMover:
+    """``RunHooks.load`` for ``model``/``blocks`` offloading: the VAE and (``model`` mode) the
+    transformer are moved to the device for their stage and back to CPU RAM after it."""
+
+    offload: str
+    device: torch.device
+    transformer: object
+    vae: object
+
+    def __call__(self, stage: str) -> None:
+        import torch
+
+        from .generation import TRANSFORMER_STAGE
+
+        if self.offload == "none":
+            return
+        cpu = torch.device("cpu")
+        on_transformer = stage == TRANSFORMER_STAGE
+        self.vae.to(cpu if on_transformer else self.device)
+        if self.offload == "model":
+            self.transformer.to(self.device if on_transformer else cpu)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def prepare_transformer(transformer, storage: Optional[torch.dtype], compute: torch.dtype, offload: str,
+                        device: torch.device) -> None:
+    """Storage casting hooks first, then layer streaming (the order diffusers documents)."""
+    from .model.storage import enable_storage_casting
+
+    if storage is not None:
+        count = enable_storage_casting(transformer, storage, compute)
+        logger.info("transformer: %d layers stored in %s, computed in %s", count, storage, compute)
+    if offload == "blocks":
+        stream_layers(transformer, device)
