@@ -50,19 +50,21 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, flags: tuple[str, ...] = (), base: str = "base"):
         self.root = root
+        self.base = root / base
+        self.flags = flags
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = root / "comfyui.log"
+        self.log_path = root / f"comfyui_{base}.log"
         self.process = None
 
     def start(self) -> None:
         yaml = self.root / "extra_model_paths.yaml"
         yaml.write_text(f"ingredients_tests:\n    base_path: {self.root / 'models'}\n    ingredients: ingredients\n")
-        command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-                   "--port", str(self.port), "--base-directory", str(self.root / "base"), "--preview-method", "auto",
-                   "--extra-model-paths-config", str(yaml)]
+        command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", *self.flags, "--listen",
+                   "127.0.0.1", "--port", str(self.port), "--base-directory", str(self.base), "--preview-method",
+                   "auto", "--extra-model-paths-config", str(yaml)]
         self.process = subprocess.Popen(command, cwd=COMFYUI, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -110,21 +112,35 @@ class Server:
         pytest.fail(f"prompt {prompt_id} did not finish within {RUN_TIMEOUT} s:\n{self.log()[-4000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _base_directory(base: Path) -> None:
+    """A ComfyUI base directory with the pack in custom_nodes and the example photos in input."""
     sys.path.insert(0, str(STUBS))
     import tiny_models
     from PIL import Image
 
     sys.path.remove(str(STUBS))
+    for sub in ("custom_nodes", "input", "output", "temp", "user"):
+        (base / sub).mkdir(parents=True)
+    (base / "custom_nodes" / "ComfyUI-Ingredients").symlink_to(harness.REPO, target_is_directory=True)
+    for i in (1, 2, 3):
+        Image.fromarray(tiny_models.face_photo(i)).save(base / "input" / f"person_{i}.png")
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(STUBS))
+    import tiny_models
+
+    sys.path.remove(str(STUBS))
     root = tmp_path_factory.mktemp("comfyui")
     tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
-    for sub in ("custom_nodes", "input", "output", "temp", "user"):
-        (root / "base" / sub).mkdir(parents=True)
-    (root / "base" / "custom_nodes" / "ComfyUI-Ingredients").symlink_to(harness.REPO, target_is_directory=True)
-    for i in (1, 2, 3):
-        Image.fromarray(tiny_models.face_photo(i)).save(root / "base" / "input" / f"person_{i}.png")
-    server = Server(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(models_root):
+    _base_directory(models_root / "base")
+    server = Server(models_root)
     server.start()
     yield server
     server.stop()
@@ -135,9 +151,15 @@ def definitions(server):
     return server.get("/object_info")
 
 
+# Parameters callers must pass by position: ComfyUI's attention backends name them q/k/v or query/key/value.
+POSITIONAL = {"comfy.ldm.modules.attention:optimized_attention": 3}
+
+
 def test_stand_ins_match_the_real_schema_api(tmp_path):
     """Every stand-in parameter exists in the real signature, with ``id`` in the same place (the
-    pack passes only ``id`` by position); every stand-in Schema field exists in the real Schema."""
+    pack passes only ``id`` by position); every stand-in Schema field exists in the real Schema.
+    The model-management, model-patcher, ops and attention stand-ins take the real parameters in
+    the real order (a prefix: ComfyUI adds optional ones at the end)."""
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     result = subprocess.run([python, str(STUBS / "real_signatures.py"), COMFYUI], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path)
@@ -149,12 +171,17 @@ def test_stand_ins_match_the_real_schema_api(tmp_path):
         from comfy_api.latest import io, ui
 
         ours = real_signatures.signatures(io, ui)
+        functions = real_signatures.host_signatures()
     finally:
         harness.unload_pack()
     for name, params in ours.items():
         assert set(params) <= set(real[name]), f"{name}: stand-in {params} vs real {real[name]}"
         if "id" in params:
             assert real[name].index("id") == params.index("id"), name
+    for name, params in functions.items():
+        skip = POSITIONAL.get(name, 0)
+        found = real[name][:len(params)]
+        assert len(found) == len(params) and found[skip:] == params[skip:], f"{name}: stand-in {params} vs real {real[name]}"
 
 
 def test_clip_prompt_path_with_comfyuis_own_t5_tokenizers(tmp_path):
@@ -207,8 +234,8 @@ def test_missing_model_folder_is_refused_on_the_node(server, definitions):
     assert "NotDownloaded" in message and "feizhengcong/Ingredients" in message and "models" in message
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_example_workflow_runs_to_saved_frames(server, definitions, path):
+def _run_workflow(server: Server, definitions: dict, path: Path) -> None:
+    """One example workflow (tiny sampler sizes) through /prompt to saved outputs."""
     workflow = json.loads(path.read_text())
     assert workflow_tools.check_workflow(workflow, definitions) == []
     prompt = workflow_tools.to_api(workflow, definitions)
@@ -222,10 +249,42 @@ def test_example_workflow_runs_to_saved_frames(server, definitions, path):
     savers = [k for k, v in prompt.items() if v["class_type"] == "SaveAnimatedWEBP"]  # video, routing maps
     for saver in savers:
         images = entry["outputs"][saver]["images"]
-        assert images and (server.root / "base" / "output" / images[0]["filename"]).stat().st_size > 0
+        assert images and (server.base / "output" / images[0]["filename"]).stat().st_size > 0
     for check in (k for k, v in prompt.items() if v["class_type"] == "IngredientsIdentityCheck"):
         shown = entry["outputs"][check]  # the plot and the report table, shown on the node
         assert shown["images"] and shown["text"][0].startswith("Identity check"), shown
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_example_workflow_runs_to_saved_frames(server, definitions, path):
+    _run_workflow(server, definitions, path)
+
+
+# ComfyUI's dtype flags: each must give a working run; the pack's log says what it did with them.
+DTYPE_FLAGS = {
+    "--fp8_e4m3fn-unet": "ComfyUI asks for float8_e4m3fn weight storage (--fp8_*-unet); fp8 storage is not used",
+    "--fp16-unet": "ComfyUI picks float16 storage computed in float32 here",  # --cpu computes in fp32
+    "--bf16-unet": "ComfyUI picks bfloat16 storage computed in float32 here",
+}
+
+
+@pytest.fixture(scope="module", params=list(DTYPE_FLAGS))
+def flag_server(request, models_root):
+    """ComfyUI started with one dtype flag (besides --cpu), in a base directory of its own."""
+    base = "base" + request.param.replace("-", "_")
+    _base_directory(models_root / base)
+    server = Server(models_root, flags=(request.param,), base=base)
+    server.start()
+    yield request.param, server
+    server.stop()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_example_workflows_run_under_comfyuis_dtype_flags(flag_server, path):
+    flag, server = flag_server
+    _run_workflow(server, server.get("/object_info"), path)
+    assert DTYPE_FLAGS[flag] in server.log(), server.log()[-4000:]
+    assert "IMPORT FAILED" not in server.log()
 
 
 @pytest.mark.skipif(not frontend.available(), reason="needs Debian chromium (/usr/bin/chromium) and pip playwright")

@@ -1,12 +1,34 @@
-"""Print, as JSON, the signatures of the real ComfyUI V3 classes the stand-ins imitate.
+"""Print, as JSON, the signatures of the real ComfyUI APIs the stand-ins imitate.
 
 Run with ComfyUI's interpreter: ``python real_signatures.py COMFYUI_PATH`` (used by
-``test_comfyui_real``, which compares them with ``comfy_api/latest`` here).
+``test_comfyui_real``, which compares them with the stand-ins here): the V3 schema classes, and the
+model-management, model-patcher, ``comfy.ops`` and attention functions the pack and its tests call.
 """
 
+import importlib
 import inspect
 import json
 import sys
+
+# module -> attribute paths whose parameters the stand-ins must take in the same order (a prefix of
+# the real parameters: ComfyUI adds optional ones at the end between versions)
+HOST_FUNCTIONS = {
+    "comfy.model_management": [
+        "get_torch_device", "unet_offload_device", "text_encoder_device", "text_encoder_offload_device",
+        "vae_device", "vae_offload_device", "intermediate_device", "unet_dtype", "unet_manual_cast",
+        "text_encoder_dtype", "vae_dtype", "should_use_fp16", "should_use_bf16", "supports_dtype",
+        "supports_fp8_compute", "load_models_gpu", "free_memory", "unload_all_models", "loaded_models",
+        "get_free_memory", "minimum_inference_memory", "extra_reserved_memory", "module_size", "cast_to",
+        "throw_exception_if_processing_interrupted"],
+    "comfy.model_patcher": [
+        "ModelPatcher.__init__", "ModelPatcher.model_size", "ModelPatcher.loaded_size", "ModelPatcher.load",
+        "ModelPatcher.partially_load", "ModelPatcher.partially_unload", "ModelPatcher.detach"],
+    "comfy.ops": [
+        "cast_bias_weight", "cast_to_input", "pick_operations",
+        *(f"{ops}.{layer}.forward_comfy_cast_weights" for ops in ("disable_weight_init", "manual_cast")
+          for layer in ("Linear", "Conv2d", "Conv3d", "GroupNorm", "LayerNorm", "RMSNorm", "Embedding"))],
+    "comfy.ldm.modules.attention": ["optimized_attention"],
+}
 
 
 def signatures(io, ui) -> dict:
@@ -19,6 +41,21 @@ def signatures(io, ui) -> dict:
     return out
 
 
+def host_signatures() -> dict:
+    """``"module:attr.path"`` -> positional parameter names (``*args``/``**kwargs`` left out)."""
+    out = {}
+    for module_name, paths in HOST_FUNCTIONS.items():
+        module = importlib.import_module(module_name)
+        for path in paths:
+            target = module
+            for part in path.split("."):
+                target = getattr(target, part)
+            parameters = inspect.signature(target).parameters.values()
+            out[f"{module_name}:{path}"] = [p.name for p in parameters
+                                            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return out
+
+
 if __name__ == "__main__":
     sys.path[0] = sys.argv[1]  # not this folder: its comfy stand-ins would shadow the real ones
     from comfy.cli_args import args
@@ -26,4 +63,4 @@ if __name__ == "__main__":
     args.cpu = True  # comfy.model_management on CUDA-less torch needs this before import
     from comfy_api.latest import io, ui
 
-    print(json.dumps(signatures(io, ui)))
+    print(json.dumps({**signatures(io, ui), **host_signatures()}))
