@@ -116,10 +116,6 @@ def is_device_cpu(device) -> bool:
     return getattr(device, "type", None) == "cpu"
 
 
-def is_device_cuda(device) -> bool:
-    return False
-
-
 def unet_offload_device() -> torch.device:
     return get_torch_device() if vram_state == VRAMState.HIGH_VRAM else torch.device("cpu")
 
@@ -175,10 +171,6 @@ def supports_dtype(device, dtype) -> bool:
     if is_device_cpu(device):
         return False
     return dtype in (torch.float16, torch.bfloat16)
-
-
-def supports_cast(device, dtype) -> bool:
-    return dtype in (torch.float32, torch.float16, torch.bfloat16) or dtype in FLOAT8_TYPES
 
 
 def unet_dtype(device=None, model_params=0, supported_dtypes=(torch.float16, torch.bfloat16, torch.float32),
@@ -244,10 +236,6 @@ def vae_dtype(device=None, allowed_dtypes=()) -> torch.dtype:
     return torch.float32
 
 
-def dtype_size(dtype) -> int:
-    return dtype.itemsize
-
-
 # -- memory --------------------------------------------------------------------------------------
 def get_total_memory(dev=None, torch_total_too=False):
     dev = get_torch_device() if dev is None else dev
@@ -295,26 +283,6 @@ def cast_to(weight, dtype=None, device=None, non_blocking=False, copy=False, str
     moved = torch.empty_like(weight, dtype=dtype, device=device)
     moved.copy_(weight, non_blocking=non_blocking)
     return moved
-
-
-def cast_to_device(tensor, device, dtype, copy=False):
-    return cast_to(tensor, dtype=dtype, device=device, copy=copy)
-
-
-def device_supports_non_blocking(device) -> bool:
-    return False
-
-
-def get_offload_stream(device):
-    return None
-
-
-def sync_stream(device, stream) -> None:
-    return None
-
-
-def soft_empty_cache(force=False) -> None:
-    return None
 
 
 class LoadedModel:
