@@ -5,8 +5,11 @@ touches ComfyUI. What lives here:
 
 - model folders: ``models/ingredients`` (registered here), ``models/insightface`` and
   ``models/text_encoders``, with every path ``extra_model_paths.yaml`` adds;
-- memory: each ``nn.Module`` is wrapped in a ``ModelPatcher`` and loaded with
-  ``load_models_gpu(..., force_full_load=True)`` before use; nothing is moved by hand;
+- memory: each ``nn.Module`` is wrapped in a ``ModelPatcher`` and loaded with ``load_models_gpu``
+  before use; nothing is moved by hand. Small models load whole; the transformer is built from
+  ``comfy.ops`` layers and calls ComfyUI's ``optimized_attention``, so ComfyUI loads as much of it
+  as fits (from a memory estimate of the run), streams the rest, casts fp8 weights per layer and
+  picks the attention kernel (``--use-sage-attention``, ...); its q-former has a patcher of its own;
 - devices and dtypes as ComfyUI chooses them, per role (``--cpu`` gives the CPU and float32):
   the transformer follows the diffusion-model flags, the VAE, T5 and face models their own;
 - the progress bar, latent previews (a CogVideoX latent format) and interrupts.
@@ -24,6 +27,7 @@ from pathlib import Path
 import comfy.latent_formats
 import comfy.model_management
 import comfy.model_patcher
+import comfy.ops
 import comfy.utils
 import folder_paths
 import latent_preview
@@ -34,7 +38,11 @@ logger = logging.getLogger(__name__)
 INGREDIENTS_FOLDER = "ingredients"
 INSIGHTFACE_FOLDER = "insightface"
 TEXT_ENCODERS_FOLDER = "text_encoders"
-ROLES = ("diffusion", "text", "vae", "face")
+ROLES = ("diffusion", "projector", "text", "vae", "face")
+PROJECTOR = "local_facial_extractor"  # the transformer's q-former (Project IDs needs only it)
+#: What ComfyUI raises when the GPU runs out of memory (torch's, not ComfyUI's ``OOM_EXCEPTION``,
+#: which is ``Exception`` itself on torch builds without CUDA).
+OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
 
 
 # -- model folders -------------------------------------------------------------------------------
@@ -64,7 +72,7 @@ def devices(role: str) -> tuple[torch.device, torch.device]:
         return mm.text_encoder_device(), mm.text_encoder_offload_device()
     if role == "vae":
         return mm.vae_device(), mm.vae_offload_device()
-    if role in ("diffusion", "face"):
+    if role in ("diffusion", "projector", "face"):
         return mm.get_torch_device(), mm.unet_offload_device()
     raise ValueError(f"unknown model role {role!r}; expected one of {ROLES}")
 
@@ -182,8 +190,8 @@ class HostedModule(torch.nn.Module):
 
 # One holder class per role, named so that ComfyUI's log ("Requested to load ...") says what loads.
 _HOLDERS = {role: type(name, (HostedModule,), {"__module__": __name__}) for role, name in (
-    ("diffusion", "IngredientsTransformer"), ("text", "IngredientsT5"), ("vae", "IngredientsVAE"),
-    ("face", "IngredientsFaceModels"))}
+    ("diffusion", "IngredientsTransformer"), ("projector", "IngredientsIDProjector"), ("text", "IngredientsT5"),
+    ("vae", "IngredientsVAE"), ("face", "IngredientsFaceModels"))}
 
 
 def manage(role: str, **modules: torch.nn.Module):
@@ -193,9 +201,56 @@ def manage(role: str, **modules: torch.nn.Module):
     return comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
 
 
-def load(*patchers) -> None:
-    """Let ComfyUI put the models on their load device (freeing others as it sees fit)."""
-    comfy.model_management.load_models_gpu(list(patchers), force_full_load=True)
+def load(*patchers, memory_required: int = 0) -> None:
+    """Let ComfyUI put the models wholly on their load device (freeing others as it sees fit;
+    ``memory_required``: bytes the run needs beside the weights)."""
+    comfy.model_management.load_models_gpu(list(patchers), memory_required=memory_required, force_full_load=True)
+
+
+def load_for_run(patcher, memory_required: int, minimum_memory_required: int) -> None:
+    """Let ComfyUI load as much of the model as fits beside a run's activations and stream the
+    rest (``--lowvram``, ``--novram``, ``--reserve-vram`` apply), as its own sampler does:
+    ``memory_required`` for the run as asked (e.g. both CFG halves), ``minimum_memory_required``
+    for the smallest run that works (one half), each plus ComfyUI's inference reserve."""
+    mm = comfy.model_management
+    reserve = mm.minimum_inference_memory()
+    mm.load_models_gpu([patcher], memory_required=memory_required + reserve,
+                       minimum_memory_required=minimum_memory_required + reserve)
+
+
+def free_cache() -> None:
+    """Return cached GPU memory to the driver (after an out-of-memory error)."""
+    comfy.model_management.soft_empty_cache()
+
+
+# -- the transformer on ComfyUI's layers and attention ---------------------------------------------
+def optimized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """ComfyUI's attention backend of the moment (sage, flash, xformers, split, sub-quadratic or
+    SDPA, as its flags pick) for q, k, v (B, heads, N, d) -> (B, N, heads * d). Looked up per
+    call, so a node that patches ComfyUI's attention applies here too."""
+    import comfy.ldm.modules.attention as attention
+
+    return attention.optimized_attention(q, k, v, heads, skip_reshape=True)
+
+
+def transformer_layers(weight_dtype: torch.dtype, compute: torch.dtype, fast_fp8: bool = False) -> dict:
+    """``operations`` and ``attention`` to build the transformer with: ``comfy.ops`` picked for
+    its storage and compute dtypes (casting layers when they differ; fp8 matrix multiplies with
+    ``fast_fp8`` where the GPU has them), and :func:`optimized_attention`."""
+    operations = comfy.ops.pick_operations(weight_dtype, compute, load_device=devices("diffusion")[0],
+                                           fp8_optimizations=fast_fp8)
+    return {"operations": operations, "attention": optimized_attention}
+
+
+def supports_fp8_compute() -> bool:
+    return bool(comfy.model_management.supports_fp8_compute(devices("diffusion")[0]))
+
+
+def manage_transformer(transformer: torch.nn.Module):
+    """(patcher of the transformer without its q-former, patcher of the q-former): disjoint module
+    sets, so Project IDs loads 0.15 B parameters instead of 6.4 B."""
+    main = {name: child for name, child in transformer.named_children() if name != PROJECTOR}
+    return manage("diffusion", **main), manage("projector", projector=getattr(transformer, PROJECTOR))
 
 
 def load_device(patcher) -> torch.device:

@@ -50,9 +50,9 @@ class ProjectIDs(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: IngredientsModel, ids: IngredientsIDs) -> io.NodeOutput:
-        host.load(model.patcher)
+        host.load(model.projector)  # the q-former alone, not the whole transformer
         with torch.no_grad():
-            tokens = model.transformer.project_ids(list(ids.faces), host.load_device(model.patcher),
+            tokens = model.transformer.project_ids(list(ids.faces), host.load_device(model.projector),
                                                    model.transformer.placement()[1])
         return io.NodeOutput(IngredientsIDTokens(tokens.to(host.output_device()), ids, model.folder))
 

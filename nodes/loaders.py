@@ -59,25 +59,37 @@ def _parameter_count(folder) -> int:
     return count
 
 
-def transformer_dtype(folder, choice: str):
-    """The dtype the transformer loads in: ComfyUI's compute dtype for it (``host.diffusion_dtypes``).
+WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+WEIGHT_DTYPE_TOOLTIP = ("Storage of the transformer's large weights. default = the dtype above (or what ComfyUI's "
+                        "--fp8_e4m3fn-unet/--fp8_e5m2-unet ask for); fp8_e4m3fn / fp8_e5m2 = 8-bit weights (6.4 GB "
+                        "instead of 12.8 GB), computed in bf16 layer by layer; fp8_e4m3fn_fast also multiplies in "
+                        "fp8 on GPUs that can (RTX 40xx and newer), slightly less precise.")
 
-    The weights are kept in the compute dtype for now; a storage dtype ComfyUI asks for beyond it
-    (fp8 from --fp8_e4m3fn-unet/--fp8_e5m2-unet, bf16 weights computed in fp32) is logged.
-    """
-    weight, compute = host.diffusion_dtypes(choice, model_params=_parameter_count(folder))
-    if weight in host.FLOAT8_DTYPES:
-        logger.warning("Ingredients transformer: ComfyUI asks for %s weight storage (--fp8_*-unet); fp8 storage "
-                       "is not used by this pack yet, the weights are kept in %s (the compute dtype).",
-                       host.dtype_name(weight), host.dtype_name(compute))
-    elif weight != compute:
-        logger.info("Ingredients transformer: ComfyUI picks %s storage computed in %s here; the weights are "
-                    "kept in %s.", host.dtype_name(weight), host.dtype_name(compute), host.dtype_name(compute))
+
+def transformer_dtypes(folder, choice: str, weight_choice: str = "default") -> tuple[torch.dtype, torch.dtype]:
+    """(storage dtype, compute dtype) of the transformer: ComfyUI's picks for it
+    (``host.diffusion_dtypes``: the node's dtype or auto, with the --*-unet flags); with an fp8
+    ``weight_dtype`` the weights are stored in it and computed in what the node's dtype computes in
+    (auto: what ComfyUI computes fp8 weights in, bf16 on capable GPUs)."""
+    from ..ingredients_core.model.storage import WEIGHT_DTYPES as STORAGE
+
+    params = _parameter_count(folder)
+    weight, compute = host.diffusion_dtypes(choice, model_params=params)
+    if STORAGE.get(weight_choice) is not None:  # fp8 weights, computed in the dtype above (auto: ComfyUI's pick)
+        weight = STORAGE[weight_choice]
+        if choice == "auto":
+            compute = host.diffusion_dtypes(host.dtype_name(weight), model_params=params)[1]
+    if weight != compute:
+        logger.info("Ingredients transformer: weights stored in %s, computed in %s", host.dtype_name(weight),
+                    host.dtype_name(compute))
     if compute == torch.float16:
         logger.warning("Ingredients transformer runs in float16 (asked for with dtype=float16 or --fp16-unet); "
                        "it was trained in bfloat16, so fp16 may lose detail or overflow. Use auto or bfloat16 "
                        "where the GPU supports it.")
-    return compute
+    if weight_choice.endswith("_fast") and not host.supports_fp8_compute():
+        logger.warning("Ingredients transformer: %s asks for fp8 matrix multiplies, which this GPU does not have; "
+                       "the fp8 weights are cast to %s per layer instead.", weight_choice, host.dtype_name(compute))
+    return weight, compute
 
 
 class ModelLoader(io.ComfyNode):
@@ -98,6 +110,8 @@ class ModelLoader(io.ComfyNode):
                                tooltip=("Default routing of ID features. official: every batch element uses "
                                         "the router of the first (negative-prompt) half, as the paper's code; "
                                         "per_sample: each half is routed on its own. Route IDs can override it.")),
+                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default", optional=True,
+                               tooltip=WEIGHT_DTYPE_TOOLTIP),
             ],
             outputs=[ModelType.Output("model", display_name="model",
                                       tooltip="The Ingredients transformer, managed by ComfyUI.")],
@@ -108,7 +122,7 @@ class ModelLoader(io.ComfyNode):
         return model_files.validate_name(MODEL, model_folder, "model_folder")
 
     @classmethod
-    def execute(cls, model_folder: str, dtype: str, routing_mode: str) -> io.NodeOutput:
+    def execute(cls, model_folder: str, dtype: str, routing_mode: str, weight_dtype: str = "default") -> io.NodeOutput:
         from ..ingredients_core.checkpoint import load_transformer
 
         folder = model_files.resolve(MODEL, model_folder, "model_folder")
@@ -116,9 +130,11 @@ class ModelLoader(io.ComfyNode):
                                                "scheduler config", folder / "scheduler")
         scheduler_config = json.loads(config_file.read_text(encoding="utf-8"))
         _, offload = host.devices("diffusion")
-        transformer = load_transformer(folder, dtype=transformer_dtype(folder, dtype), device=offload)
-        patcher = host.manage("diffusion", transformer=transformer)
-        return io.NodeOutput(IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder))
+        storage, compute = transformer_dtypes(folder, dtype, weight_dtype)
+        layers = host.transformer_layers(storage, compute, fast_fp8=weight_dtype.endswith("_fast"))
+        transformer = load_transformer(folder, dtype=compute, weight_dtype=storage, device=offload, **layers)
+        patcher, projector = host.manage_transformer(transformer)
+        return io.NodeOutput(IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder, projector))
 
 
 class VAELoader(io.ComfyNode):

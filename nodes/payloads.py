@@ -33,13 +33,15 @@ MASK_MODES = ("soft", "hard")
 
 @dataclass(frozen=True)
 class IngredientsModel:
-    """The transformer (held by ``patcher``), its scheduler config and the default routing mode."""
+    """The transformer, its scheduler config and the default routing mode. ``patcher`` holds every
+    part but the q-former, ``projector`` the q-former (what Project IDs needs)."""
 
     transformer: Any
     patcher: Any
     scheduler_config: dict
     routing_mode: str
     folder: Path
+    projector: Any
 
 
 @dataclass(frozen=True)

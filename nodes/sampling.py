@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from . import host
 from .payloads import (
@@ -85,6 +85,21 @@ def _noise_device(model_device: torch.device, vae_device: torch.device) -> torch
     return model_device if model_device == vae_device else torch.device("cpu")
 
 
+def _activation_estimates(model: IngredientsModel, routed: IngredientsRoutedIDs, settings,
+                          dtype: torch.dtype) -> tuple[int, int]:
+    """Activation bytes of one forward as the run makes it (both CFG halves) and the smallest
+    (one half), for ComfyUI to decide how much of the transformer stays on the GPU."""
+    from ..ingredients_core.memory import forward_size, transformer_activation_bytes
+    from ..ingredients_core.vae import latent_frame_count
+
+    config = model.transformer.config
+    size = lambda batch: forward_size(config, batch, latent_frame_count(settings.frames),  # noqa: E731
+                                      settings.height // 8, settings.width // 8, len(routed.tokens.ids))
+    element = torch.finfo(dtype).bits // 8
+    batch = 2 if settings.cfg > 1.0 else 1
+    return transformer_activation_bytes(size(batch), element), transformer_activation_bytes(size(1), element)
+
+
 def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: IngredientsRoutedIDs,
                 vae: IngredientsVAE, settings, recorder=None):
     """The core's generation path (``generation.sample_video``) for these inputs, with ComfyUI
@@ -103,7 +118,10 @@ def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: Ingr
                                            float(vae.vae.config.scaling_factor)))
 
     def load(stage: str) -> None:
-        host.load(model.patcher if stage == TRANSFORMER_STAGE else vae.patcher)
+        if stage == TRANSFORMER_STAGE:
+            host.load_for_run(model.patcher, *_activation_estimates(model, routed, settings, placement.dtype))
+        else:
+            host.load(vae.patcher)
 
     hooks = RunHooks(load=load, started=started,
                      step=lambda info: reporter[0](info.step + 1, preview_frame(info.denoised)))
@@ -145,6 +163,10 @@ class Sampler(io.ComfyNode):
                                         "ddim = CogVideoXDDIMScheduler.")),
                 io.Boolean.Input("dynamic_cfg", default=False,
                                  tooltip="CogVideoX dynamic guidance (cfg rises over the run). Official: off."),
+                io.Float.Input("teacache", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip=("TeaCache threshold: skip transformer evaluations that change little "
+                                        "(0 = off, every step computed). 0.10 to 0.20 are the published CogVideoX-5B "
+                                        "settings (about 1.6x to 2.7x faster); the skipped count shows on the node.")),
             ],
             outputs=[LatentsType.Output("latents", display_name="latents",
                                         tooltip="The denoised video latents, for Ingredients Decode."),
@@ -156,11 +178,11 @@ class Sampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: IngredientsModel, prompt: IngredientsPrompt, routed_ids: IngredientsRoutedIDs,
                 vae: IngredientsVAE, width: int, height: int, frames: int, steps: int, cfg: float, seed: int,
-                scheduler: str, dynamic_cfg: bool) -> io.NodeOutput:
+                scheduler: str, dynamic_cfg: bool, teacache: float = 0.0) -> io.NodeOutput:
         from ..ingredients_core.routing import RoutingRecorder
 
         settings = _settings(height=height, width=width, frames=frames, steps=steps, cfg=cfg, seed=seed,
-                             scheduler=scheduler, dynamic_cfg=dynamic_cfg)
+                             scheduler=scheduler, dynamic_cfg=dynamic_cfg, teacache=teacache)
         settings.check_model(model.transformer.config)
         _check_prompt(prompt, model.transformer.config)
         _check_ids(routed_ids, model)
@@ -168,8 +190,11 @@ class Sampler(io.ComfyNode):
         host.check_interrupt()
         recorder = RoutingRecorder()
         result = run_sampler(model, prompt, routed_ids, vae, settings, recorder)
+        summary = (result.cache.summary() if result.cache is not None
+                   else f"TeaCache off: {steps} of {steps} transformer evaluations computed")
+        logger.info("Ingredients Sampler: %s", summary)
         return io.NodeOutput(IngredientsLatents(result.latents.to(host.output_device()), height, width, frames),
-                             routing_payload(recorder, settings))
+                             routing_payload(recorder, settings), ui=ui.PreviewText(summary))
 
 
 class Decode(io.ComfyNode):
@@ -194,8 +219,20 @@ class Decode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae: IngredientsVAE, latents: IngredientsLatents, tiling: bool) -> io.NodeOutput:
+        from ..ingredients_core.memory import vae_decode_bytes
         from ..ingredients_core.vae import decode
 
-        host.load(vae.patcher)
-        frames = decode(vae.vae, latents.latents, tiling=tiling, slicing=False)
-        return io.NodeOutput(frames.to(host.output_device()))
+        _, frames, _, height, width = latents.latents.shape
+        element = torch.finfo(vae.vae.dtype).bits // 8
+        host.load(vae.patcher, memory_required=vae_decode_bytes(frames, height, width, element, tiling))
+        try:
+            video = decode(vae.vae, latents.latents, tiling=tiling, slicing=False)
+        except host.OUT_OF_MEMORY:
+            if tiling:
+                raise
+            video = None  # leave the except block first, so the failed attempt's tensors are freed
+        if video is None:
+            logger.warning("Ingredients Decode: out of GPU memory decoding untiled; retrying with tiling")
+            host.free_cache()
+            video = decode(vae.vae, latents.latents, tiling=True, slicing=False)
+        return io.NodeOutput(video.to(host.output_device()))

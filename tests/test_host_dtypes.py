@@ -108,30 +108,35 @@ def test_node_choices_win_over_auto_and_flags(host):
         host.diffusion_dtypes("float12")
 
 
-def _log(caplog, choice: str, *names: str, where: str = "gpu") -> tuple:
+def _log(caplog, choice: str, *names: str, where: str = "gpu", weight: str = "default") -> tuple:
     loaders = harness.pack_module("nodes.loaders")
     folder = harness.pack_module("nodes.model_files").resolve(loaders.MODEL, "Ingredients", "model_folder")
     caplog.clear()
     with machine(where), flags(*names), caplog.at_level(logging.INFO, logger=loaders.__name__):
-        dtype = loaders.transformer_dtype(folder, choice)
-    return dtype, [(r.levelno, r.getMessage()) for r in caplog.records if r.name == loaders.__name__]
+        dtypes = loaders.transformer_dtypes(folder, choice, weight)
+    return dtypes, [(r.levelno, r.getMessage()) for r in caplog.records if r.name == loaders.__name__]
 
 
-def test_model_loader_loads_the_compute_dtype_and_says_fp8_storage_is_not_used_yet(pack, caplog):
-    dtype, records = _log(caplog, "auto", "fp8_e4m3fn_unet")
-    assert dtype == BF16
-    assert [level for level, _ in records] == [logging.WARNING]
-    assert "float8_e4m3fn weight storage" in records[0][1] and "kept in bfloat16" in records[0][1]
-    assert _log(caplog, "auto") == (BF16, [])
+def test_model_loader_stores_fp8_from_the_flag_or_the_node_and_computes_in_bf16(pack, caplog):
+    FP8 = torch.float8_e4m3fn
+    dtypes, records = _log(caplog, "auto", "fp8_e4m3fn_unet")
+    assert dtypes == (FP8, BF16)
+    assert [level for level, _ in records] == [logging.INFO]
+    assert "stored in float8_e4m3fn, computed in bfloat16" in records[0][1]
+    assert _log(caplog, "auto", weight="fp8_e5m2")[0] == (torch.float8_e5m2, BF16)
+    assert _log(caplog, "auto", where="cpu", weight="fp8_e4m3fn")[0] == (FP8, FP32)
+    assert _log(caplog, "auto") == ((BF16, BF16), [])
+    dtypes, records = _log(caplog, "auto", weight="fp8_e4m3fn_fast")  # this fake GPU has no fp8 matmul
+    assert dtypes == (FP8, BF16) and any("does not have" in text for _, text in records)
 
 
 def test_fp16_transformer_only_when_asked_and_with_a_warning(pack, caplog):
     for choice, names in (("auto", ("fp16_unet",)), ("float16", ())):
-        dtype, records = _log(caplog, choice, *names)
-        assert dtype == FP16 and any(level == logging.WARNING and "trained in bfloat16" in text
-                                     for level, text in records), records
-    dtype, records = _log(caplog, "auto", "fp16_unet", where="cpu")  # the CPU computes fp16 weights in fp32
-    assert dtype == FP32 and not any("trained in bfloat16" in text for _, text in records)
+        dtypes, records = _log(caplog, choice, *names)
+        assert dtypes == (FP16, FP16) and any(level == logging.WARNING and "trained in bfloat16" in text
+                                              for level, text in records), records
+    dtypes, records = _log(caplog, "auto", "fp16_unet", where="cpu")  # the CPU computes fp16 weights in fp32
+    assert dtypes == (FP16, FP32) and not any("trained in bfloat16" in text for _, text in records)
 
 
 # -- every flag gives a working run --------------------------------------------------------------

@@ -167,11 +167,13 @@ def test_loaders_hand_models_to_comfyui_model_management(graph):
     import comfy.model_management as mm
 
     model, vae, t5, encoder = graph["model"], graph["vae"], graph["t5"], graph["encoder"]
-    assert model.patcher.model.transformer is model.transformer
+    held = dict(model.patcher.model.named_children())
+    assert held["transformer_blocks"] is model.transformer.transformer_blocks and "local_facial_extractor" not in held
+    assert model.projector.model.projector is model.transformer.local_facial_extractor  # Project IDs loads it alone
     assert vae.patcher.model.vae is vae.vae and t5.patcher.model.t5 is t5.encoder
     assert encoder.patcher.model.detector is encoder.encoder.detector
     loaded = [patcher for call in mm.load_calls for patcher in call]
-    assert model.patcher in loaded and t5.patcher in loaded and encoder.patcher in loaded
+    assert model.projector in loaded and t5.patcher in loaded and encoder.patcher in loaded
     assert model.transformer.placement()[1] == torch.float32  # auto under --cpu
 
 

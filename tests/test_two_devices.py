@@ -97,16 +97,22 @@ def gpu(nodes, on_cpu):
 
 
 def _managed_modules(models: dict) -> dict:
-    """Every module ComfyUI manages for the pack, by name (the holders' children)."""
-    return {f"{role}.{name}": module for role, payload in models.items()
-            for name, module in payload.patcher.model.named_children()}
+    """Every module ComfyUI manages for the pack, by name (the holders' children; the transformer's
+    q-former has a patcher of its own)."""
+    patchers = {role: payload.patcher for role, payload in models.items()}
+    patchers["projector"] = models["model"].projector
+    return {f"{role}.{name}": module for role, patcher in patchers.items()
+            for name, module in patcher.model.named_children()}
 
 
 def test_nothing_a_managed_module_needs_lives_outside_its_parameters_and_buffers(gpu):
     """After loading: no tensor attributes and no stored devices in any submodule of the VAE, T5,
     the face detector, EVA-CLIP and the transformer (ComfyUI would not move them)."""
     modules = _managed_modules(gpu)
-    assert sorted(modules) == ["encoder.detector", "encoder.eva", "model.transformer", "t5.t5", "vae.vae"]
+    transformer = [f"model.{name}" for name, _ in gpu["model"].transformer.named_children()
+                   if name != "local_facial_extractor"]
+    assert sorted(modules) == sorted(["encoder.detector", "encoder.eva", *transformer, "projector.projector",
+                                      "t5.t5", "vae.vae"])
     assert {name: fake_gpu.left_behind(module) for name, module in modules.items()} == {name: [] for name in modules}
 
 
@@ -150,8 +156,10 @@ def test_face_models_keep_working_after_comfyui_moves_them(nodes, gpu, on_cpu):
 def test_prompt_project_ids_and_one_sampler_step_on_the_load_device(nodes, gpu, on_cpu):
     with fake_gpu.computing():
         inputs = sampler_inputs(nodes, gpu, on_cpu["faces"])
-        assert _on_fake_gpu(gpu["model"].transformer)
+        transformer = gpu["model"].transformer
+        assert _on_fake_gpu(transformer.local_facial_extractor)  # Project IDs loads the q-former alone
         latents, routing = run(nodes["IngredientsSampler"], **inputs)
+        assert _on_fake_gpu(transformer.transformer_blocks)  # the sampler loads the rest
         frames, = run(nodes["IngredientsDecode"], vae=gpu["vae"], latents=latents, tiling=True)
     torch.testing.assert_close(inputs["prompt"].positive, on_cpu["prompt"].positive)
     torch.testing.assert_close(inputs["routed_ids"].tokens.tokens, on_cpu["tokens"])

@@ -6,8 +6,9 @@
 // - every "Ingredients Encode Face" node shows a badge "person N" in the slot's colour for each
 //   slot it feeds (a face used twice shows two badges; an unused face shows none).
 // Encode Face and Face Canvas already show their aligned crop and canvas images after a run.
-// "Ingredients Identity Check" shows its plot (as any image output) and, below it, its report table
-// in a read-only text box that is never saved with the workflow.
+// "Ingredients Identity Check" shows its plot (as any image output) and, below it, its report table,
+// and "Ingredients Sampler" how many transformer evaluations TeaCache skipped, each in a read-only
+// text box that is never saved with the workflow.
 
 import { app } from "../../scripts/app.js";
 
@@ -16,7 +17,9 @@ const ID_LIST = "IngredientsIDList";
 const ENCODE_FACE = "IngredientsEncodeFace";
 const SLOT_COLOURS = ["#e8745f", "#5f9be8", "#62c27a", "#e0b84f"];
 const IDENTITY_CHECK = "IngredientsIdentityCheck";
-const REPORT_WIDGET = "identity_report";
+const SAMPLER = "IngredientsSampler";
+// Nodes whose text output (ui "text") is shown in a read-only box: node id -> [widget name, min height].
+const TEXT_REPORTS = { [IDENTITY_CHECK]: ["identity_report", 150], [SAMPLER]: ["sampler_report", 36] };
 
 function slotIndex(inputName) {
   const match = /^face_([1-4])$/.exec(inputName ?? "");
@@ -73,18 +76,18 @@ function drawBadges(node, ctx) {
 }
 
 // The report box is made at the first run, so workflows saved before any run never contain it.
-function showReport(node, text) {
-  let widget = node.widgets?.find((w) => w.name === REPORT_WIDGET);
+function showReport(node, text, [name, minHeight]) {
+  let widget = node.widgets?.find((w) => w.name === name);
   if (!widget) {
     const area = document.createElement("textarea");
     area.readOnly = true;
     area.spellcheck = false;
     Object.assign(area.style, { fontFamily: "monospace", fontSize: "11px", whiteSpace: "pre", overflow: "auto" });
-    widget = node.addDOMWidget(REPORT_WIDGET, "ingredients_report", area, {
+    widget = node.addDOMWidget(name, "ingredients_report", area, {
       serialize: false,
       getValue: () => area.value,
       setValue: (value) => { area.value = value; },
-      getMinHeight: () => 150,
+      getMinHeight: () => minHeight,
     });
     widget.serialize = false;
   }
@@ -95,12 +98,13 @@ function showReport(node, text) {
 app.registerExtension({
   name: EXTENSION,
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name === IDENTITY_CHECK) {
+    const report = TEXT_REPORTS[nodeData?.name];
+    if (report) {
       const executed = nodeType.prototype.onExecuted;
       nodeType.prototype.onExecuted = function (message, ...rest) {
         const result = executed?.apply(this, [message, ...rest]);
         const text = message?.text?.[0];
-        if (typeof text === "string") showReport(this, text);
+        if (typeof text === "string") showReport(this, text, report);
         return result;
       };
     }

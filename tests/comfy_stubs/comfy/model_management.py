@@ -417,3 +417,8 @@ def throw_exception_if_processing_interrupted() -> None:
 
 
 configure()
+
+
+def soft_empty_cache(force=False) -> None:
+    """ComfyUI returns the CUDA cache to the driver; the stand-in machines keep no cache."""
+    return None

@@ -9,3 +9,11 @@ class PreviewImage:
 
     def as_dict(self) -> dict:
         return {"images": self.values, "animated": (self.animated,)}
+
+
+class PreviewText:
+    def __init__(self, value: str, **kwargs):
+        self.value = value
+
+    def as_dict(self) -> dict:
+        return {"text": (self.value,)}

@@ -1,0 +1,200 @@
+"""The transformer under ComfyUI's memory management: comfy.ops layers, optimized_attention, partial
+loading from a memory estimate, fp8 storage, the q-former's own patcher, TeaCache on the node and
+Decode's fall-back to tiles. On the stand-in ComfyUI with the fake GPU (see test_two_devices)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from test_two_devices import STUBS, TINY, encode_faces, load_all, nodes, run, sampler_inputs  # noqa: F401
+
+import fake_gpu  # noqa: E402  (on sys.path through test_two_devices' import of the stand-ins)
+
+GiB = 1024 ** 3
+
+
+def _stand_ins():
+    import comfy.ldm.modules.attention as attention
+    import comfy.model_management as mm
+    import comfy.ops
+
+    return mm, comfy.ops, attention
+
+
+@pytest.fixture(scope="module")
+def graph(nodes):  # noqa: F811
+    """Loaders and faces with the stand-in ComfyUI on the fake GPU (weights on the CPU until a node
+    loads them), for the whole module."""
+    with fake_gpu.two_devices():
+        models = load_all(nodes)
+        with fake_gpu.computing():
+            faces = encode_faces(nodes, models)
+        yield dict(models=models, faces=faces)
+
+
+def _gpu_with(total_vram: int) -> None:
+    """Give the fake GPU another size (unloads every model first, as a restart would)."""
+    mm, _, _ = _stand_ins()
+    mm.use_fake_gpu(total_vram=total_vram)
+
+
+def _forward(model_payload, dtype=torch.float32):
+    """One forward of the tiny transformer on the fake GPU (inputs made there), as a CPU tensor;
+    the q-former is loaded whole first, the rest is where the caller's load left it."""
+    transformer = model_payload.transformer
+    model_payload.projector.load(fake_gpu.DEVICE, full_load=True)
+    g = torch.Generator().manual_seed(2)
+    x, text = torch.randn(2, 3, 32, 8, 12, generator=g), torch.randn(2, 226, 32, generator=g)
+    faces = [(torch.randn(1, 1280, generator=g), [torch.randn(1, 17, 64, generator=g)] * 5) for _ in range(2)]
+    device = fake_gpu.DEVICE
+    with torch.no_grad():
+        tokens = transformer.project_ids(faces, device, dtype)
+        out = transformer(x.to(device, dtype), text.to(device, dtype), torch.tensor([500, 500]).to(device),
+                          None, ids=transformer.prepare_ids(tokens, device, dtype))
+    model_payload.projector.detach()
+    return out.cpu()
+
+
+def test_the_transformer_is_built_from_comfy_ops_and_calls_optimized_attention(nodes, graph):  # noqa: F811
+    mm, ops, attention = _stand_ins()
+    model = graph["models"]["model"]
+    linears = [m for m in model.transformer.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, ops.disable_weight_init.Linear) for m in linears)
+    norms = [m for m in model.transformer.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(hasattr(m, "comfy_cast_weights") for m in norms)
+    before = attention.calls
+    with fake_gpu.computing():
+        run(nodes["IngredientsSampler"], **sampler_inputs(nodes, graph["models"], graph["faces"]))
+    assert attention.calls - before > 0
+
+
+def test_a_partial_load_with_half_the_blocks_streamed_equals_the_full_load_exactly(graph):
+    mm, _, _ = _stand_ins()
+    model = graph["models"]["model"]
+    patcher = model.patcher
+    with fake_gpu.computing():  # ComfyUI moves the weights inside the run
+        patcher.load(fake_gpu.DEVICE, full_load=True)
+        full = _forward(model)
+        patcher.detach()
+        half = patcher.model_size() // 2
+        patcher.load(fake_gpu.DEVICE, lowvram_model_memory=half)
+        streamed = [n for n, m in model.transformer.transformer_blocks.named_modules()
+                    if getattr(m, "comfy_cast_weights", False) and m.weight.device.type == "cpu"]
+        assert streamed, "the budget should have left some block layers on the CPU"
+        assert 0 < patcher.loaded_size() < patcher.model_size()
+        partial = _forward(model)
+        patcher.detach()
+    assert torch.equal(partial, full)
+
+
+def test_the_sampler_loads_the_transformer_partially_from_its_memory_estimate(nodes, graph, monkeypatch):  # noqa: F811
+    from harness import pack_module
+
+    mm, _, _ = _stand_ins()
+    calls = []
+    original = mm.load_models_gpu
+
+    def recording(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                  force_full_load=False):
+        calls.append((list(models), memory_required, minimum_memory_required, force_full_load))
+        return original(models, memory_required, force_patch_weights, minimum_memory_required, force_full_load)
+
+    monkeypatch.setattr(mm, "load_models_gpu", recording)
+    model = graph["models"]["model"]
+    with fake_gpu.computing():
+        inputs = sampler_inputs(nodes, graph["models"], graph["faces"])
+    # a GPU that holds about 40 % of the transformer beside what the run keeps free: the one-half
+    # activation estimate plus ComfyUI's inference reserve (added by host.load_for_run, as ComfyUI's
+    # sampler adds it) plus the extra reserve (added by load_models_gpu)
+    sampling = pack_module("nodes.sampling")
+    settings = sampling._settings(steps=1, cfg=6.0, seed=3, scheduler="dpm", dynamic_cfg=False, **TINY)
+    _, minimum = sampling._activation_estimates(model, inputs["routed_ids"], settings, torch.float32)
+    weights = model.patcher.model_size()
+    _gpu_with(int(mm.minimum_inference_memory() + mm.extra_reserved_memory() + minimum + 0.4 * weights))
+    try:
+        with fake_gpu.computing():
+            latents, _ = run(nodes["IngredientsSampler"], **inputs)
+            loaded = model.patcher.loaded_size()
+    finally:
+        _gpu_with(16 * GiB)
+    transformer_calls = [c for c in calls if model.patcher in c[0]]
+    assert transformer_calls and not any(force for *_, force in transformer_calls)
+    _, required, minimum, _ = transformer_calls[-1]
+    assert required > minimum > mm.minimum_inference_memory()  # both CFG halves vs one, plus the reserve
+    assert 0 < loaded < weights  # partly on the GPU, the rest streamed
+    assert torch.isfinite(latents.latents).all()
+
+
+def test_project_ids_loads_the_q_former_alone(nodes, graph):  # noqa: F811
+    mm, _, _ = _stand_ins()
+    model = graph["models"]["model"]
+    mm.unload_all_models()
+    ids, = run(nodes["IngredientsIDList"], face_1=graph["faces"][0], face_2=graph["faces"][1])
+    with fake_gpu.computing():
+        run(nodes["IngredientsProjectIDs"], model=model, ids=ids)
+    on_gpu = lambda module: all(isinstance(p, fake_gpu.OnGPU) for p in module.parameters())  # noqa: E731
+    assert on_gpu(model.transformer.local_facial_extractor)
+    assert not any(isinstance(p, fake_gpu.OnGPU) for p in model.transformer.transformer_blocks.parameters())
+    main = {id(p) for p in model.patcher.model.parameters()}
+    alone = {id(p) for p in model.projector.model.parameters()}
+    assert not main & alone and len(main | alone) == len(list(model.transformer.parameters()))
+
+
+def test_fp8_weight_dtype_on_the_loader_stores_fp8_and_samples(nodes, graph):  # noqa: F811
+    from comfy_api.latest import io  # noqa: F401  (the stand-in schema is loaded)
+
+    _, ops, _ = _stand_ins()
+    fp8, = run(nodes["IngredientsModelLoader"], model_folder="Ingredients", dtype="float32", routing_mode="official",
+               weight_dtype="fp8_e4m3fn")
+    block = fp8.transformer.transformer_blocks[0]
+    assert block.ff.net[2].weight.dtype == torch.float8_e4m3fn and isinstance(block.ff.net[2], ops.manual_cast.Linear)
+    assert fp8.transformer.patch_embed.proj.weight.dtype == torch.float32
+    plain = graph["models"]["model"]
+    ratio = fp8.patcher.model_size() / plain.patcher.model_size()
+    assert ratio < 0.4  # fp32 -> fp8 for the large layers
+    with fake_gpu.computing():
+        fp8.patcher.load(fake_gpu.DEVICE, full_load=True)
+        plain.patcher.load(fake_gpu.DEVICE, full_load=True)
+        out, reference = _forward(fp8), _forward(plain)
+        fp8.patcher.detach()
+        plain.patcher.detach()
+        latents, _ = run(nodes["IngredientsSampler"], **sampler_inputs(nodes, dict(graph["models"], model=fp8),
+                                                                       graph["faces"]))
+    assert torch.isfinite(latents.latents).all()
+
+
+def test_sampler_teacache_input_and_its_report(nodes, graph):  # noqa: F811
+    with fake_gpu.computing():
+        inputs = sampler_inputs(nodes, graph["models"], graph["faces"])
+        inputs.update(steps=4)
+        plain = nodes["IngredientsSampler"].execute(**inputs)
+        off = nodes["IngredientsSampler"].execute(**inputs, teacache=0.0)
+        cached = nodes["IngredientsSampler"].execute(**inputs, teacache=0.2)
+    assert torch.equal(plain.args[0].latents, off.args[0].latents)
+    assert plain.ui.as_dict()["text"] == ("TeaCache off: 4 of 4 transformer evaluations computed",)
+    assert "transformer evaluations skipped" in cached.ui.as_dict()["text"][0]
+
+
+def test_decode_falls_back_to_tiles_when_the_untiled_decode_runs_out_of_memory(nodes, graph, monkeypatch,  # noqa: F811
+                                                                                caplog):
+    from harness import pack_module
+
+    vae_module = pack_module("ingredients_core.vae")
+    with fake_gpu.computing():
+        latents, _ = run(nodes["IngredientsSampler"], **sampler_inputs(nodes, graph["models"], graph["faces"]))
+        tiled, = run(nodes["IngredientsDecode"], vae=graph["models"]["vae"], latents=latents, tiling=True)
+    original, tries = vae_module.decode, []
+
+    def decode(vae, x, tiling, slicing):
+        tries.append(tiling)
+        if not tiling:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(vae, x, tiling=tiling, slicing=slicing)
+
+    monkeypatch.setattr(vae_module, "decode", decode)
+    with caplog.at_level(logging.WARNING), fake_gpu.computing():
+        frames, = run(nodes["IngredientsDecode"], vae=graph["models"]["vae"], latents=latents, tiling=False)
+    assert tries == [False, True] and torch.equal(frames, tiled)
+    assert any("retrying with tiling" in r.getMessage() for r in caplog.records)
