@@ -64,7 +64,13 @@ def resolve(path: PathLike) -> CheckpointFiles:
     return CheckpointFiles(_weight_files(path), path / "config.json" if (path / "config.json").is_file() else None)
 
 
-def _weight_files(folder: Path) -> tuple[Path, ...]:
+def folder_tensors(folder: PathLike) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a weight folder (safetensors shards with their index, or single files), one
+    at a time, as they are read: for other models of the folder (the T5 encoder)."""
+    return _iter_tensors(_weight_files(Path(folder), "weights"))
+
+
+def _weight_files(folder: Path, what: str = "transformer weights") -> tuple[Path, ...]:
     indexes = sorted(folder.glob("*.safetensors.index.json")) or sorted(folder.glob("*.bin.index.json"))
     if indexes:
         weight_map = json.loads(indexes[0].read_text()).get("weight_map", {})
@@ -78,6 +84,9 @@ def _weight_files(folder: Path) -> tuple[Path, ...]:
         files = sorted(folder.glob(f"*{suffix}"))
         if files:
             return tuple(files)
+    if what != "transformer weights":
+        raise CheckpointError(f"{folder}: no {what} found (*.safetensors, with an index when sharded); "
+                              f"{SOURCE_HINT.replace('transformer/', folder.name + '/')}")
     raise CheckpointError(f"{folder}: no transformer weights found (expected diffusion_pytorch_model*.safetensors "
                           f"with config.json, or a transformer/ subfolder); {SOURCE_HINT}")
 

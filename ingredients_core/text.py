@@ -66,6 +66,21 @@ def load_text_encoder(model_dir: str | Path, dtype: torch.dtype, device: torch.d
     return encoder.to(device).eval()
 
 
+def text_encoder_config(model_dir: str | Path) -> dict:
+    """The T5 config of ``model_dir/text_encoder`` (its config.json) as a dict."""
+    import json
+
+    path = _component_dir(model_dir, TEXT_ENCODER_SUBFOLDER, "the T5 encoder (config.json and *.safetensors)")
+    return json.loads((path / "config.json").read_text(encoding="utf-8"))
+
+
+def text_encoder_tensors(model_dir: str | Path):
+    """The T5 encoder's tensors from ``model_dir/text_encoder``, one at a time (shards streamed)."""
+    from .checkpoint import folder_tensors
+
+    return folder_tensors(_component_dir(model_dir, TEXT_ENCODER_SUBFOLDER, "the T5 encoder (*.safetensors)"))
+
+
 def _warn_if_truncated(tokenizer, prompts: Sequence[str], max_length: int) -> None:
     """Log (warning) the part of each prompt that does not fit in ``max_length`` tokens."""
     full = tokenizer(

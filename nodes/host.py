@@ -98,12 +98,6 @@ def _named(choice: str) -> torch.dtype:
     return dtype
 
 
-def _computes_in(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether plain torch layers compute in ``dtype`` on ``device`` (ComfyUI's ``supports_dtype``:
-    float32 everywhere, fp16/bf16 on GPUs, fp8 nowhere)."""
-    return dtype not in FLOAT8_DTYPES and comfy.model_management.supports_dtype(device, dtype)
-
-
 def compute_dtype(device: torch.device) -> torch.dtype:
     """The best dtype plain torch layers compute in on ``device``: bf16, else fp16, else fp32."""
     mm = comfy.model_management
@@ -141,30 +135,13 @@ def vae_dtype(choice: str = "auto") -> torch.dtype:
 
 
 def text_encoder_dtype(choice: str = "auto") -> torch.dtype:
-    """The dtype the pack's T5 loads and runs in.
-
-    ``auto``: ComfyUI's ``text_encoder_dtype`` (--fp16-text-enc, --bf16-text-enc, --fp32-text-enc,
-    --fp8_*-text-enc; fp16 by default). ComfyUI stores text encoders in it and computes in float32;
-    this T5 is made of plain torch layers, so it computes in its storage dtype: where that dtype
-    cannot compute on the load device (fp8 anywhere, fp16/bf16 on the CPU) the weights are kept
-    in :func:`compute_dtype` instead, and the log says so.
-    """
+    """The storage dtype of the folder's T5: ComfyUI's ``text_encoder_dtype`` (--fp16-text-enc,
+    --bf16-text-enc, --fp32-text-enc, --fp8_e4m3fn-text-enc, --fp8_e5m2-text-enc; fp16 by default)
+    or the node's choice. It runs on ComfyUI's own T5 with casting layers, computing in
+    :data:`T5_COMPUTE_DTYPE` as ComfyUI computes its text encoders, so fp8 storage works."""
     if choice != "auto":
         return _named(choice)
-    device = devices("text")[0]
-    asked = comfy.model_management.text_encoder_dtype(device)
-    if _computes_in(asked, device):
-        return asked
-    used = compute_dtype(device)
-    if asked in FLOAT8_DTYPES:
-        logger.warning("T5: ComfyUI asks for %s text-encoder weights; the Ingredients T5 cannot compute from fp8, "
-                       "so its weights are kept in %s. For an fp8 T5, load a t5xxl fp8 file with ComfyUI's "
-                       "CLIPLoader (type sd3) and use Ingredients Encode Prompt (CLIP).",
-                       dtype_name(asked), dtype_name(used))
-    else:
-        logger.info("T5: ComfyUI stores text encoders in %s; on %s the Ingredients T5 runs in %s.",
-                    dtype_name(asked), device, dtype_name(used))
-    return used
+    return comfy.model_management.text_encoder_dtype(devices("text")[0])
 
 
 def face_dtype() -> torch.dtype:
@@ -221,6 +198,57 @@ def load_for_run(patcher, memory_required: int, minimum_memory_required: int) ->
 def free_cache() -> None:
     """Return cached GPU memory to the driver (after an out-of-memory error)."""
     comfy.model_management.soft_empty_cache()
+
+
+# -- T5 on ComfyUI's own T5 ----------------------------------------------------------------------
+T5_COMPUTE_DTYPE = torch.float32  # ComfyUI computes its text encoders in float32 (fp16 T5 overflows)
+T5_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh", "gelu_pytorch_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+
+def _comfy_t5_config(config: dict) -> dict:
+    """An HF T5 config as ComfyUI's T5 reads it (``gelu_new`` is the tanh GELU it calls
+    ``gelu_pytorch_tanh``; ``is_gated_act`` from ``feed_forward_proj`` when absent)."""
+    act = config.get("dense_act_fn") or config.get("feed_forward_proj", "relu").split("-")[-1]
+    if act == "gelu":
+        act = "gelu_new"  # T5 v1.1's "gated-gelu" means the tanh GELU
+    if act not in T5_ACTIVATIONS:
+        raise ValueError(f"text_encoder/config.json: activation {act!r} is not one ComfyUI's T5 has "
+                         f"({', '.join(T5_ACTIVATIONS)})")
+    gated = config.get("is_gated_act", config.get("feed_forward_proj", "").startswith("gated"))
+    return dict(config, dense_act_fn=T5_ACTIVATIONS[act], is_gated_act=gated, model_type=config.get("model_type", "t5"))
+
+
+def native_t5(config: dict, tensors, storage: torch.dtype) -> torch.nn.Module:
+    """ComfyUI's T5 encoder (``comfy.text_encoders.t5.T5`` on ``comfy.ops.manual_cast``, so ComfyUI
+    can load it partially and it computes from fp8 weights) for an HF T5 config, the checkpoint
+    ``tensors`` converted one at a time to ``storage`` on the offload device."""
+    from comfy.text_encoders.t5 import T5
+
+    from ..ingredients_core.model.storage import convert
+
+    _, offload = devices("text")
+    with torch.device("meta"):
+        model = T5(_comfy_t5_config(config), storage, None, comfy.ops.manual_cast)
+    expected = set(model.state_dict())
+    params = {}
+    for key, tensor in tensors:
+        key = "shared.weight" if key == "encoder.embed_tokens.weight" else key  # tied embedding
+        if key in expected and key not in params:
+            params[key] = convert(tensor, storage if tensor.is_floating_point() else tensor.dtype, offload)
+    missing = sorted(expected - set(params))
+    if missing:
+        raise ValueError(f"text_encoder: {len(missing)} T5 weights missing ({', '.join(missing[:6])}); "
+                         "download the complete text_encoder/ folder")
+    model.load_state_dict(params, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def run_t5(patcher, model: torch.nn.Module, input_ids: torch.Tensor, memory_required: int) -> torch.Tensor:
+    """Hidden states (N, tokens, D) in float32 on the output device; ComfyUI loads what fits."""
+    load_for_run(patcher, memory_required, memory_required)
+    with torch.no_grad():
+        hidden, _ = model(input_ids.to(patcher.load_device), None, dtype=T5_COMPUTE_DTYPE)
+    return hidden.float().to(output_device())
 
 
 # -- the transformer on ComfyUI's layers and attention ---------------------------------------------

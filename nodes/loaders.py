@@ -34,6 +34,10 @@ DTYPES = ["auto", "bfloat16", "float16", "float32"]
 PROVIDERS = ["auto", "CPUExecutionProvider", "CUDAExecutionProvider"]
 DTYPE_TOOLTIP = ("Weight and compute dtype. auto = ComfyUI's choice for this kind of model on its device "
                  "(its flags for it apply: --bf16-vae, --fp16-text-enc, ...; float32 on the CPU).")
+T5_DTYPES = [*DTYPES, "float8_e4m3fn", "float8_e5m2"]
+T5_DTYPE_TOOLTIP = ("Weight dtype of T5-XXL (9.5 GB in bf16, 4.8 GB in fp8). auto = ComfyUI's choice for text "
+                    "encoders (fp16; --fp8_e4m3fn-text-enc, --bf16-text-enc, ... apply). It runs on ComfyUI's own "
+                    "T5, which computes in float32 and loads only what fits on the GPU, streaming the rest.")
 MODEL_DTYPE_TOOLTIP = ("Weight dtype of the transformer. auto = ComfyUI's choice for diffusion models "
                        "(bfloat16 on recent GPUs, the dtype it was trained in; float32 on the CPU; "
                        "--fp16-unet/--bf16-unet/--fp8_e4m3fn-unet apply). float16 runs it in fp16 "
@@ -175,12 +179,12 @@ class T5Loader(io.ComfyNode):
             display_name="Load Ingredients T5",
             category=CATEGORY,
             description=("Loads the T5 v1.1 XXL encoder and tokenizer that ship with Ingredients "
-                         "(text_encoder/ and tokenizer/). Alternative: a native CLIP loader with the "
-                         "'Encode Prompt (CLIP)' node."),
+                         "(text_encoder/ and tokenizer/) into ComfyUI's own T5, which ComfyUI can load partially. "
+                         "Alternative: CLIPLoader (type sd3, a t5xxl fp8 file) with 'Encode Prompt (CLIP)'."),
             inputs=[
                 _folder_input(T5, "Folder in models/ingredients or models/text_encoders holding "
                                   "text_encoder/ and tokenizer/."),
-                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=DTYPE_TOOLTIP),
+                io.Combo.Input("dtype", options=T5_DTYPES, default="auto", tooltip=T5_DTYPE_TOOLTIP),
             ],
             outputs=[T5Type.Output("t5", display_name="t5", tooltip="The T5 encoder and tokenizer.")],
         )
@@ -191,14 +195,14 @@ class T5Loader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_folder: str, dtype: str) -> io.NodeOutput:
-        from ..ingredients_core.text import load_text_encoder, load_tokenizer
+        from ..ingredients_core.text import load_tokenizer, text_encoder_config, text_encoder_tensors
 
         folder = model_files.resolve(T5, model_folder, "model_folder")
         model_files.require_file(folder / "text_encoder" / "config.json", "T5 config", folder / "text_encoder")
         model_files.require_file(folder / "tokenizer" / "spiece.model", "T5 tokenizer", folder / "tokenizer",
                                  "tokenizer.json")
-        _, offload = host.devices("text")
-        encoder = load_text_encoder(folder, host.text_encoder_dtype(dtype), offload)
+        encoder = host.native_t5(text_encoder_config(folder), text_encoder_tensors(folder),
+                                 host.text_encoder_dtype(dtype))
         tokenizer = load_tokenizer(folder)
         return io.NodeOutput(IngredientsT5(tokenizer, encoder, host.manage("text", t5=encoder), folder))
 

@@ -198,3 +198,30 @@ def test_decode_falls_back_to_tiles_when_the_untiled_decode_runs_out_of_memory(n
         frames, = run(nodes["IngredientsDecode"], vae=graph["models"]["vae"], latents=latents, tiling=False)
     assert tries == [False, True] and torch.equal(frames, tiled)
     assert any("retrying with tiling" in r.getMessage() for r in caplog.records)
+
+
+def test_t5_loads_partially_and_streams_the_rest_with_the_same_embeddings(nodes, graph):  # noqa: F811
+    from harness import pack_module
+
+    mm, _, _ = _stand_ins()
+    t5, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="float32")
+    encode = nodes["IngredientsEncodePrompt"]
+    with fake_gpu.computing():
+        full, = run(encode, t5=t5, prompt="two people", negative_prompt="")
+    ids = pack_module("ingredients_core.text").tokenize_prompts(t5.tokenizer, ["two people", ""])
+    needed = pack_module("nodes.text")._t5_activation_bytes(t5.encoder, ids)
+    size = t5.patcher.model_size()
+    _gpu_with(int(mm.minimum_inference_memory() + mm.extra_reserved_memory() + needed + 0.3 * size))
+    try:
+        with fake_gpu.computing():
+            partial, = run(encode, t5=t5, prompt="two people", negative_prompt="")
+            loaded = t5.patcher.loaded_size()
+    finally:
+        _gpu_with(16 * GiB)
+    assert 0 < loaded < size
+    assert torch.equal(partial.positive, full.positive) and torch.equal(partial.negative, full.negative)
+    fp8, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="float8_e4m3fn")
+    assert fp8.encoder.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float8_e4m3fn
+    with fake_gpu.computing():
+        small, = run(encode, t5=fp8, prompt="two people", negative_prompt="")
+    assert torch.isfinite(small.positive).all() and small.positive.shape == full.positive.shape

@@ -215,13 +215,33 @@ def test_sampler_and_decode_match_the_core_pipeline(nodes, graph):
     frames, = run(nodes["IngredientsDecode"], vae=graph["vae"], latents=latents, tiling=True)
     assert frames.shape == (9, 64, 96, 3) and 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
 
-    model, vae, t5 = graph["model"], graph["vae"], graph["t5"]
-    bundle = pipeline.ModelBundle(model.transformer, vae.vae, t5.tokenizer, t5.encoder, model.scheduler_config,
+    model, vae, prompt = graph["model"], graph["vae"], graph["prompt"]
+    bundle = pipeline.ModelBundle(model.transformer, vae.vae, None, None, model.scheduler_config,
                                   torch.device("cpu"), torch.float32)
     settings = pipeline.GenerationSettings(steps=2, seed=7, device="cpu", dtype="float32", **TINY)
-    expected = pipeline.generate(bundle, graph["faces"], PROMPT, "", settings)
+    expected = pipeline.generate(bundle, graph["faces"], prompt.positive, prompt.negative, settings)
     torch.testing.assert_close(latents.latents, expected.latents, rtol=0, atol=0)
     torch.testing.assert_close(frames, expected.frames, rtol=0, atol=0)
+
+
+def test_t5_loader_runs_the_folders_t5_on_comfyuis_t5_with_the_official_embeddings(nodes, graph, models_dir):
+    """Load Ingredients T5 puts text_encoder/ into ComfyUI's own T5 (comfy.ops layers, partial
+    loading), stored in ComfyUI's text-encoder dtype (fp16 by default) and computed in float32;
+    in float32 its embeddings equal the transformers T5EncoderModel's (the official encoder)."""
+    import comfy.ops
+
+    text = harness.pack_module("ingredients_core.text")
+    assert graph["t5"].encoder.shared.weight.dtype == torch.float16  # auto: ComfyUI's text-encoder dtype
+    t5, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="float32")
+    linears = [m for m in t5.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, comfy.ops.manual_cast.Linear) for m in linears)
+    prompt, = run(nodes["IngredientsEncodePrompt"], t5=t5, prompt=PROMPT, negative_prompt="")
+    folder = models_dir / "ingredients" / "Ingredients"
+    official = text.encode_prompts(text.load_tokenizer(folder), text.load_text_encoder(folder, torch.float32, "cpu"),
+                                   [PROMPT, ""], "cpu", torch.float32)
+    torch.testing.assert_close(torch.cat([prompt.positive, prompt.negative]), official, rtol=1e-5, atol=1e-5)
+    fp16 = torch.cat([graph["prompt"].positive, graph["prompt"].negative])
+    assert float((fp16 - official).abs().max()) < 0.01  # fp16 weights: close, not equal
 
 
 def test_sampler_checks_every_step_for_cancel(nodes, graph, monkeypatch):
