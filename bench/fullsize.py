@@ -1,0 +1,195 @@
+"""The full-size Ingredients transformer without a download, for ``gpu_check.py`` and ``bench_memory.py``.
+
+- ``build_on_meta``: ``IngredientsTransformer(TransformerConfig())`` on the meta device with the
+  layers the host hands in (``nodes/host.py::transformer_layers``: ComfyUI's ``comfy.ops``), its
+  large ``Linear`` layers in the storage dtype (fp8 or the compute dtype), the rest in the compute
+  dtype: what ``checkpoint.load_transformer`` would build, with no bytes allocated;
+- ``materialise``: random weights on a device (the golden rule of ``/work/shared/golden``: the
+  scale of trained weights, without a checkpoint), converted to the storage dtype there;
+- ``weight_budget``: the bytes of weights a card can keep once a run's activations and
+  ComfyUI's inference reserve are taken off; ``load_models_gpu_budget``: what ComfyUI's own
+  ``load_models_gpu`` formula grants for the memory figures the pack passes it;
+- ``timed_denoise``: the pack's sampling loop (``sampling.denoise``, CFG batch 2, routed IDs) on
+  random inputs, seconds per step (synchronised).
+
+Every ``core`` argument is a function giving an ``ingredients_core`` submodule (the pack's copy
+under ComfyUI, the top-level package without it), so the model and the host share one module set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger("bench.fullsize")
+
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """One generation's size: the official 49 x 480 x 720 with 2 IDs and CFG by default."""
+
+    frames: int = 49
+    height: int = 480
+    width: int = 720
+    ids: int = 2
+    cfg: float = 6.0
+
+    @property
+    def batch(self) -> int:
+        return 2 if self.cfg > 1.0 else 1
+
+
+OFFICIAL = RunShape()
+SMOKE = RunShape(frames=9, height=64, width=96)  # fits ``testing.tiny_transformer.tiny_config``
+
+
+def smoke_config(core):
+    """The tiny transformer config (learned positions for 9 x 64 x 96), for CPU smoke runs."""
+    return core("testing.tiny_transformer").tiny_config()
+
+
+# -- memory accounting -----------------------------------------------------------------------------
+def activation_bytes(core, config, shape: RunShape, element_size: int, batch: int | None = None) -> int:
+    """``memory.transformer_activation_bytes`` for ``shape`` (both CFG halves unless ``batch``)."""
+    memory, vae = core("memory"), core("vae")
+    size = memory.forward_size(config, batch or shape.batch, vae.latent_frame_count(shape.frames),
+                               shape.height // 8, shape.width // 8, shape.ids)
+    return memory.transformer_activation_bytes(size, element_size)
+
+
+def weight_budget(card_bytes: int, activation: int, reserve: int) -> int:
+    """Weights a ``card_bytes`` GPU keeps: the card less the run's activations and the reserve."""
+    return max(0, card_bytes - activation - reserve)
+
+
+def load_models_gpu_budget(mm, free_bytes: int, minimum_memory_required: int) -> int:
+    """``lowvram_model_memory`` of ComfyUI's ``load_models_gpu`` (NORMAL/LOW_VRAM on an NVIDIA GPU,
+    where its MIN_WEIGHT_MEMORY_RATIO is 0) for ``free_bytes`` of free VRAM and the
+    ``minimum_memory_required`` a caller passes (``host.load_for_run`` passes one CFG half plus
+    ``minimum_inference_memory()``; ComfyUI adds its extra reserve)."""
+    minimum = max(mm.minimum_inference_memory(), minimum_memory_required + mm.extra_reserved_memory())
+    return int(max(128 * MiB, free_bytes - minimum))
+
+
+# -- the model ---------------------------------------------------------------------------------------
+def build_on_meta(core, config, layers: dict | None, storage: torch.dtype, compute: torch.dtype):
+    """The transformer on the meta device in its storage/compute dtypes (no memory used)."""
+    transformer = core("model.transformer")
+    names = core("model.storage").storage_module_names
+    with torch.device("meta"):
+        model = transformer.IngredientsTransformer(config, **(layers or {}))
+    model.to(dtype=compute)
+    if storage != compute:
+        modules = dict(model.named_modules())
+        for name in names(model):
+            modules[name].to(dtype=storage)
+    return model.eval().requires_grad_(False)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer (meta tensors count as allocated ones would)."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _golden_scale(name: str, tensor: torch.Tensor) -> tuple[float, float]:
+    """(offset, scale) of the golden weight rule for this tensor: norms 1 + 0.05 x, biases 0.02 x,
+    the rest x / sqrt(fan in)."""
+    if tensor.dim() == 1 and name.endswith(".weight") and "norm" in name:
+        return 1.0, 0.05
+    if name.endswith(".bias"):
+        return 0.0, 0.02
+    fan_in = math.prod(tensor.shape[1:]) if tensor.dim() == 4 else (tensor.shape[-1] if tensor.dim() > 1 else 1)
+    return 0.0, 1.0 / math.sqrt(fan_in)
+
+
+@torch.no_grad()
+def materialise(model: torch.nn.Module, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """Give a meta model random weights on ``device``: each tensor drawn in bf16 on the device, then
+    converted to its own dtype (fp8 clamped to its finite range first)."""
+    model.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        offset, scale = _golden_scale(name, tensor)
+        draw = torch.empty(tensor.shape, dtype=torch.bfloat16, device=device).normal_(generator=generator)
+        draw = draw.mul_(scale).add_(offset)
+        if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            limit = torch.finfo(tensor.dtype).max
+            draw = draw.float().clamp_(-limit, limit)
+        tensor.copy_(draw)
+    return model
+
+
+def dtype_of(name: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+            "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[name]
+
+
+# -- the timed loop ------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_inputs(config, shape: RunShape, device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict:
+    """Random latents, image latents, prompt embeddings and ID tokens for ``shape``."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    frames = (shape.frames - 1) // 4 + 1
+    latent = (1, frames, config.out_channels, shape.height // 8, shape.width // 8)
+    text = (1, config.max_text_seq_length, config.text_embed_dim)
+
+    def draw(*size):
+        return torch.randn(size, generator=g, device=device, dtype=torch.float32).to(dtype)
+
+    return dict(latents=draw(*latent), image_latents=draw(*latent), prompt_embeds=draw(*text),
+                negative_embeds=draw(*text),
+                id_tokens=draw(shape.ids, config.ids.num_tokens, config.ids.token_dim))
+
+
+def timed_denoise(core, model, shape: RunShape, steps: int, device: torch.device, dtype: torch.dtype,
+                  cache=None) -> list[float]:
+    """Seconds of each step of ``sampling.denoise`` (dpm, the CogVideoX-5B-I2V schedule)."""
+    sampling = core("sampling")
+    schedule = core("testing.make_tiny").COGVIDEOX_I2V_SCHEDULER_CONFIG
+    inputs = run_inputs(model.config, shape, device, dtype)
+    scheduler = sampling.make_scheduler("dpm", schedule)
+    stamps: list[float] = []
+
+    def step(info) -> None:
+        _sync(device)
+        stamps.append(time.perf_counter())
+
+    _sync(device)
+    stamps.append(time.perf_counter())
+    with torch.no_grad():
+        latents = sampling.denoise(model, scheduler, inputs["latents"], inputs["image_latents"],
+                                   inputs["prompt_embeds"], inputs["negative_embeds"], inputs["id_tokens"],
+                                   steps=steps, cfg=shape.cfg, generator=torch.Generator(device=device).manual_seed(1),
+                                   callback=step, height=shape.height, width=shape.width, device=device,
+                                   dtype=dtype, cache=cache)
+    if not torch.isfinite(latents).all():
+        logger.warning("the random-weight run produced non-finite latents (timings are still valid)")
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def per_step(seconds: list[float]) -> float:
+    """Median seconds per step without the first (warm-up) step (all steps when there is one)."""
+    rest = sorted(seconds[1:] or seconds)
+    mid = len(rest) // 2
+    return rest[mid] if len(rest) % 2 else (rest[mid - 1] + rest[mid]) / 2
+
+
+def peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_bytes(device: torch.device) -> int | None:
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
