@@ -198,6 +198,22 @@ def test_clip_prompt_path_with_comfyuis_own_t5_tokenizers(tmp_path):
         assert found["end_token_kept"] and found["official_ids"], name
 
 
+def test_folder_t5_on_comfyuis_real_t5_gives_the_official_embeddings(tmp_path):
+    """Load Ingredients T5's path (host.native_t5) on ComfyUI's real T5 class and comfy.ops: in
+    float32 the embeddings equal transformers' T5EncoderModel's; fp16 and fp8 storage stay close."""
+    sys.path.insert(0, str(STUBS))
+    import tiny_models
+
+    sys.path.remove(str(STUBS))
+    folder = tiny_models.make_tiny_model_folder(tmp_path / "Ingredients")
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run([python, str(STUBS / "real_t5_check.py"), COMFYUI, str(harness.REPO), str(folder)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    assert errors["float32"] < 1e-5 and errors["float16"] < 1e-2 and errors["float8_e4m3fn"] < 0.2, errors
+
+
 def _pack_node_ids() -> set[str]:
     harness.load_pack(Path("/nonexistent"))
     try:
@@ -262,9 +278,9 @@ def test_example_workflow_runs_to_saved_frames(server, definitions, path):
 
 # ComfyUI's dtype flags: each must give a working run; the pack's log says what it did with them.
 DTYPE_FLAGS = {
-    "--fp8_e4m3fn-unet": "ComfyUI asks for float8_e4m3fn weight storage (--fp8_*-unet); fp8 storage is not used",
-    "--fp16-unet": "ComfyUI picks float16 storage computed in float32 here",  # --cpu computes in fp32
-    "--bf16-unet": "ComfyUI picks bfloat16 storage computed in float32 here",
+    "--fp8_e4m3fn-unet": "weights stored in float8_e4m3fn, computed in float32",  # --cpu computes in fp32
+    "--fp16-unet": "weights stored in float16, computed in float32",
+    "--bf16-unet": "weights stored in bfloat16, computed in float32",
 }
 
 
