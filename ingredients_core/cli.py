@@ -342,8 +342,9 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
     bundle = load_bundle(args.model, device=args.device, dtype=args.dtype, load_text=False, **memory)
     settings = settings_from_args(args, bundle.transformer.config)
     callback, close = progress_callback(settings.steps, args.quiet)
+    recorder = _recorder_if_evaluating(args)
     try:
-        result = generate(bundle, faces, prompt, negative, settings, callback)
+        result = generate(bundle, faces, prompt, negative, settings, callback, recorder=recorder)
     finally:
         close()
     write_mp4(result.frames, args.out, settings.fps)
@@ -357,8 +358,15 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
     if wants_evaluation(args):
         from .evaluate import evaluate_generated
 
-        evaluate_generated(args, faces, args.device)
+        evaluate_generated(args, faces, args.device, recorder)
     return EXIT_OK
+
+
+def _recorder_if_evaluating(args: argparse.Namespace):
+    """A routing recorder when ``--evaluate`` will check the video (swaps need the routing)."""
+    from .routing import RoutingRecorder
+
+    return RoutingRecorder() if wants_evaluation(args) else None
 
 
 def check_memory_options(memory: dict, device, dtype) -> None:

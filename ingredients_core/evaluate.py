@@ -212,15 +212,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_generated(args: argparse.Namespace, faces: Sequence, device_name: str) -> None:
-    """``generate --evaluate``: the check on the video ``generate`` just wrote, with its own faces."""
+def evaluate_generated(args: argparse.Namespace, faces: Sequence, device_name: str, recorder=None) -> None:
+    """``generate --evaluate``: the check on the video ``generate`` just wrote, with its own faces
+    and, from ``recorder`` (the run's ``RoutingRecorder``), the router's regions for swaps."""
     from .faces.identity import Reference, evaluate_sampled
+    from .faces.identity_scores import RoutingGrid
 
     face_dirs = [args.model / "face_encoder", *(args.face_models or [])]
     frames, indices, total = read_video(args.out, args.evaluate_frames)
     models = _load_models(face_dirs, device_name)
     names = [", ".join(p.name for p in photos) for photos in args.face]
     people = [Reference.from_features(face, name) for face, name in zip(faces, names)]
+    routing = None
+    if recorder is not None and recorder.last:
+        routing = RoutingGrid(recorder.maps("mean").float().numpy(), total)
     report = evaluate_sampled(frames, indices, total, people, models, threshold=args.evaluate_threshold,
-                              margin=DEFAULT_MARGIN)
+                              margin=DEFAULT_MARGIN, routing=routing)
     _write_outputs(report, names, args.out, args.evaluate_json)

@@ -402,11 +402,13 @@ def generate(
     settings: GenerationSettings | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     routing: RoutingOptions | None = None,
+    recorder=None,
 ) -> GenerationResult:
     """Generate one video of the given people (ID order = canvas slot order).
 
     ``callback`` is called after every sampling step; an exception raised in it (for example
-    :class:`ingredients_core.sampling.Interrupted`) stops the run and propagates.
+    :class:`ingredients_core.sampling.Interrupted`) stops the run and propagates. ``recorder`` (a
+    :class:`~ingredients_core.routing.RoutingRecorder`) receives what the router decided.
     """
     import torch
 
@@ -431,7 +433,8 @@ def generate(
     result = sample_video(
         bundle.transformer, bundle.vae, bundle.scheduler_config, [face.crop for face in faces], prompt_embeds,
         negative_embeds, id_tokens, settings, RunPlacement(device, dtype, device),
-        RunHooks(load=mover, step=callback), routing=_routing_options(routing, settings.local_face_scale))
+        RunHooks(load=mover, step=callback), routing=_routing_options(routing, settings.local_face_scale),
+        recorder=recorder)
     mover(VAE_STAGE)
     frames = decode(bundle.vae, result.latents, tiling=settings.vae_tiling, slicing=settings.vae_slicing)
     return GenerationResult(frames=frames, canvas=result.canvas, latents=result.latents, settings=settings,

@@ -123,6 +123,7 @@ def test_generate_evaluate_checks_the_video_it_wrote(tiny_dir, files, tmp_path, 
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert printed.index(f"Wrote {out}") < printed.index("Identity check: 9 of 9 frames")
+    assert "swaps: not checked" not in printed  # the run's own routing is used
     data = json.loads(report.read_text())
     assert data["video"] == str(out) and data["total_frames"] == 9 and len(data["arcface"]["people"]) == 2
 
