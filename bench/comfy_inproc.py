@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.machinery
 import importlib.util
 import logging
 import os
@@ -100,6 +101,9 @@ def stand_in_absent() -> list[str]:
             module = types.ModuleType(module_name)
             module.__getattr__ = _absent_attribute(name)  # type: ignore[attr-defined]
             module.__path__ = []  # a package, so its submodules import
+            # a spec, so availability probes (importlib.util.find_spec, as diffusers does) work; with
+            # no distribution metadata behind it, those probes still report the package missing
+            module.__spec__ = importlib.machinery.ModuleSpec(module_name, None, is_package=True)
             sys.modules[module_name] = module
             parent, _, child = module_name.rpartition(".")
             if parent:

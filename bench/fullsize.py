@@ -193,3 +193,31 @@ def peak_reset(device: torch.device) -> None:
 
 def peak_bytes(device: torch.device) -> int | None:
     return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+def teacache_figures(cache, seconds: list[float]) -> dict:
+    """Skipped evaluations and step times of a TeaCache run; ``speedup``: a computed step's time
+    over the mean step time (all after the warm-up step), within this one run."""
+    later = list(enumerate(seconds))[1:] or list(enumerate(seconds))
+    computed = [s for i, s in later if i not in cache.skipped_steps]
+    skipped = [s for i, s in later if i in cache.skipped_steps]
+    mean = sum(s for _, s in later) / len(later)
+    computed_s = per_step([0.0, *computed]) if computed else None
+    return dict(threshold=cache.threshold, steps=cache.steps, skipped=cache.skipped, computed=cache.evaluations,
+                skipped_steps=cache.skipped_steps, mean_step_s=mean, computed_step_s=computed_s,
+                skipped_step_s=per_step([0.0, *skipped]) if skipped else None,
+                speedup=computed_s / mean if computed_s else None)
+
+
+class SageFallbacks(logging.Handler):
+    """Counts ComfyUI's "Error running sage attention ... using pytorch attention instead"."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.count, self.first = 0, None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "sage attention" in message:
+            self.count += 1
+            self.first = self.first or " ".join(message.split())[:200]

@@ -53,6 +53,10 @@ ITEMS = {
     "sage_bf16": ("bf16", ["--use-sage-attention"], None, 0.0),
     "teacache_bf16": ("bf16", [], None, 0.15),
 }
+#: Top-level modules the checks import (listed when missing, before anything runs).
+NEEDED = ["diffusers", "transformers", "safetensors", "einops", "psutil", "PIL", "torchvision", "av", "facexlib",
+          "insightface", "onnxruntime", "onnx", "skimage", "consisid_eva_clip", "cv2", "scipy", "sageattention",
+          "triton", "yaml"]
 SMOKE_SHARE = {12: 0.5, 8: 0.25}  # --smoke: the partial loads keep these shares of the tiny weights
 TINY = dict(width=96, height=64, frames=9)
 CHAIN_TIMEOUT, ITEM_TIMEOUT = 150, 170
@@ -63,7 +67,7 @@ GiB = fullsize.GiB
 def setup(args, flags: list[str]) -> dict:
     """Bundle, stand-ins, ComfyUI with ``flags``, the pack: what every worker starts with."""
     started = time.perf_counter()
-    bundle = inproc.use_bundle(args.bundle)
+    bundle = inproc.use_bundle(args.bundle)  # again (done before a sage check): no work the second time
     absent = inproc.stand_in_absent()
     path = inproc.resolve_comfyui(args.comfyui, bundle["comfyui"])
     if path is None:
@@ -144,25 +148,12 @@ def _sage_ready() -> str | None:
     return None
 
 
-class _SageFallbacks(logging.Handler):
-    """Counts ComfyUI's "Error running sage attention ... using pytorch attention instead"."""
-
-    def __init__(self):
-        super().__init__(logging.ERROR)
-        self.count, self.first = 0, None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "sage attention" in message:
-            self.count += 1
-            self.first = self.first or " ".join(message.split())[:200]
-
-
 def item_worker(args, name: str) -> dict:
     """(b): one full-size (or, with ``--smoke``, tiny) transformer run, see :data:`ITEMS`."""
     import torch
 
     storage_name, flags, card, teacache = ITEMS[name]
+    inproc.use_bundle(args.bundle)
     if "--use-sage-attention" in flags and (why := _sage_ready()) is not None:
         return dict(ok=False, error=f"sageattention does not import: {why}")
     env = setup(args, flags + (["--cpu"] if args.cpu_only else []))
@@ -170,7 +161,7 @@ def item_worker(args, name: str) -> dict:
     device, offload = host.devices("diffusion")
     if name.startswith("sage") and device.type != "cuda":
         return dict(ok=None, error="sageattention imports; its kernels need CUDA: not run")
-    fallbacks = _SageFallbacks()
+    fallbacks = fullsize.SageFallbacks()
     logging.getLogger().addHandler(fallbacks)
     compute, storage = torch.bfloat16, fullsize.dtype_of(storage_name)
     config = fullsize.smoke_config(core) if args.smoke else core("config").TransformerConfig()
@@ -206,23 +197,9 @@ def item_worker(args, name: str) -> dict:
                   model_bytes=patcher.model_size(), attention=attention.optimized_attention.__name__,
                   sage_fallbacks=fallbacks.count)
     if cache is not None:
-        result["teacache"] = teacache_figures(cache, seconds)
+        result["teacache"] = fullsize.teacache_figures(cache, seconds)
         result["s_per_step"] = result["teacache"]["mean_step_s"]
     return result
-
-
-def teacache_figures(cache, seconds: list[float]) -> dict:
-    """Skipped evaluations and step times of a TeaCache run; ``speedup``: a computed step's time
-    over the mean step time (all after the warm-up step), within this one run."""
-    later = list(enumerate(seconds))[1:] or list(enumerate(seconds))
-    computed = [s for i, s in later if i not in cache.skipped_steps]
-    skipped = [s for i, s in later if i in cache.skipped_steps]
-    mean = sum(s for _, s in later) / len(later)
-    computed_s = fullsize.per_step([0.0, *computed]) if computed else None
-    return dict(threshold=cache.threshold, steps=cache.steps, skipped=cache.skipped, computed=cache.evaluations,
-                skipped_steps=cache.skipped_steps, mean_step_s=mean, computed_step_s=computed_s,
-                skipped_step_s=fullsize.per_step([0.0, *skipped]) if skipped else None,
-                speedup=computed_s / mean if computed_s else None)
 
 
 def worker(args) -> int:
@@ -347,10 +324,7 @@ def environment(args) -> dict:
                 device=torch.cuda.get_device_name(0) if cuda else "cpu",
                 device_memory=torch.cuda.get_device_properties(0).total_memory if cuda else None,
                 bundle_site=bundle["site"], comfyui=str(inproc.resolve_comfyui(args.comfyui, bundle["comfyui"])),
-                missing=inproc.missing_modules(["diffusers", "transformers", "safetensors", "einops", "psutil", "PIL",
-                                                "torchvision", "av", "facexlib", "insightface", "onnxruntime", "onnx",
-                                                "skimage", "consisid_eva_clip", "cv2", "scipy", "sageattention",
-                                                "triton", "yaml"]))
+                missing=inproc.missing_modules(NEEDED))
     return info
 
 
@@ -379,7 +353,10 @@ def main(argv=None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     sys.stdout.write(f"python {info['python']}, torch {info['torch']} (CUDA build {info['cuda_build']}), "
                      f"device {info['device']}, ComfyUI {info['comfyui']}, logs in {log_dir}\n")
-    sys.stdout.write(f"bundle site: {info['bundle_site']}; not importable: {', '.join(info['missing']) or 'none'}\n")
+    stand_in = [name for name in info["missing"] if name in inproc.ABSENT_OK]
+    sys.stdout.write(f"bundle site: {info['bundle_site']}; not importable: {', '.join(info['missing']) or 'none'}"
+                     + (f" ({', '.join(stand_in)}: a stand-in module replaces it, unused here)" if stand_in else "")
+                     + "\n")
     if not info["cuda"]:
         sys.stdout.write("CUDA: absent (torch.cuda.is_available() is False): CPU dry run, chain in ComfyUI's --cpu mode\n")
     sys.stdout.write(header())
@@ -402,7 +379,8 @@ def main(argv=None) -> int:
                 line(job, result)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
-    sys.stdout.write(f"{len(checks) - len(failed)} passed, {len(failed)} failed\n")
+    passed, skipped = (sum(r.get("ok") is want for r in checks) for want in (True, None))
+    sys.stdout.write(f"{passed} passed, {len(failed)} failed, {skipped} skipped\n")
     return 1 if failed else 0
 
 
