@@ -70,12 +70,12 @@ def weight_budget(card_bytes: int, activation: int, reserve: int) -> int:
 
 
 def load_models_gpu_budget(mm, free_bytes: int, minimum_memory_required: int) -> int:
-    """``lowvram_model_memory`` of ComfyUI's ``load_models_gpu`` (NORMAL/LOW_VRAM on an NVIDIA GPU,
-    where its MIN_WEIGHT_MEMORY_RATIO is 0) for ``free_bytes`` of free VRAM and the
-    ``minimum_memory_required`` a caller passes (``host.load_for_run`` passes one CFG half plus
-    ``minimum_inference_memory()``; ComfyUI adds its extra reserve)."""
+    """``lowvram_model_memory`` of ComfyUI's ``load_models_gpu`` (0.3.64 and 0.33.0, NORMAL/LOW_VRAM on
+    an NVIDIA GPU, where MIN_WEIGHT_MEMORY_RATIO is 0; nothing else loaded) for ``free_bytes`` of free
+    VRAM and the ``minimum_memory_required`` a caller passes (``host.load_for_run`` passes one CFG
+    half plus ``minimum_inference_memory()``; ComfyUI adds its extra reserve)."""
     minimum = max(mm.minimum_inference_memory(), minimum_memory_required + mm.extra_reserved_memory())
-    return int(max(128 * MiB, free_bytes - minimum))
+    return int(max(0, free_bytes - minimum))
 
 
 # -- the model ---------------------------------------------------------------------------------------
