@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .evaluate import add_evaluate_parser, add_generate_options, check_json_path, wants_evaluation
+from .offload import add_memory_options, check_memory_options
 from .pipeline import DTYPE_NAMES, GenerationSettings
 
 if TYPE_CHECKING:
@@ -143,27 +144,8 @@ def _add_generate(commands) -> None:
     gen.add_argument("--save-canvas", type=Path, default=None, metavar="PNG",
                      help="also write the face canvas (the first-frame condition) as a PNG")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_memory_options(gen)
+    add_memory_options(gen)
     add_generate_options(gen)
-
-
-def _add_memory_options(gen) -> None:
-    """Weight storage, offloading, attention kernel and step cache (see ingredients_core.offload)."""
-    from .offload import ATTENTION_NAMES, CLI_WEIGHT_DTYPES, OFFLOAD_MODES
-
-    gen.add_argument("--weight-dtype", choices=CLI_WEIGHT_DTYPES, default="default",
-                     help="storage of the transformer's large weights: default (the compute dtype) or fp8 "
-                          "(half the memory of bf16, computed in --dtype; e4m3fn is the more precise)")
-    gen.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
-                     help="none: every model on the device; model: each model on the device only for its "
-                          "stage; blocks: also stream the transformer and T5 layer by layer from CPU RAM with "
-                          "prefetch (least GPU memory, slower)")
-    gen.add_argument("--attention", choices=ATTENTION_NAMES, default="sdpa",
-                     help="attention kernel: sdpa (torch) or sage (needs the sageattention package, CUDA)")
-    gen.add_argument("--teacache", type=_non_negative_float, default=0.0, metavar="T",
-                     help="TeaCache threshold: skip transformer evaluations that change little (0 = off, the "
-                          "default; 0.10 to 0.20 are the published CogVideoX-5B settings, about 1.6x to 2.7x "
-                          "faster; quality at each threshold was not measured here)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,14 +349,6 @@ def _recorder_if_evaluating(args: argparse.Namespace):
     from .routing import RoutingRecorder
 
     return RoutingRecorder() if wants_evaluation(args) else None
-
-
-def check_memory_options(memory: dict, device, dtype) -> None:
-    """Refuse memory options this machine cannot honour before any model loads."""
-    from .offload import resolve_attention, resolve_weight_dtype
-
-    resolve_weight_dtype(memory["weight_dtype"])
-    resolve_attention(memory["attention"], device, dtype)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -126,3 +126,26 @@ def prepare_transformer(transformer, storage: Optional[torch.dtype], compute: to
         logger.info("transformer: %d layers stored in %s, computed in %s", count, storage, compute)
     if offload == "blocks":
         stream_layers(transformer, device)
+
+
+def add_memory_options(gen) -> None:
+    """The CLI options for weight storage, offloading, attention kernel and step cache."""
+    gen.add_argument("--weight-dtype", choices=CLI_WEIGHT_DTYPES, default="default",
+                     help="storage of the transformer's large weights: default (the compute dtype) or fp8 "
+                          "(half the memory of bf16, computed in --dtype; e4m3fn is the more precise)")
+    gen.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
+                     help="none: every model on the device; model: each model on the device only for its "
+                          "stage; blocks: also stream the transformer and T5 layer by layer from CPU RAM with "
+                          "prefetch (least GPU memory, slower)")
+    gen.add_argument("--attention", choices=ATTENTION_NAMES, default="sdpa",
+                     help="attention kernel: sdpa (torch) or sage (needs the sageattention package, CUDA)")
+    gen.add_argument("--teacache", type=float, default=0.0, metavar="T",
+                     help="TeaCache threshold: skip transformer evaluations that change little (0 = off, the "
+                          "default; 0.10 to 0.20 are the published CogVideoX-5B settings, about 1.6x to 2.7x "
+                          "faster; quality at each threshold was not measured here)")
+
+
+def check_memory_options(memory: dict, device, dtype) -> None:
+    """Refuse memory options this machine cannot honour before any model loads."""
+    resolve_weight_dtype(memory["weight_dtype"])
+    resolve_attention(memory["attention"], device, dtype)

@@ -17,7 +17,16 @@ import torch
 from torch import nn
 
 from ..config import TransformerConfig
-from .layers import TORCH_OPS, AttentionFn, FeedForward, LayerNormZero, apply_rotary, cast_like, sdpa_attention, split_heads
+from .layers import (
+    TORCH_OPS,
+    AttentionFn,
+    FeedForward,
+    LayerNormZero,
+    apply_rotary,
+    cast_like,
+    sdpa_attention,
+    split_heads,
+)
 
 
 class PatchEmbed(nn.Module):
