@@ -235,12 +235,14 @@ def main(argv=None) -> int:
                                                                           / "shared")) / "golden",
                         help="the golden folder (default ../shared/golden)")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
-    parser.add_argument("--bundle", type=Path, help="GPU bundle for the CUDA runs (see gpu_check.py)")
+    parser.add_argument("--bundle", type=Path, help="the GPU bundle (bench/.gpu, see gpu_check.py): its wheels "
+                                                   "and, without COMFYUI_PATH, its ComfyUI copy")
     parser.add_argument("--steps", type=int, default=4, help="steps per CUDA run, the first a warm-up (4)")
     parser.add_argument("--time-limit", type=float, default=420, help="seconds for the CUDA runs (420)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    comfyui = inproc.resolve_comfyui(None, None)
+    bundle = inproc.use_bundle(args.bundle)  # the GPU machine: wheels and ComfyUI from the bundle
+    comfyui = inproc.resolve_comfyui(None, bundle["comfyui"])
     env = Host(comfyui)
     record: dict = {"path": env.label}
     sys.stdout.write(f"bench_memory: {env.label}" + (f" ({comfyui})" if comfyui else

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
@@ -35,7 +36,7 @@ DEFAULT_SITE = Path(os.environ.get("INGREDIENTS_BUNDLE_SITE", "/tmp/ingredients-
 #: Packages ComfyUI imports at start that this check never uses: a stand-in module is put in
 #: their place when they are missing (the GPU machine has no ``av``; its 36 MB wheel does not fit
 #: the 64 MiB that travel). Every use of a stand-in raises.
-ABSENT_OK = {"av": ("av.container", "av.subtitles", "av.subtitles.stream")}
+ABSENT_OK = ("av",)
 
 
 # -- the bundle --------------------------------------------------------------------------------------
@@ -92,35 +93,62 @@ def use_bundle(bundle: Path | None, site: Path = DEFAULT_SITE) -> dict:
 
 
 def stand_in_absent() -> list[str]:
-    """Stand-in modules for the packages of :data:`ABSENT_OK` that are not installed."""
-    placed = []
-    for name, submodules in ABSENT_OK.items():
-        if importlib.util.find_spec(name) is not None:
-            continue
-        for module_name in (name, *submodules):
-            module = types.ModuleType(module_name)
-            module.__getattr__ = _absent_attribute(name)  # type: ignore[attr-defined]
-            module.__path__ = []  # a package, so its submodules import
-            # a spec, so availability probes (importlib.util.find_spec, as diffusers does) work; with
-            # no distribution metadata behind it, those probes still report the package missing
-            module.__spec__ = importlib.machinery.ModuleSpec(module_name, None, is_package=True)
-            sys.modules[module_name] = module
-            parent, _, child = module_name.rpartition(".")
-            if parent:
-                setattr(sys.modules[parent], child, module)
-        placed.append(name)
+    """Stand-in modules for the packages of :data:`ABSENT_OK` that are not installed: a finder
+    at the end of ``sys.meta_path`` serves the package and any submodule of it (``av.container``,
+    ``av.video.frame``, ...). Availability probes still see the package as missing: there is no
+    distribution metadata behind it (diffusers checks ``importlib.metadata.version``)."""
+    placed = [name for name in ABSENT_OK if importlib.util.find_spec(name) is None]
+    if placed and not any(isinstance(f, _StandInFinder) for f in sys.meta_path):
+        sys.meta_path.append(_StandInFinder(placed))
     return placed
 
 
+class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self, packages: list[str]):
+        self.packages = tuple(packages)
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.packages:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__getattr__ = _absent_attribute(spec.name)  # type: ignore[attr-defined]
+        return module
+
+    def exec_module(self, module) -> None:
+        module.__path__ = []
+
+
+class _Absent(type):
+    """The type of stand-in names: any attribute is another stand-in (``av.video.reformatter.
+    ColorTrc.BT709`` as a dict key at import), any call raises."""
+
+    def __getattr__(cls, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _absent(f"{cls.__name__}.{attr}")
+
+    def __call__(cls, *args, **kwargs):
+        raise RuntimeError(f"{cls.__name__} is unusable: its package is not installed here (stand-in module)")
+
+
+_ABSENT_NAMES: dict[str, type] = {}
+
+
+def _absent(name: str) -> type:
+    if name not in _ABSENT_NAMES:
+        _ABSENT_NAMES[name] = _Absent(name, (), {})
+    return _ABSENT_NAMES[name]
+
+
 def _absent_attribute(package: str):
+    """A module ``__getattr__`` giving stand-in names."""
     def attribute(attr: str):
         if attr.startswith("__"):
             raise AttributeError(attr)
-
-        def unusable(*args, **kwargs):
-            raise RuntimeError(f"{package} is not installed here (stand-in module): {package}.{attr} is unusable")
-
-        return type(attr, (), {"__new__": unusable})
+        return _absent(f"{package}.{attr}")
 
     return attribute
 

@@ -50,11 +50,16 @@ PACK_LAZY = ("diffusers", "facexlib", "insightface", "onnx", "ml_dtypes", "proto
 #: machine's own site-packages, so they are used only when the machine lacks them.
 FALLBACKS = ("torchvision", "pillow")
 #: Imported by ComfyUI but not brought: av (36 MB; gpu_check puts a stand-in in its place, ComfyUI's
-#: video I/O is never used), comfy-kitchen (58 MB; optional in ComfyUI 0.33), torchaudio (optional).
-LEFT_OUT = ("av", "comfy-kitchen", "torchaudio")
+#: video I/O is never used); module -> distribution of those brought only where ComfyUI imports them
+#: outside a ``try`` (comfy_kitchen: a 58 MB wheel, optional in some versions; torchaudio: optional).
+STAND_IN = ("av",)
+OPTIONAL = {"comfy_kitchen": "comfy-kitchen", "torchaudio": "torchaudio"}
+#: CUDA libraries: the GPU machine's torch brings its own (some through extras of cuda-toolkit).
+CUDA_PREFIXES = ("nvidia-", "cuda-")
 #: Versions that do not come from this environment: sageattention 1.0.6 (the pure-Triton release, not
 #: installed here) and the torchvision built for the GPU machine's torch 2.11 (INGREDIENTS_GPU_TORCHVISION).
-PINS = {"sageattention": "1.0.6", "torchvision": os.environ.get("INGREDIENTS_GPU_TORCHVISION", "0.26.0")}
+PINS = {"sageattention": "1.0.6", "torchvision": os.environ.get("INGREDIENTS_GPU_TORCHVISION", "0.26.0"),
+        "torchaudio": os.environ.get("INGREDIENTS_GPU_TORCHAUDIO", "2.11.0")}
 ROOT_MODULES = ("comfy.model_management", "comfy.model_patcher", "comfy.ops", "comfy.utils", "comfy.latent_formats",
                 "comfy.ldm.modules.attention", "folder_paths", "latent_preview", "comfy_api.latest")
 
@@ -83,14 +88,17 @@ def traced_files(comfyui: Path) -> tuple[set[Path], set[str]]:
     return files, third
 
 
-def _imported_names(file: Path, root: Path) -> list[str]:
-    """Every module name ``file`` imports anywhere (absolute; relative imports resolved)."""
-    package = list(file.relative_to(root).with_suffix("").parts[:-1])
+def _imported_names(file: Path, root: Path | None) -> list[str]:
+    """Every module name ``file`` imports anywhere (absolute; relative imports resolved against
+    ``root``, skipped without one)."""
+    package = list(file.relative_to(root).with_suffix("").parts[:-1]) if root else []
     names = []
     for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"), str(file))):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
+            if node.level and root is None:
+                continue
             base = package[:len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
             names += [module] + [f"{module}.{alias.name}" for alias in node.names]
@@ -124,6 +132,20 @@ def import_closure(start: set[Path], root: Path) -> set[Path]:
     return seen
 
 
+def hard_imports(files: set[Path], root: Path, modules: set[str]) -> dict[str, str]:
+    """{module: "file:line"} for ``modules`` some file imports at module level outside ``try``."""
+    found: dict[str, str] = {}
+    for file in sorted(files):
+        for node in ast.parse(file.read_text(encoding="utf-8")).body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in modules and top not in found:
+                    found[top] = f"{file.relative_to(root)}:{node.lineno}"
+    return found
+
+
 def distributions_of(modules: set[str]) -> dict[str, str]:
     """{distribution: version} installed here for top-level module names."""
     owners = metadata.packages_distributions()
@@ -134,10 +156,18 @@ def distributions_of(modules: set[str]) -> dict[str, str]:
     return found
 
 
+def pack_imports(comfyui: Path) -> set[Path]:
+    """ComfyUI files the pack's node modules import anywhere (``nodes/host.py`` imports some
+    inside functions, e.g. ``comfy.text_encoders.t5``)."""
+    names = [name for file in sorted((REPO / "nodes").glob("*.py")) for name in _imported_names(file, None)]
+    return {found for name in names if (found := _module_file(name, comfyui))}
+
+
 def comfy_files(args) -> int:
     comfyui, dest = Path(args.comfyui).resolve(), Path(args.dest)
     loaded, third = traced_files(comfyui)
-    files = import_closure(loaded, comfyui) | {p.resolve() for p in [comfyui / "comfyui_version.py"] if p.is_file()}
+    files = import_closure(loaded | pack_imports(comfyui), comfyui)
+    files |= {p.resolve() for p in [comfyui / "comfyui_version.py"] if p.is_file()}
     if dest.exists():
         shutil.rmtree(dest)
     for file in sorted(files):
@@ -145,7 +175,13 @@ def comfy_files(args) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(file, target)
     requirements = distributions_of(third)
+    needed = hard_imports(loaded, comfyui, set(OPTIONAL) & third)
+    for module, dist in OPTIONAL.items():
+        if dist in requirements and module not in needed:
+            del requirements[dist]
     (dest / "requirements.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(requirements.items())))
+    for module, where in sorted(needed.items()):
+        sys.stdout.write(f"{module} ({OPTIONAL[module]}) is required at import by {where}: it must travel\n")
     size = sum(f.stat().st_size for f in files)
     sys.stdout.write(f"ComfyUI {inproc.comfyui_version(comfyui)} from {comfyui}: {len(loaded)} files loaded at import, "
                      f"{len(files)} with what they import, {size / 2**20:.2f} MiB copied to {dest}\n"
@@ -186,6 +222,7 @@ def machine_closure(names=MACHINE) -> set[str]:
 def requirements(args) -> int:
     comfy = Path(args.comfyui_files) / "requirements.txt"
     wanted = dict(line.strip().split("==") for line in comfy.read_text().splitlines() if "==" in line)
+    wanted.update({name: PINS[name] for name in wanted if name in PINS})  # built for the GPU machine's torch
     for name in PACK_LAZY + FALLBACKS:
         try:
             wanted[_norm(name)] = PINS.get(name) or metadata.version(name)
@@ -193,7 +230,7 @@ def requirements(args) -> int:
             raise SystemExit(f"{name} is not installed here and has no pin in PINS: install it or pin it") from None
     machine = machine_closure() - {_norm(n) for n in FALLBACKS}
     for name, version in sorted(wanted.items()):
-        if name not in machine and name not in {_norm(n) for n in LEFT_OUT}:
+        if name not in machine and name not in STAND_IN and not name.startswith(CUDA_PREFIXES):
             sys.stdout.write(f"{name}=={version}\n")
     return 0
 
@@ -211,10 +248,14 @@ def size(args) -> int:
     bundle = Path(args.bundle)
     parts = {sub.name: sum(p.stat().st_size for p in sub.rglob("*") if p.is_file())
              for sub in sorted(bundle.iterdir()) if sub.is_dir()}
+    parts["logs and lists"] = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
     total = tree + sum(parts.values())
     listing = ", ".join(f"{name} {value / 2**20:.2f} MiB" for name, value in parts.items())
     sys.stdout.write(f"working tree {tree / 2**20:.2f} MiB + bundle ({listing}) = {total / 2**20:.2f} MiB "
                      f"of {LIMIT / 2**20:.0f} MiB: {'fits' if total <= LIMIT else 'TOO LARGE'}\n")
+    if total > LIMIT:
+        largest = sorted((p.stat().st_size, p.name) for p in (bundle / "wheels").glob("*.whl"))[-3:]
+        sys.stdout.write("largest wheels: " + ", ".join(f"{n} {b / 2**20:.1f} MiB" for b, n in reversed(largest)) + "\n")
     return 0 if total <= LIMIT else 1
 
 
@@ -226,7 +267,9 @@ def emulate_machine(args) -> int:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     linked = []
-    for name in sorted(machine_closure()):
+    cuda = {_norm(d.metadata["Name"]) for d in metadata.distributions()
+            if _norm(d.metadata["Name"]).startswith(CUDA_PREFIXES)}  # torch's CUDA libraries
+    for name in sorted(machine_closure() | cuda):
         dist = metadata.distribution(name)
         tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
         for top in tops:
