@@ -289,6 +289,9 @@ def _note(result: dict) -> str:
                      f"{result.get('vram_state', '')}")
     if result.get("budget") is not None:
         notes.append(f"budget {_gib(result['budget']).strip()}")
+    if result.get("card_gib") and isinstance(result.get("peak_vram"), int):
+        under = result["peak_vram"] < result["card_gib"] * GiB
+        notes.append(f"peak {'under' if under else 'OVER'} {result['card_gib']} GiB (CUDA context not counted)")
     if result.get("attention"):
         notes.append(result["attention"])
     if result.get("teacache"):
