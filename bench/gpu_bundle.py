@@ -52,7 +52,7 @@ FALLBACKS = ("torchvision", "pillow")
 #: Imported by ComfyUI but not brought: av (36 MB; gpu_check puts a stand-in in its place, ComfyUI's
 #: video I/O is never used); module -> distribution of those brought only where ComfyUI imports them
 #: outside a ``try`` (comfy_kitchen: a 58 MB wheel, optional in some versions; torchaudio: optional).
-STAND_IN = ("av",)
+STAND_IN = inproc.ABSENT_OK
 OPTIONAL = {"comfy_kitchen": "comfy-kitchen", "torchaudio": "torchaudio"}
 #: CUDA libraries: the GPU machine's torch brings its own (some through extras of cuda-toolkit).
 CUDA_PREFIXES = ("nvidia-", "cuda-")

@@ -16,7 +16,9 @@
 # gpu_check unzips the wheels itself into /tmp/ingredients-gpu-site (INGREDIENTS_BUNDLE_SITE) and
 # appends that folder to sys.path after the machine's site-packages; with pip there, the same is
 #   pip install --no-index --no-deps --target /tmp/ingredients-gpu-site bench/.gpu/wheels/*.whl
-# The last line printed here is the total that travels (working tree + bundle), which must be <= 64 MiB.
+# The last line printed here is the total that travels (working tree + bundle), which must be <= 64 MiB
+# (exit status 1 above it). ComfyUI 0.3.64 gives about 49 MiB; 0.33.0 imports comfy_kitchen (a 56 MiB
+# wheel) and torchaudio at start and does not fit: use a 0.3.x ComfyUI for the GPU check.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --python-version) PYVER="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
