@@ -17,13 +17,16 @@ Nothing heavy happens at import of this module.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import types
 import zipfile
 from pathlib import Path
@@ -179,7 +182,8 @@ def start_comfyui(path: Path, flags: list[str]):
     """Import ComfyUI from ``path`` with its command-line ``flags``; returns ``comfy.model_management``.
 
     Flags are parsed by ComfyUI's own parser (``comfy.options.enable_args_parsing`` with a
-    temporary ``sys.argv``), exactly as ``main.py`` does, before anything reads them.
+    temporary ``sys.argv``), exactly as ``main.py`` does, before anything reads them. Without a
+    ``--base-directory`` a fresh temporary one is added (previews go to its temp/).
     """
     if "comfy" in sys.modules:
         raise RuntimeError("ComfyUI is already imported in this process; its flags are read once, at import")
@@ -192,6 +196,8 @@ def start_comfyui(path: Path, flags: list[str]):
     import comfy.options
 
     comfy.options.enable_args_parsing()
+    if "--base-directory" not in flags:  # ComfyUI writes temp/ and output/ below it: never into its tree
+        flags = [*flags, "--base-directory", scratch_dir("ingredients-comfy-base-")]
     argv, sys.argv = sys.argv, ["main.py", *flags]
     try:
         import comfy.cli_args  # noqa: F401  (parses the flags)
@@ -200,6 +206,13 @@ def start_comfyui(path: Path, flags: list[str]):
     import comfy.model_management as mm
 
     return mm
+
+
+def scratch_dir(prefix: str) -> str:
+    """A temporary folder removed when the process ends."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def comfyui_version(path: Path) -> str:

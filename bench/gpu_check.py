@@ -102,7 +102,7 @@ def chain_worker(args, mode: str) -> dict:
     import folder_paths
 
     tiny = inproc.tiny_models()
-    root = Path(tempfile.mkdtemp(prefix="ingredients-gpu-check-"))
+    root = Path(inproc.scratch_dir("ingredients-gpu-check-"))
     tiny.make_tiny_model_folder(root / "ingredients" / "Ingredients")
     folder_paths.add_model_folder_path("ingredients", str(root / "ingredients"))
     device = mm.get_torch_device()
