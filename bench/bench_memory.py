@@ -44,7 +44,7 @@ GiB, MiB = fullsize.GiB, fullsize.MiB
 #: mode -> (storage dtype, compute dtype, share of the weights a partial load keeps or None)
 GOLDEN_MODES = {"default (bf16)": ("bf16", "bf16", None), "fp8_e4m3fn": ("fp8_e4m3fn", "bf16", None),
                 "fp8_e5m2": ("fp8_e5m2", "bf16", None), "partial half (bf16)": ("bf16", "bf16", 0.5)}
-CARDS_GIB = (12, 8)
+CARDS_GIB = (24, 16, 12, 8)
 CUDA_ITEMS = ("bf16", "fp8", "fp8_12gb", "fp8_8gb", "sage_bf16")
 
 
@@ -195,7 +195,7 @@ def meta_section(env: Host, record: dict) -> None:
                 emit("fullsize", mode, "needs COMFYUI_PATH", "ComfyUI's ModelPatcher.load", record)
                 continue
             budget = fullsize.weight_budget(card * GiB, act, reserve)
-            grant = fullsize.load_models_gpu_budget(env.mm, card * GiB, half + reserve)
+            grant = fullsize.load_models_gpu_budget(env.mm, card * GiB, act + reserve)
             model = fullsize.build_on_meta(env.core, config, env.layers(storage, torch.bfloat16), storage,
                                            torch.bfloat16)
             patcher, _ = env.host.manage_transformer(model)
@@ -204,8 +204,8 @@ def meta_section(env: Host, record: dict) -> None:
             emit("fullsize", mode, f"resident {_size(patcher.loaded_size()):>12s} of {_size(patcher.model_size())}, "
                  f"budget {_size(budget)}",
                  f"{env.label}: ModelPatcher.load(lowvram_model_memory = card - CFG activations - "
-                 f"minimum_inference_memory() {_size(reserve)}); load_models_gpu with the pack's one-half minimum "
-                 f"would grant {_size(grant)}", record, resident=patcher.loaded_size(), budget=budget,
+                 f"minimum_inference_memory() {_size(reserve)}); load_models_gpu with the sampler's minimum "
+                 f"(both CFG halves) grants {_size(grant)}", record, resident=patcher.loaded_size(), budget=budget,
                  load_models_gpu_grant=grant)
 
 

@@ -187,8 +187,9 @@ def load(*patchers, memory_required: int = 0) -> None:
 def load_for_run(patcher, memory_required: int, minimum_memory_required: int) -> None:
     """Let ComfyUI load as much of the model as fits beside a run's activations and stream the
     rest (``--lowvram``, ``--novram``, ``--reserve-vram`` apply), as its own sampler does:
-    ``memory_required`` for the run as asked (e.g. both CFG halves), ``minimum_memory_required``
-    for the smallest run that works (one half), each plus ComfyUI's inference reserve."""
+    ``memory_required`` for the run as asked, ``minimum_memory_required`` for the smallest run
+    that works (the sampler's loop batches both CFG halves, so for it the two are the same), each
+    plus ComfyUI's inference reserve."""
     mm = comfy.model_management
     reserve = mm.minimum_inference_memory()
     mm.load_models_gpu([patcher], memory_required=memory_required + reserve,

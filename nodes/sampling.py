@@ -85,19 +85,17 @@ def _noise_device(model_device: torch.device, vae_device: torch.device) -> torch
     return model_device if model_device == vae_device else torch.device("cpu")
 
 
-def _activation_estimates(model: IngredientsModel, routed: IngredientsRoutedIDs, settings,
-                          dtype: torch.dtype) -> tuple[int, int]:
-    """Activation bytes of one forward as the run makes it (both CFG halves) and the smallest
-    (one half), for ComfyUI to decide how much of the transformer stays on the GPU."""
+def _activation_bytes(model: IngredientsModel, routed: IngredientsRoutedIDs, settings, dtype: torch.dtype) -> int:
+    """Activation bytes of one transformer forward as the run makes it, for ComfyUI to decide how much
+    of the transformer stays on the GPU. Both CFG halves go through one forward (the loop cannot
+    split them as ComfyUI's own sampler can), so that is also the smallest run that works."""
     from ..ingredients_core.memory import forward_size, transformer_activation_bytes
     from ..ingredients_core.vae import latent_frame_count
 
-    config = model.transformer.config
-    size = lambda batch: forward_size(config, batch, latent_frame_count(settings.frames),  # noqa: E731
-                                      settings.height // 8, settings.width // 8, len(routed.tokens.ids))
-    element = torch.finfo(dtype).bits // 8
     batch = 2 if settings.cfg > 1.0 else 1
-    return transformer_activation_bytes(size(batch), element), transformer_activation_bytes(size(1), element)
+    size = forward_size(model.transformer.config, batch, latent_frame_count(settings.frames), settings.height // 8,
+                        settings.width // 8, len(routed.tokens.ids))
+    return transformer_activation_bytes(size, torch.finfo(dtype).bits // 8)
 
 
 def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: IngredientsRoutedIDs,
@@ -119,7 +117,8 @@ def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: Ingr
 
     def load(stage: str) -> None:
         if stage == TRANSFORMER_STAGE:
-            host.load_for_run(model.patcher, *_activation_estimates(model, routed, settings, placement.dtype))
+            needed = _activation_bytes(model, routed, settings, placement.dtype)
+            host.load_for_run(model.patcher, needed, needed)
         else:
             host.load(vae.patcher)
 
