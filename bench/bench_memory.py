@@ -194,8 +194,7 @@ def meta_section(env: Host, record: dict) -> None:
             if env.host is None:
                 emit("fullsize", mode, "needs COMFYUI_PATH", "ComfyUI's ModelPatcher.load", record)
                 continue
-            budget = fullsize.weight_budget(card * GiB, act, reserve)
-            grant = fullsize.load_models_gpu_budget(env.mm, card * GiB, act + reserve)
+            budget = fullsize.load_models_gpu_budget(env.mm, card * GiB, act)
             model = fullsize.build_on_meta(env.core, config, env.layers(storage, torch.bfloat16), storage,
                                            torch.bfloat16)
             patcher, _ = env.host.manage_transformer(model)
@@ -203,10 +202,9 @@ def meta_section(env: Host, record: dict) -> None:
                 patcher.load(torch.device("meta"), lowvram_model_memory=budget)
             emit("fullsize", mode, f"resident {_size(patcher.loaded_size()):>12s} of {_size(patcher.model_size())}, "
                  f"budget {_size(budget)}",
-                 f"{env.label}: ModelPatcher.load(lowvram_model_memory = card - CFG activations - "
-                 f"minimum_inference_memory() {_size(reserve)}); load_models_gpu with the sampler's minimum "
-                 f"(both CFG halves) grants {_size(grant)}", record, resident=patcher.loaded_size(), budget=budget,
-                 load_models_gpu_grant=grant)
+                 f"{env.label}: ModelPatcher.load(lowvram_model_memory = what load_models_gpu grants the "
+                 f"sampler: card - max(CFG activations + --reserve-vram, minimum_inference_memory() "
+                 f"{_size(reserve)}))", record, resident=patcher.loaded_size(), budget=budget)
 
 
 # -- 3. CUDA -----------------------------------------------------------------------------------------------

@@ -6,9 +6,8 @@
   dtype: what ``checkpoint.load_transformer`` would build, with no bytes allocated;
 - ``materialise``: random weights on a device (the golden rule of ``/work/shared/golden``: the
   scale of trained weights, without a checkpoint), converted to the storage dtype there;
-- ``weight_budget``: the bytes of weights a card can keep once a run's activations and
-  ComfyUI's inference reserve are taken off; ``load_models_gpu_budget``: what ComfyUI's own
-  ``load_models_gpu`` formula grants for the memory figures the pack passes it;
+- ``load_models_gpu_budget``: the bytes of weights ComfyUI's own ``load_models_gpu`` lets a card
+  keep for the memory figures the pack's sampler passes it (``host.load_for_run``);
 - ``timed_denoise``: the pack's sampling loop (``sampling.denoise``, CFG batch 2, routed IDs) on
   random inputs, seconds per step (synchronised).
 
@@ -57,23 +56,20 @@ def smoke_config(core):
 
 # -- memory accounting -----------------------------------------------------------------------------
 def activation_bytes(core, config, shape: RunShape, element_size: int, batch: int | None = None) -> int:
-    """``memory.transformer_activation_bytes`` for ``shape`` (both CFG halves unless ``batch``)."""
+    """``memory.transformer_activation_bytes`` for ``shape`` (both CFG halves unless ``batch``), with
+    the default feed-forward chunk the pack runs with."""
     memory, vae = core("memory"), core("vae")
     size = memory.forward_size(config, batch or shape.batch, vae.latent_frame_count(shape.frames),
                                shape.height // 8, shape.width // 8, shape.ids)
-    return memory.transformer_activation_bytes(size, element_size)
-
-
-def weight_budget(card_bytes: int, activation: int, reserve: int) -> int:
-    """Weights a ``card_bytes`` GPU keeps: the card less the run's activations and the reserve."""
-    return max(0, card_bytes - activation - reserve)
+    return memory.transformer_activation_bytes(size, element_size, core("settings").FF_CHUNK)
 
 
 def load_models_gpu_budget(mm, free_bytes: int, minimum_memory_required: int) -> int:
     """``lowvram_model_memory`` of ComfyUI's ``load_models_gpu`` (0.3.64 and 0.33.0, NORMAL/LOW_VRAM on
     an NVIDIA GPU, where MIN_WEIGHT_MEMORY_RATIO is 0; nothing else loaded) for ``free_bytes`` of free
-    VRAM and the ``minimum_memory_required`` a caller passes (``host.load_for_run`` passes one CFG
-    half plus ``minimum_inference_memory()``; ComfyUI adds its extra reserve)."""
+    VRAM and the ``minimum_memory_required`` a caller passes (``host.load_for_run`` passes the
+    activation estimate of the whole CFG forward; ComfyUI adds its extra reserve and keeps at least
+    ``minimum_inference_memory()`` free)."""
     minimum = max(mm.minimum_inference_memory(), minimum_memory_required + mm.extra_reserved_memory())
     return int(max(0, free_bytes - minimum))
 
@@ -172,10 +168,10 @@ def timed_denoise(core, model, shape: RunShape, steps: int, device: torch.device
                                    inputs["prompt_embeds"], inputs["negative_embeds"], inputs["id_tokens"],
                                    steps=steps, cfg=shape.cfg, generator=torch.Generator(device=device).manual_seed(1),
                                    callback=step, height=shape.height, width=shape.width, device=device,
-                                   dtype=dtype, cache=cache)
+                                   dtype=dtype, cache=cache, ff_chunk=core("settings").FF_CHUNK)
     if not torch.isfinite(latents).all():
         logger.warning("the random-weight run produced non-finite latents (timings are still valid)")
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
 def per_step(seconds: list[float]) -> float:

@@ -172,20 +172,19 @@ def item_worker(args, name: str) -> dict:
     patcher, _ = host.manage_transformer(model)
     element = torch.finfo(compute).bits // 8
     both = fullsize.activation_bytes(core, config, shape, element)
-    half = fullsize.activation_bytes(core, config, shape, element, batch=1)
     result = dict(storage=storage_name, flags=flags, device=str(device), comfyui=env["comfyui"],
                   activation_estimate=both, reserve=int(mm.minimum_inference_memory()))
     if card is None:
-        host.load_for_run(patcher, both, half)
+        host.load_for_run(patcher, both, both)
         result["method"] = "host.load_for_run (ComfyUI load_models_gpu with the pack's estimates)"
     else:
         model.to(offload)
         budget = (int(SMOKE_SHARE[card] * patcher.model_size()) if args.smoke
-                  else fullsize.weight_budget(card * GiB, both, result["reserve"]))
+                  else fullsize.load_models_gpu_budget(mm, card * GiB, both))
         patcher.load(device, lowvram_model_memory=budget)
         result.update(budget=budget, card_gib=card,
-                      load_models_gpu_budget=fullsize.load_models_gpu_budget(mm, card * GiB, half + result["reserve"]),
-                      method="ModelPatcher.load(device, lowvram_model_memory=card - activations - reserve)")
+                      method="ModelPatcher.load(device, lowvram_model_memory=what load_models_gpu grants the "
+                             "sampler on that card)")
     cache = core("step_cache").TeaCache(teacache, args.teacache_steps) if teacache else None
     steps = args.teacache_steps if teacache else args.steps
     import comfy.ldm.modules.attention as attention

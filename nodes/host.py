@@ -188,12 +188,10 @@ def load_for_run(patcher, memory_required: int, minimum_memory_required: int) ->
     """Let ComfyUI load as much of the model as fits beside a run's activations and stream the
     rest (``--lowvram``, ``--novram``, ``--reserve-vram`` apply), as its own sampler does:
     ``memory_required`` for the run as asked, ``minimum_memory_required`` for the smallest run
-    that works (the sampler's loop batches both CFG halves, so for it the two are the same), each
-    plus ComfyUI's inference reserve."""
-    mm = comfy.model_management
-    reserve = mm.minimum_inference_memory()
-    mm.load_models_gpu([patcher], memory_required=memory_required + reserve,
-                       minimum_memory_required=minimum_memory_required + reserve)
+    that works (the sampler's loop batches both CFG halves, so for it the two are the same).
+    ComfyUI adds its own reserve (``--reserve-vram``) and keeps at least its inference minimum free."""
+    comfy.model_management.load_models_gpu([patcher], memory_required=memory_required,
+                                           minimum_memory_required=minimum_memory_required)
 
 
 def free_cache() -> None:
@@ -207,15 +205,21 @@ T5_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh", "gelu_pytorch_tanh": "gelu_py
 
 
 def _comfy_t5_config(config: dict) -> dict:
-    """An HF T5 config as ComfyUI's T5 reads it (``gelu_new`` is the tanh GELU it calls
-    ``gelu_pytorch_tanh``; ``is_gated_act`` from ``feed_forward_proj`` when absent)."""
-    act = config.get("dense_act_fn") or config.get("feed_forward_proj", "relu").split("-")[-1]
-    if act == "gelu":
-        act = "gelu_new"  # T5 v1.1's "gated-gelu" means the tanh GELU
+    """An HF T5 config as ComfyUI's T5 reads it: ``gelu_new`` is the tanh GELU ComfyUI calls
+    ``gelu_pytorch_tanh`` (T5 v1.1's ``feed_forward_proj`` "gated-gelu" means it); ``is_gated_act``
+    from ``feed_forward_proj`` when absent. ComfyUI's T5 fixes its relative positions at 32 buckets
+    over 128 tokens; a config that asks for others is refused, as is any other activation."""
+    projection = config.get("feed_forward_proj", "relu")
+    act = config.get("dense_act_fn") or ("gelu_new" if projection == "gated-gelu" else projection.split("-")[-1])
+    where = "text_encoder/config.json"
     if act not in T5_ACTIVATIONS:
-        raise ValueError(f"text_encoder/config.json: activation {act!r} is not one ComfyUI's T5 has "
-                         f"({', '.join(T5_ACTIVATIONS)})")
-    gated = config.get("is_gated_act", config.get("feed_forward_proj", "").startswith("gated"))
+        raise ValueError(f"{where}: activation {act!r} is not one ComfyUI's T5 has ({', '.join(T5_ACTIVATIONS)}); "
+                         "use CLIPLoader with this T5 instead")
+    buckets = (config.get("relative_attention_num_buckets", 32), config.get("relative_attention_max_distance", 128))
+    if buckets != (32, 128):
+        raise ValueError(f"{where}: relative attention of {buckets[0]} buckets over {buckets[1]} tokens; ComfyUI's "
+                         "T5 has 32 over 128 (T5 v1.1 XXL's)")
+    gated = config.get("is_gated_act", projection.startswith("gated"))
     return dict(config, dense_act_fn=T5_ACTIVATIONS[act], is_gated_act=gated, model_type=config.get("model_type", "t5"))
 
 

@@ -106,13 +106,14 @@ def test_the_sampler_loads_the_transformer_partially_from_its_memory_estimate(no
     with fake_gpu.computing():
         inputs = sampler_inputs(nodes, graph["models"], graph["faces"])
     # a GPU that holds about 40 % of the transformer beside what the run keeps free: the activation
-    # estimate of the forward (both CFG halves) plus ComfyUI's inference reserve (added by
-    # host.load_for_run, as ComfyUI's sampler adds it) plus the extra reserve (added by load_models_gpu)
+    # estimate of the forward (both CFG halves) plus ComfyUI's extra reserve, or ComfyUI's inference
+    # minimum if that is larger (load_models_gpu's rule)
     sampling = pack_module("nodes.sampling")
     settings = sampling._settings(steps=1, cfg=6.0, seed=3, scheduler="dpm", dynamic_cfg=False, **TINY)
     minimum = sampling._activation_bytes(model, inputs["routed_ids"], settings, torch.float32)
     weights = model.patcher.model_size()
-    _gpu_with(int(mm.minimum_inference_memory() + mm.extra_reserved_memory() + minimum + 0.4 * weights))
+    kept_free = max(mm.minimum_inference_memory(), minimum + mm.extra_reserved_memory())
+    _gpu_with(int(kept_free + 0.4 * weights))
     try:
         with fake_gpu.computing():
             latents, _ = run(nodes["IngredientsSampler"], **inputs)
@@ -123,7 +124,7 @@ def test_the_sampler_loads_the_transformer_partially_from_its_memory_estimate(no
     assert transformer_calls and not any(force for *_, force in transformer_calls)
     _, required, minimum, _ = transformer_calls[-1]
     # the forward batches both CFG halves: it is also the smallest run, so the minimum keeps room for it
-    assert required == minimum > mm.minimum_inference_memory()
+    assert required == minimum > 0
     assert 0 < loaded < weights  # partly on the GPU, the rest streamed
     assert torch.isfinite(latents.latents).all()
 
@@ -164,18 +165,25 @@ def test_fp8_weight_dtype_on_the_loader_stores_fp8_and_samples(nodes, graph):  #
         latents, _ = run(nodes["IngredientsSampler"], **sampler_inputs(nodes, dict(graph["models"], model=fp8),
                                                                        graph["faces"]))
     assert torch.isfinite(latents.latents).all()
+    assert 0 < float((out - reference).abs().max() / reference.abs().max()) < 0.2  # fp8 rounding, bounded
 
 
-def test_sampler_teacache_input_and_its_report(nodes, graph):  # noqa: F811
+def test_sampler_teacache_input_and_its_report(nodes, graph, monkeypatch):  # noqa: F811
+    from harness import pack_module
+
     with fake_gpu.computing():
         inputs = sampler_inputs(nodes, graph["models"], graph["faces"])
         inputs.update(steps=4)
         plain = nodes["IngredientsSampler"].execute(**inputs)
         off = nodes["IngredientsSampler"].execute(**inputs, teacache=0.0)
+        # the tiny model's timestep embedding moves far beyond the 5B polynomial's range (every step
+        # would be computed): let every change count as small, so the middle steps are skipped
+        monkeypatch.setattr(pack_module("ingredients_core.step_cache").TeaCache, "estimate", lambda self, d: 0.0)
         cached = nodes["IngredientsSampler"].execute(**inputs, teacache=0.2)
     assert torch.equal(plain.args[0].latents, off.args[0].latents)
     assert plain.ui.as_dict()["text"] == ("TeaCache off: 4 of 4 transformer evaluations computed",)
-    assert "transformer evaluations skipped" in cached.ui.as_dict()["text"][0]
+    assert cached.ui.as_dict()["text"][0].startswith("TeaCache (threshold 0.2): 2 of 4 transformer evaluations skipped")
+    assert not torch.equal(cached.args[0].latents, plain.args[0].latents)
 
 
 def test_decode_falls_back_to_tiles_when_the_untiled_decode_runs_out_of_memory(nodes, graph, monkeypatch,  # noqa: F811
@@ -210,9 +218,9 @@ def test_t5_loads_partially_and_streams_the_rest_with_the_same_embeddings(nodes,
     with fake_gpu.computing():
         full, = run(encode, t5=t5, prompt="two people", negative_prompt="")
     ids = pack_module("ingredients_core.text").tokenize_prompts(t5.tokenizer, ["two people", ""])
-    needed = pack_module("nodes.text")._t5_activation_bytes(t5.encoder, ids)
+    needed = pack_module("ingredients_core.memory").t5_activation_bytes(t5.config, *ids.shape)
     size = t5.patcher.model_size()
-    _gpu_with(int(mm.minimum_inference_memory() + mm.extra_reserved_memory() + needed + 0.3 * size))
+    _gpu_with(int(max(mm.minimum_inference_memory(), needed + mm.extra_reserved_memory()) + 0.3 * size))
     try:
         with fake_gpu.computing():
             partial, = run(encode, t5=t5, prompt="two people", negative_prompt="")
