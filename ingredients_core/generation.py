@@ -73,11 +73,11 @@ def sample_video(transformer, vae, scheduler_config: dict, crops: Sequence, prom
                  negative_embeds: Optional[torch.Tensor], id_tokens: Optional[torch.Tensor], settings,
                  placement: RunPlacement, hooks: Optional[RunHooks] = None,
                  routing: Optional[RoutingOptions] = None, recorder: Optional[RoutingRecorder] = None,
-                 ff_chunk: Optional[int] = None) -> SampleResult:
+                 ) -> SampleResult:
     """Denoised latents for one video of the people whose aligned ``crops`` (RGB uint8, canvas
     order) and ``id_tokens`` (P, T, token_dim) are given, with ``settings``
     (:class:`~ingredients_core.pipeline.GenerationSettings`: size, steps, cfg, seed, scheduler,
-    dynamic CFG, TeaCache threshold)."""
+    dynamic CFG, TeaCache threshold, feed-forward chunk)."""
     from .faces.canvas import make_canvas
     from .sampling import denoise, make_scheduler
     from .step_cache import TeaCache
@@ -98,7 +98,7 @@ def sample_video(transformer, vae, scheduler_config: dict, crops: Sequence, prom
         transformer, scheduler, latents, image_latents, prompt_embeds, negative_embeds if guided else None,
         id_tokens, steps=settings.steps, cfg=settings.cfg, dynamic_cfg=settings.dynamic_cfg, generator=generator,
         callback=hooks.step, routing=routing, recorder=recorder, height=settings.height, width=settings.width,
-        device=placement.device, dtype=placement.dtype, cache=cache, ff_chunk=ff_chunk)
+        device=placement.device, dtype=placement.dtype, cache=cache, ff_chunk=settings.ff_chunk)
     if cache is not None:
         logger.info("%s", cache.summary())
     return SampleResult(latents=latents, canvas=canvas, cache=cache)

@@ -57,16 +57,32 @@ def transformer_activation_bytes(size: ForwardSize, element_size: int, ff_chunk:
     return int(MARGIN * element_size * ((RESIDUAL_COPIES + phase) * row + routed))
 
 
+def t5_activation_bytes(config: dict, batch: int, tokens: int) -> int:
+    """Peak activation bytes of one T5 encoder forward in float32 (ComfyUI's text-encoder compute
+    dtype), from its HF config: the gated feed-forward's (batch, tokens, d_ff) states (3), a few
+    (batch, tokens, d_model) streams (6) and the attention scores (2 x heads x tokens), with a margin."""
+    d_ff, d_model, heads = config["d_ff"], config["d_model"], config["num_heads"]
+    return int(MARGIN * 4 * batch * tokens * (3 * d_ff + 6 * d_model + 2 * heads * tokens))
+
+
+#: Channels of the CogVideoX VAE decoder at full resolution (its last up block) and the number of
+#: such (channels, 8 frames, H, W) tensors alive at its peak (input, two convolution outputs,
+#: normalisation and the causal-convolution cache).
+VAE_FULL_RES_CHANNELS = 128
+VAE_LIVE_TENSORS = 6
+
+
 def vae_decode_bytes(latent_frames: int, latent_height: int, latent_width: int, element_size: int,
                      tiled: bool) -> int:
-    """Estimated peak bytes of a CogVideoX VAE decode.
+    """Estimated peak bytes of a CogVideoX VAE decode, with the margin.
 
-    The decoder works on two latent frames at a time (8 video frames) at up to 512 channels at full
-    resolution; about 4 such tensors are alive at its peak. Tiled decoding works on overlapping
-    tiles of 240 x 360 pixels (diffusers' default for CogVideoX), about a quarter of a 480 x 720 frame.
+    The decoder works on two latent frames at a time (8 video frames); its peak is at full
+    resolution (:data:`VAE_FULL_RES_CHANNELS` channels, :data:`VAE_LIVE_TENSORS` tensors). Tiled
+    decoding works on overlapping tiles of 240 x 360 pixels (diffusers' default for CogVideoX),
+    288 x 432 with the blending overlap.
     """
     pixels = latent_height * 8 * latent_width * 8
     if tiled:
-        pixels = min(pixels, 288 * 432)  # a 240 x 360 tile with its blending overlap
+        pixels = min(pixels, 288 * 432)
     frames = min(8, 4 * latent_frames)
-    return int(MARGIN * element_size * 4 * 512 * frames * pixels)
+    return int(MARGIN * element_size * VAE_LIVE_TENSORS * VAE_FULL_RES_CHANNELS * frames * pixels)

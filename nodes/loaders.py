@@ -13,6 +13,7 @@ import math
 import torch
 from comfy_api.latest import io
 
+from ..ingredients_core.model.storage import WEIGHT_DTYPES as STORAGE_DTYPES
 from . import host, model_files
 from .model_files import FACES, MODEL, T5, VAE
 from .payloads import (
@@ -63,7 +64,7 @@ def _parameter_count(folder) -> int:
     return count
 
 
-WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+WEIGHT_DTYPES = list(STORAGE_DTYPES)  # default, fp8_e4m3fn, fp8_e4m3fn_fast, fp8_e5m2
 WEIGHT_DTYPE_TOOLTIP = ("Storage of the transformer's large weights. default = the dtype above (or what ComfyUI's "
                         "--fp8_e4m3fn-unet/--fp8_e5m2-unet ask for); fp8_e4m3fn / fp8_e5m2 = 8-bit weights (6.4 GB "
                         "instead of 12.8 GB), computed in bf16 layer by layer; fp8_e4m3fn_fast also multiplies in "
@@ -75,12 +76,10 @@ def transformer_dtypes(folder, choice: str, weight_choice: str = "default") -> t
     (``host.diffusion_dtypes``: the node's dtype or auto, with the --*-unet flags); with an fp8
     ``weight_dtype`` the weights are stored in it and computed in what the node's dtype computes in
     (auto: what ComfyUI computes fp8 weights in, bf16 on capable GPUs)."""
-    from ..ingredients_core.model.storage import WEIGHT_DTYPES as STORAGE
-
     params = _parameter_count(folder)
     weight, compute = host.diffusion_dtypes(choice, model_params=params)
-    if STORAGE.get(weight_choice) is not None:  # fp8 weights, computed in the dtype above (auto: ComfyUI's pick)
-        weight = STORAGE[weight_choice]
+    if STORAGE_DTYPES.get(weight_choice) is not None:  # fp8 weights, computed in the dtype above (auto: ComfyUI's)
+        weight = STORAGE_DTYPES[weight_choice]
         if choice == "auto":
             compute = host.diffusion_dtypes(host.dtype_name(weight), model_params=params)[1]
     if weight != compute:
@@ -201,10 +200,25 @@ class T5Loader(io.ComfyNode):
         model_files.require_file(folder / "text_encoder" / "config.json", "T5 config", folder / "text_encoder")
         model_files.require_file(folder / "tokenizer" / "spiece.model", "T5 tokenizer", folder / "tokenizer",
                                  "tokenizer.json")
-        encoder = host.native_t5(text_encoder_config(folder), text_encoder_tensors(folder),
-                                 host.text_encoder_dtype(dtype))
+        config = text_encoder_config(folder)
+        encoder = host.native_t5(config, text_encoder_tensors(folder), host.text_encoder_dtype(dtype))
         tokenizer = load_tokenizer(folder)
-        return io.NodeOutput(IngredientsT5(tokenizer, encoder, host.manage("text", t5=encoder), folder))
+        return io.NodeOutput(IngredientsT5(tokenizer, encoder, host.manage("text", t5=encoder), folder, config))
+
+
+def curricularface_dirs(encoder) -> list:
+    """Where the identity check's optional CurricularFace file may be: the ``face_encoder/`` the loaded
+    ArcFace model sits in (``face_encoder/models/antelopev2/glintr100.onnx``), then every Ingredients
+    folder's ``face_encoder/``."""
+    from pathlib import Path
+
+    arcface = Path(encoder.arcface.path)
+    in_layout = arcface.parent.name == "antelopev2" and arcface.parent.parent.name == "models"
+    dirs = [arcface.parents[2] if in_layout else arcface.parent]
+    for folder in model_files.find_folders(FACES).values():
+        if folder / "face_encoder" not in dirs:
+            dirs.append(folder / "face_encoder")
+    return dirs
 
 
 class FaceEncoderLoader(io.ComfyNode):
@@ -233,6 +247,7 @@ class FaceEncoderLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_folder: str, provider: str) -> io.NodeOutput:
         from ..ingredients_core.faces import FaceEncoder, find_face_models
+        from ..ingredients_core.faces.identity import IdentityModels
 
         folder = model_files.resolve(FACES, model_folder, "model_folder")
         paths = find_face_models(model_files.search_dirs(folder / "face_encoder", [host.INSIGHTFACE_FOLDER]))
@@ -241,4 +256,9 @@ class FaceEncoderLoader(io.ComfyNode):
         encoder = FaceEncoder.load(paths, device=offload, dtype=host.face_dtype(),
                                    providers=None if provider == "auto" else [provider])
         patcher = host.manage("face", detector=encoder.detector, eva=encoder.eva)
-        return io.NodeOutput(IngredientsFaceEncoder(encoder, patcher))
+        identity = IdentityModels.from_encoder(encoder, curricularface_dirs(encoder), offload)
+        curricularface = identity.curricularface
+        return io.NodeOutput(IngredientsFaceEncoder(
+            encoder, patcher, curricularface,
+            host.manage("face", curricularface=curricularface) if curricularface is not None else None,
+            identity.curricularface_note))

@@ -53,10 +53,13 @@ class IngredientsVAE:
 
 @dataclass(frozen=True)
 class IngredientsT5:
+    """The folder's T5 on ComfyUI's own T5 (held by ``patcher``), its tokenizer and HF config."""
+
     tokenizer: Any
     encoder: Any
     patcher: Any
     folder: Path
+    config: dict
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,15 @@ class IngredientsPrompt:
 
 @dataclass(frozen=True)
 class IngredientsFaceEncoder:
-    """A ``FaceEncoder`` whose torch parts (detector, EVA-CLIP) are held by ``patcher``."""
+    """A ``FaceEncoder`` whose torch parts (detector, EVA-CLIP) are held by ``patcher``; with the
+    optional CurricularFace backbone of the identity check (``curricularface``, held by
+    ``curricularface_patcher``; None when its file is absent, ``curricularface_note`` says why)."""
 
     encoder: Any
     patcher: Any
+    curricularface: Any = None
+    curricularface_patcher: Any = None
+    curricularface_note: str = ""
 
 
 @dataclass(frozen=True)

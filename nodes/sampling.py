@@ -95,7 +95,7 @@ def _activation_bytes(model: IngredientsModel, routed: IngredientsRoutedIDs, set
     batch = 2 if settings.cfg > 1.0 else 1
     size = forward_size(model.transformer.config, batch, latent_frame_count(settings.frames), settings.height // 8,
                         settings.width // 8, len(routed.tokens.ids))
-    return transformer_activation_bytes(size, torch.finfo(dtype).bits // 8)
+    return transformer_activation_bytes(size, torch.finfo(dtype).bits // 8, settings.ff_chunk)
 
 
 def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: IngredientsRoutedIDs,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from comfy_api.latest import io
 
 from . import host
@@ -51,22 +50,12 @@ class EncodePrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, t5: IngredientsT5, prompt: str, negative_prompt: str) -> io.NodeOutput:
+        from ..ingredients_core.memory import t5_activation_bytes
         from ..ingredients_core.text import tokenize_prompts
 
         ids = tokenize_prompts(t5.tokenizer, [prompt, negative_prompt])   # (2, 226), no attention mask
-        embeds = host.run_t5(t5.patcher, t5.encoder, ids, _t5_activation_bytes(t5.encoder, ids))
+        embeds = host.run_t5(t5.patcher, t5.encoder, ids, t5_activation_bytes(t5.config, *ids.shape))
         return io.NodeOutput(IngredientsPrompt(embeds[:1], embeds[1:], f"T5 of {t5.folder.name}"))
-
-
-def _t5_activation_bytes(encoder, ids: torch.Tensor) -> int:
-    """float32 activations of one T5 forward: the (N, tokens, d_ff) feed-forward states, the
-    attention scores and a few (N, tokens, d_model) streams, with a margin."""
-    block = encoder.encoder.block[0]
-    d_model = encoder.shared.weight.shape[1]
-    d_ff = block.layer[1].DenseReluDense.wo.weight.shape[1]
-    heads = block.layer[0].SelfAttention.relative_attention_bias.weight.shape[1]  # (buckets, heads)
-    n, tokens = ids.shape
-    return int(1.5 * 4 * n * tokens * (3 * d_ff + 6 * d_model + 2 * heads * tokens))
 
 
 def clip_t5_embeddings(clip, text: str, input_name: str):

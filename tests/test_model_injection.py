@@ -171,3 +171,23 @@ def test_teacache_uses_the_published_cogvideox_5b_coefficients_in_their_fitted_r
     assert cache.estimate(0.5) == float("inf")                          # beyond its fit: always computed
     with pytest.raises(ValueError, match="threshold"):
         TeaCache(threshold=0.0, steps=4)
+
+
+def test_feed_forward_in_token_chunks_gives_the_same_output(tiny_transformer_dir):
+    """ff_chunk bounds the (B, tokens, 4 D) activation; every token is computed on its own."""
+    from ingredients_core.memory import forward_size, transformer_activation_bytes
+    from ingredients_core.settings import FF_CHUNK, GenerationSettings
+
+    model = load_transformer(tiny_transformer_dir, dtype=torch.float32)
+    x, text, t = _tiny_inputs()
+    rot = rotary_embeddings(model.config, 64, 96, 3, "cpu")
+    with torch.no_grad():
+        ids = model.prepare_ids(model.project_ids(_faces(2)))
+        whole = model(x, text, t, rot, ids=ids)
+        chunked = model(x, text, t, rot, ids=ids, ff_chunk=50)  # 226 + 72 tokens in 6 pieces
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    assert GenerationSettings().ff_chunk == FF_CHUNK
+    from ingredients_core.config import TransformerConfig
+
+    size = forward_size(TransformerConfig(), 2, 13, 60, 90, 2)
+    assert transformer_activation_bytes(size, 2, FF_CHUNK) < 0.8 * transformer_activation_bytes(size, 2)
