@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import torch
 from comfy_api.latest import io, ui
 
-from . import host, model_files
+from . import host
 from .payloads import (
     MAX_IDS,
     FaceEncoderType,
@@ -42,19 +41,6 @@ def check_ids(ids) -> IngredientsIDs:
                          f"{type(ids).__name__}; connect the same Ingredients IDs node the sampler's "
                          "Project IDs uses.")
     return ids
-
-
-def curricularface_dirs(face_encoder: IngredientsFaceEncoder) -> list[Path]:
-    """Where to look for the optional CurricularFace file: the folder the loaded ArcFace model sits in
-    (``face_encoder/`` for ``face_encoder/models/antelopev2/glintr100.onnx``), then every Ingredients
-    folder's ``face_encoder/``."""
-    arcface = Path(face_encoder.encoder.arcface.path)
-    in_layout = arcface.parent.name == "antelopev2" and arcface.parent.parent.name == "models"
-    dirs = [arcface.parents[2] if in_layout else arcface.parent]
-    for folder in model_files.find_folders(model_files.FACES).values():
-        if folder / "face_encoder" not in dirs:
-            dirs.append(folder / "face_encoder")
-    return dirs
 
 
 def routing_grid(routing: IngredientsRouting | None):
@@ -121,12 +107,9 @@ class IdentityCheck(io.ComfyNode):
 
         frames, ids = check_frames(frames), check_ids(ids)
         people = [dataclasses.replace(Reference.from_features(face), name="") for face in ids.faces]
-        _, offload = host.devices("face")
-        models = IdentityModels.from_encoder(face_encoder.encoder, curricularface_dirs(face_encoder), offload)
-        patchers = [face_encoder.patcher]
-        if models.curricularface is not None:
-            patchers.append(host.manage("face", curricularface=models.curricularface))
-        host.load(*patchers)
+        models = IdentityModels(face_encoder.encoder, face_encoder.curricularface, face_encoder.curricularface_note)
+        extra = [face_encoder.curricularface_patcher] if face_encoder.curricularface_patcher is not None else []
+        host.load(face_encoder.patcher, *extra)
         report = evaluate_identity(frames[..., :3], people, models, num_frames=int(frames_to_sample),
                                    threshold=float(threshold), routing=routing_grid(routing),
                                    progress=lambda done, total: host.check_interrupt())

@@ -96,10 +96,12 @@ def test_video_of_person_1_scores_them_found_and_shows_table_and_plot(nodes, gra
 
 def test_curricularface_is_used_when_its_file_is_in_face_encoder(nodes, graph, models_dir):
     path = write_tiny_curricularface(models_dir / "ingredients" / "Ingredients" / "face_encoder" / CURRICULARFACE_FILE)
-    try:
-        report = check(nodes, graph, image(1).repeat(2, 1, 1, 1)).args[0]
+    try:  # the face encoder loader finds and loads it once; the check then uses it at every run
+        encoder, = nodes["IngredientsFaceEncoderLoader"].execute(model_folder="Ingredients", provider="auto").args
     finally:
         path.unlink()
+    assert encoder.curricularface is not None and encoder.curricularface_patcher is not None
+    report = check(nodes, dict(graph, encoder=encoder), image(1).repeat(2, 1, 1, 1)).args[0]
     assert "CurricularFace (IR-101): official" in report and f"no {CURRICULARFACE_FILE}" not in report
 
 
