@@ -179,7 +179,7 @@ def _load_models(face_dirs: Sequence[Path], device_name: str):
     from .faces.paths import find_face_models
     from .pipeline import resolve_device, resolve_dtype
 
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, require_available=True)
     encoder = FaceEncoder.load(find_face_models(face_dirs), device=device, dtype=resolve_dtype("auto", device))
     return IdentityModels.from_encoder(encoder, face_dirs, device)
 

@@ -6,10 +6,15 @@
 - ``offload``: ``none`` keeps every model on the device; ``model`` keeps the models in CPU RAM and
   moves each onto the device for its stage only (T5, then faces, then VAE encode, transformer,
   VAE decode: the VAE and the transformer never share the device); ``blocks`` additionally streams
-  the transformer (and T5) layer by layer from CPU RAM with diffusers' group offloading, the next
-  layer prefetched on a CUDA stream while the current one computes (leaf level: it serves every
-  call path of the model, including the once-per-run ID projections, which block-level groups
-  would not onload).
+  the transformer (and T5) layer by layer from CPU RAM with diffusers' group offloading at leaf
+  level, which serves every call path of the model, the once-per-run ID projections included
+  (block-level groups load only in their own ``forward``). The copies are made in order, without a
+  CUDA-stream prefetch: diffusers prefetches in the layer order it recorded at the first forward,
+  and TeaCache's skipped steps and persons switched off by the routing leave layers out of later
+  forwards, which breaks that chain in diffusers releases without the synchronous fall-back of
+  huggingface/diffusers#13211 (weights left on the CPU), and wastes copies in those with it. At
+  49 x 480 x 720 a layer computes far longer than its copy takes (a block's fp8 weights, 0.13 GB,
+  cross PCIe 4 in about 5 ms), so the order costs little.
 - ``attention``: ``sdpa`` (torch) or ``sage`` (the ``sageattention`` package, CUDA, 16-bit).
 """
 
@@ -81,13 +86,13 @@ def home_device(offload: str, device: torch.device) -> torch.device:
 
 
 def stream_layers(module, device: torch.device) -> None:
-    """Keep ``module`` in CPU RAM and stream each layer to ``device`` when it runs (diffusers'
-    group offloading, leaf level; prefetch on a CUDA stream)."""
+    """Keep ``module`` in CPU RAM and copy each layer to ``device`` when it runs (diffusers' group
+    offloading, leaf level, in order: see the module doc for why without stream prefetch)."""
     import torch
     from diffusers.hooks import apply_group_offloading
 
     apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
-                           offload_type="leaf_level", use_stream=device.type == "cuda")
+                           offload_type="leaf_level", use_stream=False)
 
 
 @dataclass
@@ -135,8 +140,8 @@ def add_memory_options(gen) -> None:
                           "(half the memory of bf16, computed in --dtype; e4m3fn is the more precise)")
     gen.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
                      help="none: every model on the device; model: each model on the device only for its "
-                          "stage; blocks: also stream the transformer and T5 layer by layer from CPU RAM with "
-                          "prefetch (least GPU memory, slower)")
+                          "stage; blocks: also stream the transformer and T5 layer by layer from CPU RAM "
+                          "(least GPU memory, slower)")
     gen.add_argument("--attention", choices=ATTENTION_NAMES, default="sdpa",
                      help="attention kernel: sdpa (torch) or sage (needs the sageattention package, CUDA)")
     gen.add_argument("--teacache", type=float, default=0.0, metavar="T",

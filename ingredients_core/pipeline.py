@@ -105,12 +105,7 @@ def load_bundle(folder: str | Path, device: str = "auto", dtype: str = "auto", l
     import json
 
     from .checkpoint import load_transformer
-    from .offload import (
-        home_device,
-        prepare_transformer,
-        resolve_attention,
-        resolve_weight_dtype,
-    )
+    from .offload import home_device, prepare_transformer, resolve_attention, resolve_weight_dtype, stream_layers
     from .text import load_text_encoder, load_tokenizer
     from .vae import load_vae
 
@@ -126,11 +121,16 @@ def load_bundle(folder: str | Path, device: str = "auto", dtype: str = "auto", l
     transformer = load_transformer(folder, dtype=torch_dtype, device=home, weight_dtype=storage,
                                    attention=attention_fn)
     prepare_transformer(transformer, storage, torch_dtype, offload, torch_device)
+    text_encoder = None
+    if load_text:  # T5 follows the offload mode too ("blocks": streamed from CPU RAM layer by layer)
+        text_encoder = load_text_encoder(folder, torch_dtype, home if offload == "blocks" else torch_device)
+        if offload == "blocks":
+            stream_layers(text_encoder, torch_device)
     return ModelBundle(
         transformer=transformer,
         vae=load_vae(folder, torch_dtype, home),
         tokenizer=load_tokenizer(folder) if load_text else None,
-        text_encoder=load_text_encoder(folder, torch_dtype, torch_device) if load_text else None,
+        text_encoder=text_encoder,
         scheduler_config=scheduler_config,
         device=torch_device,
         dtype=torch_dtype,
