@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from diffusers.models.embeddings import get_3d_sincos_pos_embed
 from torch import nn
 
 from ..config import TransformerConfig
@@ -71,8 +72,6 @@ class PatchEmbed(nn.Module):
 
     def _sincos(self, frames: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
         """Fixed 3-D sin-cos positions (1, N, D) (diffusers' ``get_3d_sincos_pos_embed``)."""
-        from diffusers.models.embeddings import get_3d_sincos_pos_embed
-
         spatial, temporal = self.interpolation
         pos = get_3d_sincos_pos_embed(like.shape[-1], (cols, rows), frames, spatial, temporal,
                                       device=like.device, output_type="pt")

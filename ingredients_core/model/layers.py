@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.embeddings import apply_rotary_emb, get_timestep_embedding
 from torch import nn
 
 #: The default layer namespace: plain ``torch.nn`` layers.
@@ -51,16 +52,12 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 def timestep_features(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> torch.Tensor:
     """Sinusoidal timestep features (B,) -> (B, dim), float32 (diffusers' ``get_timestep_embedding``)."""
-    from diffusers.models.embeddings import get_timestep_embedding
-
     return get_timestep_embedding(timesteps, dim, flip_sin_to_cos=flip_sin_to_cos, downscale_freq_shift=freq_shift)
 
 
 def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Rotate interleaved (real, imaginary) pairs of x (B, H, N, d) by cos/sin (N, d) (diffusers'
     ``apply_rotary_emb``, computed in float32)."""
-    from diffusers.models.embeddings import apply_rotary_emb
-
     return apply_rotary_emb(x, rotary)
 
 
