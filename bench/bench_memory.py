@@ -146,8 +146,9 @@ def golden_section(env: Host, golden: Path, record: dict) -> None:
         ref = golden_forward(env, reference, inputs, case, torch.float32)
         seconds = time.perf_counter() - started
         golden_out = outputs[f"forward.t{case['timesteps_forward'][0]}"]
-        emit("golden", "float32 (reference)", f"vs official golden output {parity.relative_error(ref, golden_out):.2e}, "
-             f"forward {seconds:.1f} s", env.label, record, error=parity.relative_error(ref, golden_out))
+        vs_golden = parity.relative_error(ref, golden_out)
+        emit("golden", "float32 (reference)", f"vs official golden output {vs_golden:.2e}, "
+             f"forward {seconds:.1f} s", env.label, record, error=vs_golden)
         del reference
         full_outputs = {}
         for mode, (storage, compute, share) in GOLDEN_MODES.items():

@@ -255,7 +255,8 @@ def size(args) -> int:
                      f"of {LIMIT / 2**20:.0f} MiB: {'fits' if total <= LIMIT else 'TOO LARGE'}\n")
     if total > LIMIT:
         largest = sorted((p.stat().st_size, p.name) for p in (bundle / "wheels").glob("*.whl"))[-3:]
-        sys.stdout.write("largest wheels: " + ", ".join(f"{n} {b / 2**20:.1f} MiB" for b, n in reversed(largest)) + "\n")
+        sizes = ", ".join(f"{n} {b / 2**20:.1f} MiB" for b, n in reversed(largest))
+        sys.stdout.write(f"largest wheels: {sizes}\n")
     return 0 if total <= LIMIT else 1
 
 

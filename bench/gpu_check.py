@@ -232,7 +232,8 @@ def spawn(args, job: str, timeout: float, log_dir: Path) -> dict:
     started = time.perf_counter()
     with open(log_file, "w") as log:
         try:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False).returncode
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+                                  check=False).returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
     wall = time.perf_counter() - started
@@ -240,7 +241,8 @@ def spawn(args, job: str, timeout: float, log_dir: Path) -> dict:
         result = json.loads(result_file.read_text())
     else:
         lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
-        last = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
+        fallback = lines[-1] if lines else ""
+        last = next((line for line in reversed(lines) if "Error" in line or "error" in line), fallback)
         why = f"timed out after {timeout:.0f} s" if code == "timeout" else f"exit status {code}"
         result = dict(ok=False, error=f"{why}: {' '.join(last.split())[:240]}")
     result.update(wall_s=wall, log=str(log_file))
@@ -364,7 +366,8 @@ def main(argv=None) -> int:
                      + (f" ({', '.join(stand_in)}: a stand-in module replaces it, unused here)" if stand_in else "")
                      + "\n")
     if not info["cuda"]:
-        sys.stdout.write("CUDA: absent (torch.cuda.is_available() is False): CPU dry run, chain in ComfyUI's --cpu mode\n")
+        sys.stdout.write("CUDA: absent (torch.cuda.is_available() is False): CPU dry run, "
+                         "chain in ComfyUI's --cpu mode\n")
     sys.stdout.write(header())
     results: dict = dict(environment=info)
     modes = ["default", "lowvram", "novram"] if info["cuda"] else ["cpu"]

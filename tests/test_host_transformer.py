@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import logging
 
+import fake_gpu  # noqa: E402  (on sys.path through test_two_devices' import of the stand-ins)
 import pytest
 import torch
-from test_two_devices import STUBS, TINY, encode_faces, load_all, nodes, run, sampler_inputs  # noqa: F401
-
-import fake_gpu  # noqa: E402  (on sys.path through test_two_devices' import of the stand-ins)
+from test_two_devices import (  # noqa: F401
+    STUBS,
+    TINY,
+    encode_faces,
+    load_all,
+    nodes,
+    run,
+    sampler_inputs,
+)
 
 GiB = 1024 ** 3
 

@@ -6,15 +6,19 @@ import importlib.util
 
 import pytest
 import torch
+from test_cli import FACE, _args
+from test_cli import photos as photos  # noqa: F401  (fixture)
+from test_pipeline import _face
 
 from ingredients_core import cli
 from ingredients_core import pipeline as P
 from ingredients_core.faces import encoder as face_encoder
-from ingredients_core.offload import OptionError, resolve_attention, resolve_weight_dtype
+from ingredients_core.offload import (
+    OptionError,
+    resolve_attention,
+    resolve_weight_dtype,
+)
 from ingredients_core.testing.make_tiny import make_tiny_model
-from test_cli import FACE, _args
-from test_cli import photos as photos  # noqa: F401  (fixture)
-from test_pipeline import _face
 
 PROMPT = "two friends talk on a sunny beach"
 
