@@ -5,19 +5,18 @@ Decode's fall-back to tiles. On the stand-in ComfyUI with the fake GPU (see test
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
-import fake_gpu  # noqa: E402  (on sys.path through test_two_devices' import of the stand-ins)
 import pytest
 import torch
-from test_two_devices import (  # noqa: F401
-    STUBS,
-    TINY,
-    encode_faces,
-    load_all,
-    nodes,
-    run,
-    sampler_inputs,
-)
+from test_two_devices import TINY, encode_faces, load_all, nodes, run, sampler_inputs  # noqa: F401
+
+STUBS = Path(__file__).resolve().parent / "comfy_stubs"
+sys.path.insert(0, str(STUBS))
+import fake_gpu  # noqa: E402
+
+sys.path.remove(str(STUBS))
 
 GiB = 1024 ** 3
 
@@ -241,3 +240,26 @@ def test_t5_loads_partially_and_streams_the_rest_with_the_same_embeddings(nodes,
     with fake_gpu.computing():
         small, = run(encode, t5=fp8, prompt="two people", negative_prompt="")
     assert torch.isfinite(small.positive).all() and small.positive.shape == full.positive.shape
+
+
+def test_sampler_runs_with_the_transformer_left_on_the_cpu_under_novram(nodes, graph):  # noqa: F811
+    """--novram: ComfyUI keeps every weight in CPU RAM and streams each layer per call; the sampler's
+    result is the one of a full load."""
+    import comfy.cli_args
+
+    mm, _, _ = _stand_ins()
+    model = graph["models"]["model"]
+    with fake_gpu.computing():
+        inputs = sampler_inputs(nodes, graph["models"], graph["faces"])
+        full, _ = run(nodes["IngredientsSampler"], **inputs)
+    with comfy.cli_args.flags("novram"):
+        _gpu_with(16 * GiB)
+        try:
+            with fake_gpu.computing():
+                streamed, _ = run(nodes["IngredientsSampler"], **inputs)
+                on_gpu = sum(isinstance(p, fake_gpu.OnGPU) for p in model.transformer.transformer_blocks.parameters())
+        finally:
+            mm.unload_all_models()
+    _gpu_with(16 * GiB)
+    assert on_gpu == 0  # nothing of the blocks was put on the GPU
+    assert torch.equal(streamed.latents, full.latents)
