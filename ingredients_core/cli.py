@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .argtypes import non_negative_float, positive_int
 from .evaluate import add_evaluate_parser, add_generate_options, check_json_path, wants_evaluation
 from .offload import add_memory_options, check_memory_options
 from .pipeline import DTYPE_NAMES, GenerationSettings
@@ -44,20 +45,6 @@ DIFFERENCES_FROM_OFFICIAL = (
 
 class InputError(ValueError):
     """A command-line value that cannot work (the message says what to give instead)."""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def _seed(text: str) -> int:
@@ -107,25 +94,25 @@ def _add_generate(commands) -> None:
     gen.add_argument("--prompt", required=True, help="what happens in the video")
     gen.add_argument("--out", required=True, type=Path, help="output .mp4 file")
     gen.add_argument("--negative", default="", help="negative prompt (default: empty, as officially)")
-    gen.add_argument("--steps", type=_positive_int, default=defaults.steps,
+    gen.add_argument("--steps", type=positive_int, default=defaults.steps,
                      help=f"sampling steps (default {defaults.steps})")
-    gen.add_argument("--cfg", type=_non_negative_float, default=defaults.cfg,
+    gen.add_argument("--cfg", type=non_negative_float, default=defaults.cfg,
                      help=f"classifier-free guidance scale (default {defaults.cfg}; 1 or less: none)")
     gen.add_argument("--dynamic-cfg", action="store_true", help="the official dynamic CFG schedule")
     gen.add_argument("--seed", type=_seed, default=defaults.seed,
                      help=f"random seed (default {defaults.seed}); same seed and settings, same video; "
                           "0 is an ordinary seed (the official infer.py treats 0 as unseeded)")
-    gen.add_argument("--height", type=_positive_int, help="default: the checkpoint's size (480)")
-    gen.add_argument("--width", type=_positive_int, help="default: the checkpoint's size (720)")
-    gen.add_argument("--frames", type=_positive_int, help="4k+1; default: the checkpoint's (49)")
+    gen.add_argument("--height", type=positive_int, help="default: the checkpoint's size (480)")
+    gen.add_argument("--width", type=positive_int, help="default: the checkpoint's size (720)")
+    gen.add_argument("--frames", type=positive_int, help="4k+1; default: the checkpoint's (49)")
     gen.add_argument("--scheduler", type=_one_of(_scheduler_names), default=defaults.scheduler,
                      help="dpm: CogVideoXDPMScheduler (official default); ddim: CogVideoXDDIMScheduler")
-    gen.add_argument("--id-scale", type=_non_negative_float, default=None, metavar="SCALE",
+    gen.add_argument("--id-scale", type=non_negative_float, default=None, metavar="SCALE",
                      help="strength of the identity features (default: the checkpoint's, 1.0)")
     gen.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                      help="auto: bfloat16 on CUDA, float32 on the CPU")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    gen.add_argument("--fps", type=_positive_int, default=defaults.fps,
+    gen.add_argument("--fps", type=positive_int, default=defaults.fps,
                      help=f"frames per second of the MP4 (default {defaults.fps}, as officially)")
     gen.add_argument("--face-choice", type=_one_of(_face_choices), default="best",
                      help="which face of a photo: best (official), largest, or index")
@@ -133,7 +120,7 @@ def _add_generate(commands) -> None:
                      help="with --face-choice index: 0-based face number from the left")
     gen.add_argument("--face-models", type=Path, action="append", default=None, metavar="DIR",
                      help="extra folder(s) to search for the face models (default: MODEL/face_encoder)")
-    gen.add_argument("--min-face-size", type=_non_negative_float, default=DEFAULT_MIN_FACE_SIZE,
+    gen.add_argument("--min-face-size", type=non_negative_float, default=DEFAULT_MIN_FACE_SIZE,
                      metavar="PX", help=f"refuse faces whose box is shorter than PX pixels (after the photo "
                                         f"is shrunk to 1024 px at most; default {DEFAULT_MIN_FACE_SIZE}; "
                                         "0 accepts any face, as the official code does)")
@@ -161,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make tiny random-weight models and run the whole generation on two face photos "
                     "shipped with insightface. The video is noise: this only proves the code path.")
     demo.add_argument("--out", required=True, type=Path, help="output folder")
-    demo.add_argument("--steps", type=_positive_int, default=10)
+    demo.add_argument("--steps", type=positive_int, default=10)
     demo.add_argument("--seed", type=_seed, default=42)
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser

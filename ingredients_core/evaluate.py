@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .argtypes import positive_int
+
 logger = logging.getLogger(__name__)
 
 #: Animated image formats read with Pillow; everything else is opened with PyAV.
@@ -23,13 +25,6 @@ PIL_VIDEO_SUFFIXES = (".webp", ".gif", ".png", ".apng")
 DEFAULT_FRAMES = 24
 DEFAULT_THRESHOLD = 0.35  # faces.identity_scores.DEFAULT_THRESHOLD (imported lazily: numpy/scipy); a test ties them
 DEFAULT_MARGIN = 0.05
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _similarity(text: str) -> float:
@@ -62,7 +57,7 @@ def add_evaluate_parser(commands) -> None:
     check.add_argument("--model", type=Path, help="Ingredients model folder (its face_encoder/ is used)")
     check.add_argument("--face-models", type=Path, action="append", default=None, metavar="DIR",
                        help="folder(s) with the face models (and the optional CurricularFace file)")
-    check.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES,
+    check.add_argument("--frames", type=positive_int, default=DEFAULT_FRAMES,
                        help=f"frames to sample evenly (default {DEFAULT_FRAMES}, as the paper's metric)")
     check.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     check.add_argument("--face-choice", type=_face_choice, default="best",
@@ -82,7 +77,7 @@ def add_generate_options(generate: argparse.ArgumentParser) -> None:
                           help="run the identity check on the written video and print its table")
     generate.add_argument("--evaluate-json", type=Path, default=None, metavar="FILE",
                           help="run the identity check and also write its results as JSON")
-    generate.add_argument("--evaluate-frames", type=_positive_int, default=DEFAULT_FRAMES, metavar="N",
+    generate.add_argument("--evaluate-frames", type=positive_int, default=DEFAULT_FRAMES, metavar="N",
                           help=f"identity check: frames to sample (default {DEFAULT_FRAMES})")
     generate.add_argument("--evaluate-threshold", type=_similarity, default=DEFAULT_THRESHOLD, metavar="SIM",
                           help=f"identity check: similarity at which a person counts as found "
