@@ -185,8 +185,8 @@ def meta_section(env: Host, record: dict) -> None:
          "memory.transformer_activation_bytes, 2 IDs, bf16", record, both=act, half=half)
     for name, storage in (("bf16", torch.bfloat16), ("fp8_e4m3fn", torch.float8_e4m3fn)):
         model = fullsize.build_on_meta(env.core, config, env.layers(storage, torch.bfloat16), storage, torch.bfloat16)
-        total = fullsize.weight_bytes(model)
-        qformer = fullsize.weight_bytes(model.local_facial_extractor)
+        weight_bytes = env.core("model.storage").weight_bytes
+        total, qformer = weight_bytes(model), weight_bytes(model.local_facial_extractor)
         emit("fullsize", f"{name} all weights", f"resident {_size(total):>12s} (q-former {_size(qformer)})",
              f"meta model on {'comfy.ops' if env.host else 'torch.nn'} layers, bytes of every tensor", record,
              resident=total, qformer=qformer)

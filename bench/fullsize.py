@@ -89,11 +89,6 @@ def build_on_meta(core, config, layers: dict | None, storage: torch.dtype, compu
     return model.eval().requires_grad_(False)
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every parameter and buffer (meta tensors count as allocated ones would)."""
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-
-
 def _golden_scale(name: str, tensor: torch.Tensor) -> tuple[float, float]:
     """(offset, scale) of the golden weight rule for this tensor: norms 1 + 0.05 x, biases 0.02 x,
     the rest x / sqrt(fan in)."""

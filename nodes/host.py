@@ -80,7 +80,6 @@ def devices(role: str) -> tuple[torch.device, torch.device]:
 # -- dtypes per role -----------------------------------------------------------------------------
 # Each model takes its dtype from ComfyUI's picker for its role, so --fp16-unet never reaches the
 # VAE and --fp8_e4m3fn-unet never reaches a face model. A node's explicit choice wins over auto.
-TRAINED_DTYPE = torch.bfloat16  # the released transformer's dtype
 DIFFUSION_DTYPES = [torch.bfloat16, torch.float32]  # fp16 only when asked for (node or --fp16-unet)
 VAE_DTYPES = [torch.bfloat16, torch.float16, torch.float32]  # ComfyUI's working dtypes for the CogVideoX VAE
 FLOAT8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu")

@@ -54,11 +54,9 @@ def convert(tensor: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
     return tensor.to(device=device, dtype=dtype)
 
 
-def weight_bytes(model: nn.Module, device: Optional[torch.device] = None) -> int:
-    """Bytes of the model's parameters and buffers (only those on ``device`` when given)."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors
-               if device is None or t.device.type == torch.device(device).type)
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (meta tensors count as allocated ones would)."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
 def enable_storage_casting(model: nn.Module, storage: torch.dtype, compute: torch.dtype) -> int:
