@@ -121,6 +121,20 @@ class StageMover:
             torch.cuda.empty_cache()
 
 
+def load_text_encoder_for(folder, dtype: torch.dtype, offload: str, device: torch.device):
+    """The folder's T5 for this offload mode: on ``device``, or with ``blocks`` in CPU RAM, streamed
+    layer by layer to ``device``."""
+    import torch
+
+    from .text import load_text_encoder
+
+    if offload != "blocks":
+        return load_text_encoder(folder, dtype, device)
+    encoder = load_text_encoder(folder, dtype, torch.device("cpu"))
+    stream_layers(encoder, device)
+    return encoder
+
+
 def prepare_transformer(transformer, storage: Optional[torch.dtype], compute: torch.dtype, offload: str,
                         device: torch.device) -> None:
     """Storage casting hooks first, then layer streaming (the order diffusers documents)."""

@@ -105,8 +105,14 @@ def load_bundle(folder: str | Path, device: str = "auto", dtype: str = "auto", l
     import json
 
     from .checkpoint import load_transformer
-    from .offload import home_device, prepare_transformer, resolve_attention, resolve_weight_dtype, stream_layers
-    from .text import load_text_encoder, load_tokenizer
+    from .offload import (
+        home_device,
+        load_text_encoder_for,
+        prepare_transformer,
+        resolve_attention,
+        resolve_weight_dtype,
+    )
+    from .text import load_tokenizer
     from .vae import load_vae
 
     folder = check_model_folder(folder, need_text=load_text)
@@ -121,11 +127,7 @@ def load_bundle(folder: str | Path, device: str = "auto", dtype: str = "auto", l
     transformer = load_transformer(folder, dtype=torch_dtype, device=home, weight_dtype=storage,
                                    attention=attention_fn)
     prepare_transformer(transformer, storage, torch_dtype, offload, torch_device)
-    text_encoder = None
-    if load_text:  # T5 follows the offload mode too ("blocks": streamed from CPU RAM layer by layer)
-        text_encoder = load_text_encoder(folder, torch_dtype, home if offload == "blocks" else torch_device)
-        if offload == "blocks":
-            stream_layers(text_encoder, torch_device)
+    text_encoder = load_text_encoder_for(folder, torch_dtype, offload, torch_device) if load_text else None
     return ModelBundle(
         transformer=transformer,
         vae=load_vae(folder, torch_dtype, home),
@@ -165,14 +167,11 @@ def encode_texts_once(folder: str | Path, texts: Sequence[str], device: torch.de
 
     import torch
 
-    from .offload import home_device, stream_layers
-    from .text import encode_prompts, load_text_encoder, load_tokenizer
+    from .offload import load_text_encoder_for
+    from .text import encode_prompts, load_tokenizer
 
     tokenizer = load_tokenizer(folder)
-    home = home_device(offload, device) if offload == "blocks" else device
-    encoder = load_text_encoder(folder, dtype, home)
-    if offload == "blocks":
-        stream_layers(encoder, device)
+    encoder = load_text_encoder_for(folder, dtype, offload, device)
     try:
         return [encode_prompts(tokenizer, encoder, [text], device, dtype) for text in texts]
     finally:
