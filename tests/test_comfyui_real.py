@@ -37,6 +37,8 @@ COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set: the real-ComfyUI test needs a "
                                                      "ComfyUI checkout (and COMFYUI_PYTHON with its requirements)")
 WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
+# The examples as users saved them before the registry metadata (tests/test_workflow_fixtures.py).
+FIXTURES = sorted((harness.REPO / "tests" / "fixtures" / "workflows").glob("*.json"))
 # The tiny transformer has learned positions for 9 frames of 64 x 96: the only override of the examples.
 TINY_SAMPLER = dict(width=96, height=64, frames=9, steps=2)
 START_TIMEOUT, RUN_TIMEOUT = 240, 600
@@ -271,7 +273,7 @@ def _run_workflow(server: Server, definitions: dict, path: Path) -> None:
         assert shown["images"] and shown["text"][0].startswith("Identity check"), shown
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", WORKFLOWS + FIXTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_example_workflow_runs_to_saved_frames(server, definitions, path):
     _run_workflow(server, definitions, path)
 
@@ -307,7 +309,7 @@ def test_example_workflows_run_under_comfyuis_dtype_flags(flag_server, path):
 def test_frontend_loads_the_pack_and_agrees_on_the_api_prompt(server, definitions):
     with frontend.open_comfyui(server.url) as (page, log):
         assert frontend.extension_registered(page)
-        for path in WORKFLOWS:
+        for path in WORKFLOWS + FIXTURES:
             workflow = json.loads(path.read_text())
             missing, output = frontend.load(page, workflow)
             assert missing == [], f"{path.name}: the frontend does not know {missing}"

@@ -128,8 +128,7 @@ def _input_changes(node_id: str, old: list[dict], new: list[dict]) -> tuple[list
             breaking.append(f"{where}: input removed or renamed (inputs now {new_ids})")
             continue
         if new_ids.index(before["id"]) != index:
-            breaking.append(f"{where}: input moved from position {index} to {new_ids.index(before['id'])} "
-                            f"(inputs were {[i['id'] for i in old]}, now {new_ids})")
+            breaking.append(f"{where}: input moved from position {index} to {new_ids.index(before['id'])}")
         after = new[new_ids.index(before["id"])]
         if after["type"] != before["type"]:
             breaking.append(f"{where}: type {before['type']} -> {after['type']}")
@@ -150,6 +149,8 @@ def _input_changes(node_id: str, old: list[dict], new: list[dict]) -> tuple[list
     for after in new[:len(old)]:
         if after["id"] not in old_ids:
             breaking.append(f"{node_id}.{after['id']}: input inserted before old inputs (append it at the end)")
+    if breaking:
+        breaking.append(f"{node_id}: inputs were {[i['id'] for i in old]}, now {new_ids}")
     return breaking, allowed
 
 
