@@ -305,6 +305,20 @@ def test_example_workflows_run_under_comfyuis_dtype_flags(flag_server, path):
     assert "IMPORT FAILED" not in server.log()
 
 
+def test_template_browser_lists_every_example_with_its_thumbnail(server):
+    """/workflow_templates lists workflows/*.json under the pack's folder name; the frontend then
+    fetches /api/workflow_templates/PACK/NAME.json and NAME.jpg (its thumbnail) from the same folder."""
+    pack = "ComfyUI-Ingredients"  # the name of the symlink in custom_nodes (_base_directory)
+    assert sorted(server.get("/workflow_templates")[pack]) == [p.stem for p in WORKFLOWS]
+    for path in WORKFLOWS:
+        for served in (path, path.with_suffix(".jpg")):
+            url = f"{server.url}/api/workflow_templates/{pack}/{served.name}"
+            with urllib.request.urlopen(url, timeout=30) as response:
+                assert response.read() == served.read_bytes(), url
+                assert response.headers["Content-Type"] == ("image/jpeg" if served.suffix == ".jpg"
+                                                            else "application/json"), url
+
+
 @pytest.mark.skipif(not frontend.available(), reason="needs Debian chromium (/usr/bin/chromium) and pip playwright")
 def test_frontend_loads_the_pack_and_agrees_on_the_api_prompt(server, definitions):
     with frontend.open_comfyui(server.url) as (page, log):
@@ -316,6 +330,8 @@ def test_frontend_loads_the_pack_and_agrees_on_the_api_prompt(server, definition
             for node in output.values():
                 node.pop("_meta", None)
             assert output == workflow_tools.to_api(workflow, definitions), path.name
+            kept = frontend.node_properties(page)  # cnr_id and ver survive a load and a save
+            assert all(kept[n["id"]] == n.get("properties", {}) for n in workflow["nodes"]), path.name
         assert log.pack_errors() == []
 
 
