@@ -142,3 +142,19 @@ def test_an_inserted_widget_shifts_the_saved_values_and_is_caught(definitions):
     inserted = _with_sampler_input(definitions, "eta", ["FLOAT", {"default": 0.25, "min": 0.0, "max": 1.0}], "seed")
     problems = workflow_tools.check_workflow(workflow, inserted)
     assert any("IngredientsSampler" in p for p in problems), problems
+
+
+def test_a_widget_converted_to_a_socket_takes_the_link_and_keeps_its_slot(definitions):
+    """A widget fed by a link keeps its place in widgets_values: the values after it still land."""
+    workflow = load(harness.REPO / "tests" / "fixtures" / "workflows" / "ingredients_two_ids_identity_check.json")
+    check = next(n for n in workflow["nodes"] if n["type"] == "IngredientsIdentityCheck")
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "IngredientsSampler")
+    slot = next(i for i, s in enumerate(sampler["inputs"]) if s["name"] == "cfg")
+    link_id = workflow["last_link_id"] + 1
+    workflow["links"].append([link_id, check["id"], 1, sampler["id"], slot, "FLOAT"])  # output 1: official
+    sampler["inputs"][slot]["link"] = link_id
+    assert workflow_tools.check_workflow(workflow, definitions) == []
+    sent = workflow_tools.to_api(workflow, definitions)[str(sampler["id"])]["inputs"]
+    saved = saved_values(sampler)
+    assert sent["cfg"] == [str(check["id"]), 1]
+    assert all(sent[name] == value for name, value in saved.items() if name not in HIDDEN + ("cfg",))
