@@ -38,10 +38,18 @@ def load_tokenizer(model_dir: str | Path):
     """Load the T5 tokenizer from ``model_dir/tokenizer`` (``spiece.model`` or ``tokenizer.json``)."""
     from transformers import T5Tokenizer
 
+    from .checkpoint import loading_error
+    from .integrity import require_whole
+
     path = _component_dir(
         model_dir, TOKENIZER_SUBFOLDER, "the T5 tokenizer (spiece.model and tokenizer_config.json)"
     )
-    return T5Tokenizer.from_pretrained(str(path), local_files_only=True)
+    if (path / "spiece.model").exists():
+        require_whole(path / "spiece.model", "T5 tokenizer file", path.parent)
+    try:
+        return T5Tokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as err:  # transformers' and sentencepiece's load errors
+        raise loading_error(path, "the T5 tokenizer", err) from err
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict:
@@ -58,10 +66,16 @@ def load_text_encoder(model_dir: str | Path, dtype: torch.dtype, device: torch.d
     """Load the T5 encoder from ``model_dir/text_encoder`` in ``dtype`` on ``device``, in eval mode."""
     from transformers import T5EncoderModel
 
+    from .checkpoint import checked_weight_files, loading_error
+
     path = _component_dir(
         model_dir, TEXT_ENCODER_SUBFOLDER, "the T5 encoder (config.json and *.safetensors)"
     )
-    encoder = T5EncoderModel.from_pretrained(str(path), local_files_only=True, **_dtype_kwarg(dtype))
+    checked_weight_files(path)
+    try:
+        encoder = T5EncoderModel.from_pretrained(str(path), local_files_only=True, **_dtype_kwarg(dtype))
+    except (OSError, ValueError, RuntimeError) as err:  # transformers' load errors
+        raise loading_error(path, "the T5 encoder", err) from err
     encoder.requires_grad_(False)
     return encoder.to(device).eval()
 
