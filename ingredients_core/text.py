@@ -95,16 +95,33 @@ def text_encoder_tensors(model_dir: str | Path):
     return folder_tensors(_component_dir(model_dir, TEXT_ENCODER_SUBFOLDER, "the T5 encoder (*.safetensors)"))
 
 
-def _warn_if_truncated(tokenizer, prompts: Sequence[str], max_length: int) -> None:
-    """Log (warning) the part of each prompt that does not fit in ``max_length`` tokens."""
+def prompt_lengths(tokenizer, prompts: Sequence[str], max_length: int = MAX_SEQUENCE_LENGTH) -> list[tuple[int, str]]:
+    """(T5 tokens with the end token, the text beyond ``max_length`` or "") of each prompt."""
     full = tokenizer(
         list(prompts), padding=False, truncation=False, add_special_tokens=True, verbose=False
     )
+    lengths = []
     for prompt_ids in full["input_ids"]:
-        if len(prompt_ids) > max_length:
-            # The last kept position holds the end-of-sequence token, so text from
-            # max_length - 1 onwards (without the final EOS) is what was dropped.
-            removed = tokenizer.decode(prompt_ids[max_length - 1 : -1])
+        # The last kept position holds the end-of-sequence token, so text from max_length - 1
+        # onwards (without the final EOS) is what is dropped.
+        dropped = tokenizer.decode(prompt_ids[max_length - 1 : -1]) if len(prompt_ids) > max_length else ""
+        lengths.append((len(prompt_ids), dropped))
+    return lengths
+
+
+def length_notice(name: str, tokens: int, dropped: str = "", max_length: int = MAX_SEQUENCE_LENGTH) -> str:
+    """One line for a node's text: the prompt's length, or that it is cut and what is lost."""
+    if tokens <= max_length:
+        return f"{name}: {tokens} of {max_length} T5 tokens"
+    lost = f": this part is dropped: {dropped!r}" if dropped else f": {tokens - max_length} tokens at the end are dropped"
+    return (f"WARNING {name} is too long: {tokens} T5 tokens, the model reads {max_length} (as the official "
+            f"pipeline){lost}. Shorten it.")
+
+
+def _warn_if_truncated(tokenizer, prompts: Sequence[str], max_length: int) -> None:
+    """Log (warning) the part of each prompt that does not fit in ``max_length`` tokens."""
+    for _, removed in prompt_lengths(tokenizer, prompts, max_length):
+        if removed:
             logger.warning(
                 "Prompt truncated to %d T5 tokens; this part was dropped: %r", max_length, removed
             )

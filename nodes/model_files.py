@@ -33,7 +33,7 @@ def search_roots(kind: FolderKind) -> list[Path]:
 
 def find_folders(kind: FolderKind) -> dict[str, Path]:
     """Name -> folder for every folder of ``kind`` below the search folders (first root wins)."""
-    return model_folders.find_folders(kind, searchsearch_roots(kind))
+    return model_folders.find_folders(kind, search_roots(kind))
 
 
 def folder_names(kind: FolderKind) -> list[str]:
