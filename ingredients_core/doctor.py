@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 # module, pip name, what needs it
 FACE_PACKAGES = (
     ("cv2", "opencv-python", "image resizing, face alignment"),
-    ("onnxruntime", "onnxruntime", "ArcFace (glintr100.onnx)"),
+    ("onnxruntime", "onnxruntime", "ArcFace, glintr100.onnx"),
     ("insightface", "insightface", "ArcFace"),
     ("facexlib", "facexlib", "the RetinaFace detector"),
     ("consisid_eva_clip", "consisid_eva_clip", "the EVA02-CLIP face features"),
