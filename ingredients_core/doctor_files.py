@@ -9,6 +9,7 @@ so a layout the doctor accepts is one the loader uses.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -125,13 +126,11 @@ def _weight_checks(sub: Path, folder: Path, section: str) -> list[Check]:
     indexes = sorted(sub.glob("*.safetensors.index.json")) or sorted(sub.glob("*.bin.index.json"))
     if indexes:
         checks = [_file_check(indexes[0], folder, section)]
-        if not checks[0].status == OK:
+        if checks[0].status != OK:
             return checks
         problems = index_problems(indexes[0])
         checks.extend(Check(FAIL, f"{sub.name}/{indexes[0].name}", problem, f"download {sub.name}/ again from "
                             f"{SOURCE} (every shard)", section) for problem in problems)
-        import json
-
         shards = sorted(set(json.loads(indexes[0].read_text(encoding="utf-8"))["weight_map"].values()))
         return checks + [_file_check(sub / s, folder, section) for s in shards if (sub / s).is_file()]
     files = next((sorted(sub.glob(f"*{suffix}")) for suffix in WEIGHT_SUFFIXES if list(sub.glob(f"*{suffix}"))), [])
@@ -141,8 +140,16 @@ def _weight_checks(sub: Path, folder: Path, section: str) -> list[Check]:
     return [_file_check(f, folder, section) for f in files]
 
 
+# Parts the pack can do without: the prompts may come from ComfyUI's CLIPLoader (Encode Prompt (CLIP)).
+OPTIONAL_PARTS = {"text_encoder": "T5", "tokenizer": "T5"}
+
+
 def _part(folder: Path, sub: str, files: Sequence[str], section: str, weights: bool) -> list[Check]:
     path = folder / sub
+    if not path.is_dir() and sub in OPTIONAL_PARTS:
+        return [Check(WARN, f"{sub}/", "missing: Load Ingredients T5 cannot use this folder (fine when the prompts "
+                      "come from CLIPLoader and Encode Prompt (CLIP))", f"download {sub}/ from {SOURCE} into {folder}",
+                      section)]
     if not path.is_dir():
         return [Check(FAIL, f"{sub}/", "missing", f"download {sub}/ from {SOURCE} into {folder}", section)]
     checks = []

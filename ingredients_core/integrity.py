@@ -56,10 +56,10 @@ def doctor_hint(folder: str | Path | None = None) -> str:
 
 
 def size_text(size: int) -> str:
-    """``28.1 MB (28,123,456 bytes)``."""
+    """``28.1 MB = 28,123,456 bytes``."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if size >= scale:
-            return f"{size / scale:.1f} {unit} ({size:,} bytes)"
+            return f"{size / scale:.1f} {unit} = {size:,} bytes"
     return f"{size} bytes"
 
 
@@ -241,9 +241,13 @@ def _torch_zip(path: Path, size: int) -> FileState:
     try:
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        return FileState(path, False, "torch zip", f"truncated or damaged: {size_text(size)}, and the zip directory "
-                                                   f"torch.save writes at the end is missing ({err}){hint}")
+    except zipfile.BadZipFile:
+        return FileState(path, False, "torch zip", f"truncated or damaged: {size_text(size)}; it starts as the zip "
+                                                   f"torch.save writes, but the zip directory that ends such a file "
+                                                   f"is missing{hint}")
+    except (OSError, ValueError) as err:
+        return FileState(path, False, "torch zip", f"damaged: its zip directory cannot be read ({err}); "
+                                                   f"{size_text(size)}{hint}")
     if not any(r.filename.endswith("data.pkl") for r in records):
         return FileState(path, False, "torch zip", f"a zip file without data.pkl: not a torch checkpoint ({size_text(size)})")
     beyond = [r.filename for r in records if r.header_offset + r.compress_size > size]

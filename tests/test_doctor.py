@@ -256,3 +256,10 @@ def test_the_node_names_a_cut_vae(check_install_node):
         vae.write_bytes(whole)
     assert "FAIL  vae/diffusion_pytorch_model.safetensors: truncated" in report
     assert "Result: 1 problem to fix" in report
+
+
+def test_a_folder_without_t5_warns_but_passes(capsys, copy):
+    shutil.rmtree(copy / "text_encoder")
+    code, out = run_cli(capsys, "--model", str(copy))
+    assert code == 0, out
+    assert "WARN  text_encoder/: missing: Load Ingredients T5 cannot use this folder" in out
