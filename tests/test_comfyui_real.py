@@ -438,3 +438,14 @@ def test_a_cut_model_file_gets_the_packs_message_in_comfyui(server, definitions,
     message = error["exception_message"]
     assert error["node_type"] == loader and str(path) in message and "truncated" in message, message
     assert "feizhengcong/Ingredients again" in message and "Ingredients Check Install" in message, message
+
+
+def test_a_prompt_over_226_tokens_says_so_on_the_node_in_comfyui(server, definitions):
+    prompt, _ = _sampler_prompt(definitions, seed=4321)
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "IngredientsEncodePrompt")
+    prompt[encode]["inputs"]["prompt"] = "two men talk in a dimly lit office " * 40
+    _, answer = server.post_prompt(prompt)
+    entry = server.wait_for(answer["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    shown = entry["outputs"][encode]["text"][0]
+    assert shown.startswith("WARNING prompt is too long") and "the model reads 226" in shown, shown
