@@ -263,3 +263,15 @@ def test_a_folder_without_t5_warns_but_passes(capsys, copy):
     code, out = run_cli(capsys, "--model", str(copy))
     assert code == 0, out
     assert "WARN  text_encoder/: missing: Load Ingredients T5 cannot use this folder" in out
+
+
+def test_the_loaders_own_errors_point_to_the_doctor(check_install_node):
+    from ingredients_core.faces.errors import FaceModelsError, FaceModelsNotFoundError
+
+    node, _ = check_install_node
+    loaders = harness.pack_module("nodes.loaders")
+    message = loaders.ModelLoader.validate_inputs(model_folder="NotDownloaded")
+    assert "python -m ingredients_core doctor" in message and "Ingredients Check Install node" in message
+    for error in (FaceModelsNotFoundError(["EVA02_CLIP_L_336_psz14_s6B.pt"], [Path("/x")]),
+                  FaceModelsError(Path("/x/glintr100.onnx"), "truncated")):
+        assert "python -m ingredients_core doctor" in str(error), str(error)
