@@ -27,6 +27,7 @@ from typing import Iterator, Optional, Union
 import torch
 
 from .config import ConfigError, TransformerConfig
+from .integrity import DamagedFileError, doctor_hint, require_whole
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def resolve(path: PathLike) -> CheckpointFiles:
         if path.suffix not in WEIGHT_SUFFIXES:
             raise CheckpointError(f"{path}: expected a {'/'.join(WEIGHT_SUFFIXES)} weight file")
         config = path.with_name("config.json")
-        return CheckpointFiles((path,), config if config.is_file() else None)
+        return CheckpointFiles(_whole((path,), "transformer weights file"), config if config.is_file() else None)
     for sub in ("transformer_ema", "transformer"):
         if (path / sub).is_dir():
             return resolve(path / sub)
@@ -70,6 +71,20 @@ def folder_tensors(folder: PathLike) -> Iterator[tuple[str, torch.Tensor]]:
     return _iter_tensors(_weight_files(Path(folder), "weights"))
 
 
+def checked_weight_files(folder: PathLike) -> tuple[Path, ...]:
+    """The weight files of a model subfolder (``vae/``, ``text_encoder/``), each read for
+    completeness; :class:`CheckpointError` names a missing, cut or foreign one."""
+    return _weight_files(Path(folder), "weights")
+
+
+def loading_error(folder: PathLike, what: str, err: BaseException) -> CheckpointError:
+    """A library's error while loading ``folder`` (diffusers, transformers), worded for the user."""
+    folder = Path(folder)
+    return CheckpointError(f"{what} in {folder} cannot be loaded ({type(err).__name__}: {str(err).strip()[:400]}). "
+                           f"Fix: download {folder.name}/ again from Hugging Face feizhengcong/Ingredients (every "
+                           f"file complete), then {doctor_hint(folder.parent)}")
+
+
 def _weight_files(folder: Path, what: str = "transformer weights") -> tuple[Path, ...]:
     indexes = sorted(folder.glob("*.safetensors.index.json")) or sorted(folder.glob("*.bin.index.json"))
     if indexes:
@@ -78,17 +93,29 @@ def _weight_files(folder: Path, what: str = "transformer weights") -> tuple[Path
         missing = [s.name for s in shards if not s.is_file()]
         if missing:
             raise CheckpointError(f"{folder}: shards listed in {indexes[0].name} are missing: {', '.join(missing)}; "
-                                  f"download them all ({SOURCE_HINT})")
-        return tuple(shards)
+                                  f"download them all ({SOURCE_HINT}), then {doctor_hint(folder.parent)}")
+        return _whole(tuple(shards), f"{folder.name} weights file", folder.parent)
     for suffix in WEIGHT_SUFFIXES:
         files = sorted(folder.glob(f"*{suffix}"))
         if files:
-            return tuple(files)
+            return _whole(tuple(files), f"{folder.name} weights file", folder.parent)
     if what != "transformer weights":
         raise CheckpointError(f"{folder}: no {what} found (*.safetensors, with an index when sharded); "
                               f"{SOURCE_HINT.replace('transformer/', folder.name + '/')}")
     raise CheckpointError(f"{folder}: no transformer weights found (expected diffusion_pytorch_model*.safetensors "
                           f"with config.json, or a transformer/ subfolder); {SOURCE_HINT}")
+
+
+def _whole(files: tuple[Path, ...], what: str, model_folder: Optional[Path] = None) -> tuple[Path, ...]:
+    """``files``, each read for completeness first (:mod:`.integrity`): a cut or foreign file gets
+    the pack's message (file, what is wrong, where to download it, the doctor) before any reader
+    (``safe_open``, ``torch.load``) raises its own."""
+    for file in files:
+        try:
+            require_whole(file, what, model_folder)
+        except DamagedFileError as err:
+            raise CheckpointError(str(err)) from err
+    return files
 
 
 # -- 2. reading tensors --------------------------------------------------------------------------
@@ -123,7 +150,8 @@ def _read_safetensors(file: Path, meta_only: bool) -> Iterator[tuple[str, object
     not add 12.8 GB of mapped pages to the process while it is cast and placed.
     """
     def broken(why: str) -> CheckpointError:
-        return CheckpointError(f"{file}: not a readable safetensors file ({why}); re-download it")
+        return CheckpointError(f"{file}: not a readable safetensors file ({why}); download it again, then "
+                               f"{doctor_hint()}")
 
     with open(file, "rb") as handle:
         try:
@@ -163,7 +191,8 @@ def _torch_state(file: Path) -> dict[str, torch.Tensor]:
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # the unpickler raises many types; all mean "unusable file"
         raise CheckpointError(f"{file}: cannot be read safely with torch.load(weights_only=True) "
-                              f"({err}); convert it to .safetensors") from err
+                              f"({err}); if it is cut short, download it again; if it holds more than tensors, "
+                              f"convert it to .safetensors; then {doctor_hint()}") from err
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -3,6 +3,7 @@
     python -m ingredients_core generate --model DIR --face A.jpg --face B.jpg --prompt TEXT --out out.mp4
     python -m ingredients_core evaluate --video out.mp4 --face A.jpg --face B.jpg --model DIR
     python -m ingredients_core demo --out DIR
+    python -m ingredients_core doctor [--model DIR] [--comfyui DIR]
 
 Exit codes: 0 done; 1 a problem with the inputs or the model folder (the message says which);
 2 bad command-line usage; 130 interrupted (Ctrl-C).
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .argtypes import non_negative_float, positive_int
+from .doctor import add_doctor_parser
 from .evaluate import add_evaluate_parser, add_generate_options, check_json_path, wants_evaluation
 from .offload import add_memory_options, check_memory_options
 from .pipeline import DTYPE_NAMES, GenerationSettings
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(commands)
     add_evaluate_parser(commands)
+    add_doctor_parser(commands)
     demo = commands.add_parser(
         "demo", help="offline end-to-end run on tiny random models (proves the setup, makes noise)",
         description="Make tiny random-weight models and run the whole generation on two face photos "
@@ -343,12 +346,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .faces.errors import FaceError, FaceModelsError
     from .faces.identity import IdentityInputError
+    from .integrity import DamagedFileError
     from .offload import OptionError
     from .pipeline import SettingsError
     from .routing import RoutingError
 
     return (FileNotFoundError, NotADirectoryError, CheckpointError, FaceError, FaceModelsError,
-            RoutingError, SettingsError, InputError, IdentityInputError, OptionError)
+            RoutingError, SettingsError, InputError, IdentityInputError, OptionError, DamagedFileError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -357,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "doctor":  # before anything that imports diffusers/transformers: they may be broken
+            from .doctor import run_doctor_command
+
+            return run_doctor_command(args)
         _quiet_third_party()
         if args.command == "demo":
             from .demo import run_demo_command

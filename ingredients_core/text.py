@@ -38,10 +38,18 @@ def load_tokenizer(model_dir: str | Path):
     """Load the T5 tokenizer from ``model_dir/tokenizer`` (``spiece.model`` or ``tokenizer.json``)."""
     from transformers import T5Tokenizer
 
+    from .checkpoint import loading_error
+    from .integrity import require_whole
+
     path = _component_dir(
         model_dir, TOKENIZER_SUBFOLDER, "the T5 tokenizer (spiece.model and tokenizer_config.json)"
     )
-    return T5Tokenizer.from_pretrained(str(path), local_files_only=True)
+    if (path / "spiece.model").exists():
+        require_whole(path / "spiece.model", "T5 tokenizer file", path.parent)
+    try:
+        return T5Tokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as err:  # transformers' and sentencepiece's load errors
+        raise loading_error(path, "the T5 tokenizer", err) from err
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict:
@@ -58,10 +66,16 @@ def load_text_encoder(model_dir: str | Path, dtype: torch.dtype, device: torch.d
     """Load the T5 encoder from ``model_dir/text_encoder`` in ``dtype`` on ``device``, in eval mode."""
     from transformers import T5EncoderModel
 
+    from .checkpoint import checked_weight_files, loading_error
+
     path = _component_dir(
         model_dir, TEXT_ENCODER_SUBFOLDER, "the T5 encoder (config.json and *.safetensors)"
     )
-    encoder = T5EncoderModel.from_pretrained(str(path), local_files_only=True, **_dtype_kwarg(dtype))
+    checked_weight_files(path)
+    try:
+        encoder = T5EncoderModel.from_pretrained(str(path), local_files_only=True, **_dtype_kwarg(dtype))
+    except (OSError, ValueError, RuntimeError) as err:  # transformers' load errors
+        raise loading_error(path, "the T5 encoder", err) from err
     encoder.requires_grad_(False)
     return encoder.to(device).eval()
 
@@ -81,16 +95,33 @@ def text_encoder_tensors(model_dir: str | Path):
     return folder_tensors(_component_dir(model_dir, TEXT_ENCODER_SUBFOLDER, "the T5 encoder (*.safetensors)"))
 
 
-def _warn_if_truncated(tokenizer, prompts: Sequence[str], max_length: int) -> None:
-    """Log (warning) the part of each prompt that does not fit in ``max_length`` tokens."""
+def prompt_lengths(tokenizer, prompts: Sequence[str], max_length: int = MAX_SEQUENCE_LENGTH) -> list[tuple[int, str]]:
+    """(T5 tokens with the end token, the text beyond ``max_length`` or "") of each prompt."""
     full = tokenizer(
         list(prompts), padding=False, truncation=False, add_special_tokens=True, verbose=False
     )
+    lengths = []
     for prompt_ids in full["input_ids"]:
-        if len(prompt_ids) > max_length:
-            # The last kept position holds the end-of-sequence token, so text from
-            # max_length - 1 onwards (without the final EOS) is what was dropped.
-            removed = tokenizer.decode(prompt_ids[max_length - 1 : -1])
+        # The last kept position holds the end-of-sequence token, so text from max_length - 1
+        # onwards (without the final EOS) is what is dropped.
+        dropped = tokenizer.decode(prompt_ids[max_length - 1 : -1]) if len(prompt_ids) > max_length else ""
+        lengths.append((len(prompt_ids), dropped))
+    return lengths
+
+
+def length_notice(name: str, tokens: int, dropped: str = "", max_length: int = MAX_SEQUENCE_LENGTH) -> str:
+    """One line for a node's text: the prompt's length, or that it is cut and what is lost."""
+    if tokens <= max_length:
+        return f"{name}: {tokens} of {max_length} T5 tokens"
+    lost = f": this part is dropped: {dropped!r}" if dropped else f": {tokens - max_length} tokens at the end are dropped"
+    return (f"WARNING {name} is too long: {tokens} T5 tokens, the model reads {max_length} (as the official "
+            f"pipeline){lost}. Shorten it.")
+
+
+def _warn_if_truncated(tokenizer, prompts: Sequence[str], max_length: int) -> None:
+    """Log (warning) the part of each prompt that does not fit in ``max_length`` tokens."""
+    for _, removed in prompt_lengths(tokenizer, prompts, max_length):
+        if removed:
             logger.warning(
                 "Prompt truncated to %d T5 tokens; this part was dropped: %r", max_length, removed
             )

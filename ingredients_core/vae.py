@@ -31,12 +31,18 @@ def load_vae(model_dir: str | Path, dtype: torch.dtype, device: torch.device | s
     """Load ``AutoencoderKLCogVideoX`` from ``model_dir/vae`` (local files only), in eval mode."""
     from diffusers import AutoencoderKLCogVideoX
 
+    from .checkpoint import checked_weight_files, loading_error
+
     path = Path(model_dir) / VAE_SUBFOLDER
     if not path.is_dir():
         raise FileNotFoundError(
             f"Missing folder {path}: expected the CogVideoX VAE (config.json and *.safetensors)."
         )
-    vae = AutoencoderKLCogVideoX.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+    checked_weight_files(path)  # a cut file: the pack's message, not diffusers' "Unable to load weights"
+    try:
+        vae = AutoencoderKLCogVideoX.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as err:  # diffusers' load errors (EnvironmentError is OSError)
+        raise loading_error(path, "the CogVideoX VAE", err) from err
     vae.requires_grad_(False)
     return vae.to(device).eval()
 

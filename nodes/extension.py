@@ -7,6 +7,7 @@ import logging
 from comfy_api.latest import ComfyExtension, io
 
 from . import host
+from .doctor import CheckInstall
 from .faces import EncodeFace, FaceCanvas, IDList
 from .identity import IdentityCheck
 from .ids import ProjectIDs, RouteIDs
@@ -33,6 +34,7 @@ NODES: list[type[io.ComfyNode]] = [
     Decode,
     RoutingMaps,
     IdentityCheck,
+    CheckInstall,
 ]
 
 

@@ -210,11 +210,9 @@ def curricularface_dirs(encoder) -> list:
     """Where the identity check's optional CurricularFace file may be: the ``face_encoder/`` the loaded
     ArcFace model sits in (``face_encoder/models/antelopev2/glintr100.onnx``), then every Ingredients
     folder's ``face_encoder/``."""
-    from pathlib import Path
+    from ..ingredients_core.faces.paths import arcface_home
 
-    arcface = Path(encoder.arcface.path)
-    in_layout = arcface.parent.name == "antelopev2" and arcface.parent.parent.name == "models"
-    dirs = [arcface.parents[2] if in_layout else arcface.parent]
+    dirs = [arcface_home(encoder.arcface.path)]
     for folder in model_files.find_folders(FACES).values():
         if folder / "face_encoder" not in dirs:
             dirs.append(folder / "face_encoder")

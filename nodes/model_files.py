@@ -8,52 +8,21 @@ candidate is a search folder itself or a folder up to two levels below it (``Ing
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..ingredients_core import model_folders
+from ..ingredients_core.integrity import COMPONENTS, doctor_hint
+from ..ingredients_core.model_folders import FACES, MODEL, T5, VAE, FolderKind
 from . import host
 
 SOURCE = "Hugging Face feizhengcong/Ingredients"
-MAX_DEPTH = 2
+__all__ = ["FACES", "MODEL", "T5", "VAE", "FolderKind", "find_folders", "folder_names", "resolve", "require_file",
+           "search_dirs", "search_roots", "validate_name"]
 
 
-@dataclass(frozen=True)
-class FolderKind:
-    """What a folder must contain to be offered by one loader.
-
-    ``parts``: each entry is a tuple of alternatives; one of them must exist below the folder.
-    """
-
-    label: str
-    parts: tuple[tuple[str, ...], ...]
-    roots: tuple[str, ...] = (host.INGREDIENTS_FOLDER,)
-
-    def matches(self, folder: Path) -> bool:
-        return all(any((folder / alt).exists() for alt in alternatives) for alternatives in self.parts)
-
-    def describe(self) -> str:
-        return ", ".join(" or ".join(f"{alt}" for alt in alternatives) for alternatives in self.parts)
-
-
-MODEL = FolderKind("Ingredients model", (("transformer", "transformer_ema"), ("scheduler/scheduler_config.json",)))
-VAE = FolderKind("CogVideoX VAE", (("vae",),))
-T5 = FolderKind("T5 text encoder", (("text_encoder",), ("tokenizer",)),
-                roots=(host.INGREDIENTS_FOLDER, host.TEXT_ENCODERS_FOLDER))
-FACES = FolderKind("face models", (("face_encoder",),))
-
-
-def _children(root: Path, depth: int) -> Iterable[tuple[str, Path]]:
-    if depth == 0 or not root.is_dir():
-        return
-    for child in sorted(root.iterdir(), key=lambda p: p.name.lower()):
-        if child.is_dir() and not child.name.startswith("."):
-            yield child.name, child
-            for name, sub in _children(child, depth - 1):
-                yield f"{child.name}/{name}", sub
-
-
-def _roots(kind: FolderKind) -> list[Path]:
+def search_roots(kind: FolderKind) -> list[Path]:
+    """The search folders ComfyUI knows for ``kind`` (its ``roots``, in order, without repeats)."""
     roots: list[Path] = []
     for name in kind.roots:
         for root in host.model_roots(name):
@@ -64,14 +33,7 @@ def _roots(kind: FolderKind) -> list[Path]:
 
 def find_folders(kind: FolderKind) -> dict[str, Path]:
     """Name -> folder for every folder of ``kind`` below the search folders (first root wins)."""
-    found: dict[str, Path] = {}
-    for root in _roots(kind):
-        if kind.matches(root):
-            found.setdefault(root.name, root)
-        for name, folder in _children(root, MAX_DEPTH):
-            if kind.matches(folder):
-                found.setdefault(name, folder)
-    return found
+    return model_folders.find_folders(kind, search_roots(kind))
 
 
 def folder_names(kind: FolderKind) -> list[str]:
@@ -79,10 +41,10 @@ def folder_names(kind: FolderKind) -> list[str]:
 
 
 def missing_message(kind: FolderKind, name: str, input_name: str) -> str:
-    searched = ", ".join(str(r) for r in _roots(kind)) or "(no search folders registered)"
+    searched = ", ".join(str(r) for r in search_roots(kind)) or "(no search folders registered)"
     return (f"{input_name}: no folder {name!r} holding the {kind.label} ({kind.describe()}) in: {searched}. "
             f"Put the downloaded folder in one of them, or add its parent folder to extra_model_paths.yaml "
-            f"under the key '{kind.roots[0]}'. Download: {SOURCE}.")
+            f"under the key '{kind.roots[0]}'. Download: {SOURCE}. Then {doctor_hint()}.")
 
 
 def resolve(kind: FolderKind, name: str, input_name: str) -> Path:
@@ -106,7 +68,7 @@ def require_file(path: Path, what: str, folder: Path, *alternatives: str) -> Pat
             return candidate
     names = " or ".join([path.name, *alternatives])
     raise FileNotFoundError(f"missing file {names} ({what}) in {folder}; download the complete folder from "
-                            f"{SOURCE}.")
+                            f"{SOURCE}, then {doctor_hint(folder.parent if folder.name in COMPONENTS else folder)}.")
 
 
 def search_dirs(folder: Path, extra_kinds: Sequence[str]) -> list[Path]:

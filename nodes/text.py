@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from . import host
 from .payloads import IngredientsPrompt, IngredientsT5, PromptType, T5Type
@@ -51,19 +51,25 @@ class EncodePrompt(io.ComfyNode):
     @classmethod
     def execute(cls, t5: IngredientsT5, prompt: str, negative_prompt: str) -> io.NodeOutput:
         from ..ingredients_core.memory import t5_activation_bytes
-        from ..ingredients_core.text import tokenize_prompts
+        from ..ingredients_core.text import length_notice, prompt_lengths, tokenize_prompts
 
         ids = tokenize_prompts(t5.tokenizer, [prompt, negative_prompt])   # (2, 226), no attention mask
         embeds = host.run_t5(t5.patcher, t5.encoder, ids, t5_activation_bytes(t5.config, *ids.shape))
-        return io.NodeOutput(IngredientsPrompt(embeds[:1], embeds[1:], f"T5 of {t5.folder.name}"))
+        lengths = prompt_lengths(t5.tokenizer, [prompt, negative_prompt])
+        notice = "\n".join(length_notice(name, *found) for name, found in zip(("prompt", "negative_prompt"), lengths))
+        return io.NodeOutput(IngredientsPrompt(embeds[:1], embeds[1:], f"T5 of {t5.folder.name}"),
+                             ui=ui.PreviewText(notice))
 
 
-def clip_t5_embeddings(clip, text: str, input_name: str):
-    """(1, 226, 4096) T5-XXL hidden states of ``text`` from a native ComfyUI CLIP."""
+def clip_t5_embeddings(clip, text: str, input_name: str, lengths: list | None = None):
+    """(1, 226, 4096) T5-XXL hidden states of ``text`` from a native ComfyUI CLIP; the prompt's
+    token count (end token included) is appended to ``lengths`` when given."""
     tokens = clip.tokenize(text, tokenizer_options={f"{T5_KEY}_min_length": TOKENS}, disable_weights=True)
     if T5_KEY not in tokens:
         raise ValueError(f"{input_name}: this CLIP has no T5-XXL encoder (it has {', '.join(sorted(tokens))}). "
                          "Load t5xxl with CLIPLoader type 'sd3' (or 'cogvideox' on newer ComfyUI).")
+    if lengths is not None:
+        lengths.append(_token_count(tokens[T5_KEY]))
     t5_tokens = _official_length(tokens[T5_KEY])
     only_t5 = {key: (t5_tokens if key == T5_KEY else []) for key in tokens}
     embeds = clip.encode_from_tokens(only_t5)
@@ -72,6 +78,13 @@ def clip_t5_embeddings(clip, text: str, input_name: str):
                          f"expected (1, {TOKENS}, 4096): this ComfyUI ignores tokenizer_options; update ComfyUI "
                          "or use Load Ingredients T5.")
     return embeds[:1].float().to(host.output_device())
+
+
+def _token_count(batches: list) -> int:
+    """Tokens up to the end token (ComfyUI pads each batch after it)."""
+    tokens = [t for batch in batches for t in batch]
+    ends = [i for i, t in enumerate(tokens) if t[0] == 1]
+    return ends[-1] + 1 if ends else len(tokens)
 
 
 def _official_length(batches: list) -> list:
@@ -106,6 +119,10 @@ class EncodePromptCLIP(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, prompt: str, negative_prompt: str) -> io.NodeOutput:
-        positive = clip_t5_embeddings(clip, prompt, "prompt")
-        negative = clip_t5_embeddings(clip, negative_prompt, "negative_prompt")
-        return io.NodeOutput(IngredientsPrompt(positive, negative, "native CLIP (t5xxl)"))
+        from ..ingredients_core.text import length_notice
+
+        lengths: list[int] = []
+        positive = clip_t5_embeddings(clip, prompt, "prompt", lengths)
+        negative = clip_t5_embeddings(clip, negative_prompt, "negative_prompt", lengths)
+        notice = "\n".join(length_notice(name, count) for name, count in zip(("prompt", "negative_prompt"), lengths))
+        return io.NodeOutput(IngredientsPrompt(positive, negative, "native CLIP (t5xxl)"), ui=ui.PreviewText(notice))

@@ -413,3 +413,57 @@ def test_cancel_stops_the_sampler_between_steps(server, definitions):
     assert any(message[0] == "execution_interrupted" for message in entry["status"]["messages"])
     reached = max(p["value"] for p in _sampler_progress(messages, sampler))
     assert reached < steps
+
+
+# -- the doctor node and the pack's own messages for cut model files ----------------------------
+def test_check_install_node_reports_on_the_node(server, definitions):
+    assert definitions["IngredientsCheckInstall"]["output_node"] is True
+    _, answer = server.post_prompt({"1": {"class_type": "IngredientsCheckInstall", "inputs": {}}})
+    entry = server.wait_for(answer["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    report = entry["outputs"]["1"]["text"][0]
+    assert report.startswith("Ingredients install check") and "Result: everything needed is there" in report, report
+    assert "OK    Load Ingredients Model: offers Ingredients" in report
+    assert "OK    face_encoder/EVA02_CLIP_L_336_psz14_s6B.pt: torch zip" in report
+    assert "ArcFace provider: CPUExecutionProvider" in report
+
+
+CUT_FILES = {"IngredientsModelLoader": "transformer/diffusion_pytorch_model.safetensors",
+             "IngredientsVAELoader": "vae/diffusion_pytorch_model.safetensors"}
+
+
+@pytest.mark.parametrize("loader", list(CUT_FILES))
+def test_a_cut_model_file_gets_the_packs_message_in_comfyui(server, definitions, models_root, loader):
+    """A transformer shard or the VAE cut in half, as a new user's broken download: the error in
+    ComfyUI names the file, what is wrong, the download and the doctor."""
+    import shutil
+
+    folder = models_root / "models" / "ingredients" / "CutDownload"
+    shutil.copytree(models_root / "models" / "ingredients" / "Ingredients", folder)
+    path = folder / CUT_FILES[loader]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    try:
+        prompt = workflow_tools.to_api(json.loads(WORKFLOWS[0].read_text()), definitions)
+        node = next(k for k, v in prompt.items() if v["class_type"] == loader)
+        prompt[node]["inputs"]["model_folder"] = "CutDownload"
+        status, answer = server.post_prompt(prompt)
+        assert status == 200, answer
+        entry = server.wait_for(answer["prompt_id"])
+    finally:
+        shutil.rmtree(folder)
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    message = error["exception_message"]
+    assert error["node_type"] == loader and str(path) in message and "truncated" in message, message
+    assert "feizhengcong/Ingredients again" in message and "Ingredients Check Install" in message, message
+
+
+def test_a_prompt_over_226_tokens_says_so_on_the_node_in_comfyui(server, definitions):
+    prompt, _ = _sampler_prompt(definitions, seed=4321)
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "IngredientsEncodePrompt")
+    prompt[encode]["inputs"]["prompt"] = "two men talk in a dimly lit office " * 40
+    _, answer = server.post_prompt(prompt)
+    entry = server.wait_for(answer["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    shown = entry["outputs"][encode]["text"][0]
+    assert shown.startswith("WARNING prompt is too long") and "the model reads 226" in shown, shown

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..integrity import check_file
 from .errors import FaceModelsError
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ def load_arcface(path: str | Path, providers: Sequence[str | tuple[str, dict]]):
     """
     import insightface.model_zoo
 
+    state = check_file(path)
+    if not state.ok:  # named before ONNX Runtime's "INVALID_PROTOBUF" / "Protobuf parsing failed"
+        raise FaceModelsError(path, state.detail)
     try:
         model = insightface.model_zoo.get_model(str(path), providers=list(providers))
     except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) subclass Exception only

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..integrity import doctor_hint, download_location
+
 FACE_ENCODER_SOURCE = "https://huggingface.co/feizhengcong/Ingredients/tree/main/face_encoder"
 
 
@@ -47,7 +49,8 @@ class FaceModelsNotFoundError(FileNotFoundError):
             "  face_encoder/models/antelopev2/glintr100.onnx\n"
             "  face_encoder/EVA02_CLIP_L_336_psz14_s6B.pt\n"
             "  face_encoder/detection_Resnet50_Final.pth\n"
-            "(glintr100.onnx may also sit in ComfyUI's models/insightface/models/antelopev2/)."
+            "(glintr100.onnx may also sit in ComfyUI's models/insightface/models/antelopev2/).\n"
+            f"Then {doctor_hint()}."
         )
         super().__init__(message)
 
@@ -64,6 +67,6 @@ class FaceModelsError(ValueError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(
-            f"face model {self.path}: {problem}. Replace it with a good copy from {FACE_ENCODER_SOURCE} "
-            "(Hugging Face feizhengcong/Ingredients, folder face_encoder/)"
+            f"face model {self.path}: {problem}. Fix: download {download_location(self.path)} again "
+            f"({FACE_ENCODER_SOURCE}), then {doctor_hint()}"
         )

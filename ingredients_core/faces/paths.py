@@ -26,11 +26,17 @@ ARCFACE_FILE = "models/antelopev2/glintr100.onnx"
 EVA_CLIP_FILE = "EVA02_CLIP_L_336_psz14_s6B.pt"
 DETECTION_FILE = "detection_Resnet50_Final.pth"
 
-# Where each file may sit below a search folder. The first entry is the official layout of
-# face_encoder/; the ArcFace alternatives cover ComfyUI's models/insightface (which holds
-# models/antelopev2/) and a folder given as .../antelopev2 itself.
+# Where the antelopev2 folder may sit below a search folder: the official face_encoder/ layout (and
+# ComfyUI's models/insightface, which holds models/antelopev2/ too), an antelopev2/ directly below,
+# ComfyUI's models folder itself, and a folder given as .../antelopev2 itself ("").
+_ANTELOPE_DIRS = ("models/antelopev2", "antelopev2", "insightface/models/antelopev2",
+                  "models/insightface/models/antelopev2", "")
+# antelopev2.zip unpacked into a folder of its own name gives antelopev2/antelopev2/glintr100.onnx.
+_ARCFACE_CANDIDATES = tuple(dict.fromkeys(f"{d}/{nest}glintr100.onnx".lstrip("/") for nest in ("", "antelopev2/")
+                                          for d in _ANTELOPE_DIRS))
+# Where each file may sit below a search folder; the first entry is the official layout.
 _CANDIDATES: dict[str, tuple[str, ...]] = {
-    "arcface": (ARCFACE_FILE, "antelopev2/glintr100.onnx", "glintr100.onnx"),
+    "arcface": _ARCFACE_CANDIDATES,
     "eva_clip": (EVA_CLIP_FILE,),
     "detection": (DETECTION_FILE,),
 }
@@ -62,6 +68,23 @@ class FaceModelPaths:
         missing = [str(path) for path in (self.arcface, self.eva_clip, self.detection) if not Path(path).is_file()]
         if missing:
             raise FaceModelsNotFoundError(missing, sorted({str(Path(p).parent) for p in missing}))
+
+
+def arcface_home(path: str | os.PathLike[str]) -> Path:
+    """The folder an ArcFace file was found below (``face_encoder/`` for the official layout and
+    for a nested ``face_encoder/models/antelopev2/antelopev2/``); the file's folder otherwise."""
+    path = Path(path)
+    for relative in sorted(_ARCFACE_CANDIDATES, key=len, reverse=True):
+        parts = Path(relative).parts
+        if path.parts[-len(parts):] == parts and len(path.parts) > len(parts):
+            return Path(*path.parts[:-len(parts)])
+    return path.parent
+
+
+def is_official_arcface(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` ends in the official ``models/antelopev2/glintr100.onnx`` (not nested)."""
+    parts = Path(path).parts
+    return parts[-3:] == Path(ARCFACE_FILE).parts and parts[-4:-3] != ("antelopev2",)
 
 
 def _search_roots(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..integrity import check_file
 from .errors import FaceModelsError
 
 logger = logging.getLogger(__name__)
@@ -22,8 +23,12 @@ def load_torch_file(path: str | Path) -> Mapping[str, torch.Tensor]:
     """``torch.load`` with ``weights_only=True``, memory-mapped when the file format allows.
 
     Legacy (non-zip) files cannot be memory-mapped; they are read again without ``mmap``, still
-    with ``weights_only=True``. Raises :class:`FaceModelsError` when the file cannot be read.
+    with ``weights_only=True``. Raises :class:`FaceModelsError` when the file cannot be read; a cut
+    or foreign file is named before ``torch.load`` runs (:func:`~ingredients_core.integrity.check_file`).
     """
+    state = check_file(path)
+    if not state.ok:
+        raise FaceModelsError(path, state.detail)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
