@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .deps import require
 from .errors import FaceModelsError
 
 logger = logging.getLogger(__name__)
@@ -37,9 +38,7 @@ def onnx_providers(
     """
     device = torch.device(device)
     if available is None:
-        import onnxruntime
-
-        available = onnxruntime.get_available_providers()
+        available = require("onnxruntime").get_available_providers()
     if device.type == "cuda" and CUDA_PROVIDER in available:
         return [(CUDA_PROVIDER, {"device_id": device.index or 0}), CPU_PROVIDER]
     if device.type == "cuda":
@@ -53,10 +52,9 @@ def load_arcface(path: str | Path, providers: Sequence[str | tuple[str, dict]]):
     Raises :class:`~ingredients_core.faces.errors.FaceModelsError` (a ``ValueError``) if the file
     cannot be read by ONNX Runtime or is not a recognition model.
     """
-    import insightface.model_zoo
-
+    model_zoo = require("insightface.model_zoo")
     try:
-        model = insightface.model_zoo.get_model(str(path), providers=list(providers))
+        model = model_zoo.get_model(str(path), providers=list(providers))
     except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) subclass Exception only
         raise FaceModelsError(path, f"ONNX Runtime cannot load it ({str(error).strip()[:300]}); "
                                     "the file is corrupt or truncated") from error
