@@ -28,6 +28,8 @@ REQUIREMENTS = {
 #: The modules the face models import (consisid_eva_clip through eva_clip.import_eva_clip).
 FACE_MODULES = ("facexlib.detection.retinaface", "facexlib.detection.retinaface_utils", "insightface.model_zoo",
                 "onnxruntime")
+#: The face packages with a compiled part of their own (built against the numpy present at build time).
+COMPILED = ("insightface",)
 DOCTOR = "python -m ingredients_core doctor"
 DOCTOR_NODE = "Ingredients Check Install"
 # What numpy's C-API check says when a compiled module was built against another numpy major version.
@@ -84,10 +86,16 @@ def fix_for(package: str, error: BaseException) -> str:
     if is_numpy_mismatch(error):
         numpy = numpy_version()
         other = '"numpy<2"' if numpy.split(".")[0] not in ("0", "1", "?") else '"numpy>=2"'
-        return (f"its compiled part was built for another numpy than the installed numpy {numpy}: rebuild it "
-                f'against this numpy with {pip} --force-reinstall --no-deps --no-build-isolation --no-cache-dir '
-                f'"{requirement}" ({where}; needs Cython and a C/C++ compiler), or install the numpy it was '
-                f"built for ({pip} {other}) if your other nodes allow; then restart ComfyUI")
+        if package in COMPILED:  # insightface builds a Cython extension against the numpy of its build
+            rebuild = (f"its compiled part was built for another numpy than the installed numpy {numpy}: rebuild "
+                       f"it against this numpy with {pip} --force-reinstall --no-deps --no-build-isolation "
+                       f'--no-cache-dir "{requirement}" ({where}; needs Cython and a C/C++ compiler)')
+        else:
+            rebuild = (f"a compiled module it imports (named in the error's traceback) was built for another "
+                       f"numpy than the installed numpy {numpy}: reinstall that module's package for this numpy "
+                       f"({where})")
+        return f"{rebuild}, or install the numpy it was built for ({pip} {other}) if your other nodes allow; " \
+               "then restart ComfyUI"
     return f'{pip} --force-reinstall --no-deps "{requirement}" ({where}), then restart ComfyUI'
 
 
