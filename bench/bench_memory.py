@@ -1,6 +1,7 @@
 """Resident transformer weights and their error per weight mode; full-size accounting; GPU figures.
 
     [COMFYUI_PATH=/path/to/ComfyUI] python bench/bench_memory.py [--golden ../shared/golden] [--json out.json]
+        [--sweep]
 
 One line per mode, each saying what produced it:
 
@@ -8,9 +9,11 @@ One line per mode, each saying what produced it:
    bytes of transformer weights resident on the load device and the max relative error of one
    forward (t = 999, 2 IDs, CFG batch) against the float32 forward (``parity.relative_error``), for
    ``default`` (bf16), ``fp8_e4m3fn``, ``fp8_e5m2`` (bf16 compute) and a partial load at half the
-   weights. With COMFYUI_PATH: the path users get, in-process real ComfyUI with --cpu (``comfy.ops``
-   from ``host.transformer_layers``, a real ``ModelPatcher`` from ``host.manage_transformer``,
-   ``patcher.load(device, lowvram_model_memory=...)``; resident = ``loaded_size()`` of the
+   weights. ``--sweep``: the error of every mode at each golden timestep (999 and 500), and the fp8
+   modes with float32 compute too, then the range per weight dtype. With COMFYUI_PATH: the path users
+   get, in-process real ComfyUI with --cpu (``comfy.ops`` from ``host.transformer_layers``, a real
+   ``ModelPatcher`` from ``host.manage_transformer``, ``patcher.load(device,
+   lowvram_model_memory=...)``; resident = ``loaded_size()`` of the
    transformer's patcher plus its q-former's). Without: the core path
    (``checkpoint.load_transformer(weight_dtype=...)`` + ``storage.enable_storage_casting``); the
    partial line needs ComfyUI.
@@ -44,6 +47,9 @@ GiB, MiB = fullsize.GiB, fullsize.MiB
 #: mode -> (storage dtype, compute dtype, share of the weights a partial load keeps or None)
 GOLDEN_MODES = {"default (bf16)": ("bf16", "bf16", None), "fp8_e4m3fn": ("fp8_e4m3fn", "bf16", None),
                 "fp8_e5m2": ("fp8_e5m2", "bf16", None), "partial half (bf16)": ("bf16", "bf16", 0.5)}
+#: with --sweep: the fp8 storages computed in float32 as well (what the CPU and fp32 ComfyUI runs use)
+SWEEP_MODES = {"fp8_e4m3fn, fp32 compute": ("fp8_e4m3fn", "fp32", None),
+               "fp8_e5m2, fp32 compute": ("fp8_e5m2", "fp32", None)}
 CARDS_GIB = (24, 16, 12, 8)
 CUDA_ITEMS = ("bf16", "fp8", "fp8_12gb", "fp8_8gb", "sage_bf16")
 
@@ -85,8 +91,8 @@ class Host:
 
 
 # -- 1. golden config ------------------------------------------------------------------------------------
-def golden_forward(env: Host, model, inputs: dict, case: dict, dtype):
-    """One forward (the case's first timestep, both IDs, CFG batch) on the CPU in ``dtype``."""
+def golden_forward(env: Host, model, inputs: dict, case: dict, dtype, t: int):
+    """One forward (timestep ``t``, both IDs, CFG batch) on the CPU in ``dtype``."""
     import torch
 
     sampling = env.core("sampling")
@@ -98,7 +104,6 @@ def golden_forward(env: Host, model, inputs: dict, case: dict, dtype):
         rotary = sampling.rotary_embeddings(model.config, case["height_px"], case["width_px"], latents.shape[1], device)
         hidden = torch.cat([torch.cat([latents] * 2), torch.cat([image] * 2)], dim=2).to(dtype)
         text = torch.cat([inputs["negative_prompt_embeds"], inputs["prompt_embeds"]]).to(dtype)
-        t = case["timesteps_forward"][0]
         return model(hidden, text, torch.tensor([t, t]), rotary, ids=ids).float()
 
 
@@ -131,46 +136,61 @@ def golden_model(env: Host, folder: Path, storage_name: str, compute_name: str, 
     return model, patcher.loaded_size() + projector.loaded_size(), f"comfy.ops {ops}, {how}, loaded_size()"
 
 
-def golden_section(env: Host, golden: Path, record: dict) -> None:
+def _by_step(errors: dict) -> str:
+    return ", ".join(f"t={t} {error:.2e}" for t, error in errors.items())
+
+
+def golden_section(env: Host, golden: Path, record: dict, sweep: bool = False) -> None:
     import torch
     from safetensors.torch import load_file
 
     parity = env.core("parity")
     case = json.loads((golden / "case.json").read_text())
+    steps = case["timesteps_forward"] if sweep else case["timesteps_forward"][:1]
     inputs = load_file(str(golden / "inputs.safetensors"))
     outputs = load_file(str(golden / "outputs.safetensors"))
     with tempfile.TemporaryDirectory(prefix="ingredients-bench-memory-") as tmp:
         folder = parity.write_golden_checkpoint(golden, Path(tmp))
         reference, _, _ = golden_model(env, folder, "fp32", "fp32", None)
-        started = time.perf_counter()
-        ref = golden_forward(env, reference, inputs, case, torch.float32)
-        seconds = time.perf_counter() - started
-        golden_out = outputs[f"forward.t{case['timesteps_forward'][0]}"]
-        vs_golden = parity.relative_error(ref, golden_out)
-        emit("golden", "float32 (reference)", f"vs official golden output {vs_golden:.2e}, "
-             f"forward {seconds:.1f} s", env.label, record, error=vs_golden)
+        refs = {}
+        for t in steps:
+            started = time.perf_counter()
+            refs[t] = golden_forward(env, reference, inputs, case, torch.float32, t)
+            seconds = time.perf_counter() - started
+            vs_golden = parity.relative_error(refs[t], outputs[f"forward.t{t}"])
+            emit("golden", f"float32 (reference) t={t}", f"vs official golden output {vs_golden:.2e}, "
+                 f"forward {seconds:.1f} s", env.label, record, error=vs_golden)
         del reference
-        full_outputs = {}
-        for mode, (storage, compute, share) in GOLDEN_MODES.items():
+        full_outputs, ranges = {}, {}
+        for mode, (storage, compute, share) in {**GOLDEN_MODES, **(SWEEP_MODES if sweep else {})}.items():
             if share is not None and env.host is None:
                 emit("golden", mode, "needs COMFYUI_PATH", "ComfyUI's partial loading (ModelPatcher.load)", record)
                 continue
             try:
                 model, resident, how = golden_model(env, folder, storage, compute, share)
-                out = golden_forward(env, model, inputs, case, fullsize.dtype_of(compute))
+                outs = {t: golden_forward(env, model, inputs, case, fullsize.dtype_of(compute), t) for t in steps}
             except Exception as error:  # one mode's failure must not lose the others
                 logger.exception("golden %s failed", mode)
                 emit("golden", mode, f"FAILED {inproc.one_line(error)}", env.label, record, failed=True)
                 continue
-            error = parity.relative_error(out, ref)
+            errors = {t: parity.relative_error(out, refs[t]) for t, out in outs.items()}
             same = ""
             if share is None:
-                full_outputs[storage] = out
+                full_outputs[storage] = outs
+                ranges.setdefault(storage, []).extend(errors.values())
             elif storage in full_outputs:
-                same = f", vs full load {'identical' if torch.equal(out, full_outputs[storage]) else 'DIFFERENT'}"
-            emit("golden", mode, f"resident {_size(resident):>12s}  max rel err vs fp32 {error:.2e}{same}",
-                 f"{env.label}: {how}", record, resident=resident, error=error)
+                equal = all(torch.equal(outs[t], full_outputs[storage][t]) for t in steps)
+                same = f", vs full load {'identical' if equal else 'DIFFERENT'}"
+            figures = (f"max rel err vs fp32 {_by_step(errors)}" if sweep else
+                       f"max rel err vs fp32 {errors[steps[0]]:.2e}")
+            emit("golden", mode, f"resident {_size(resident):>12s}  {figures}{same}", f"{env.label}: {how}", record,
+                 resident=resident, error=max(errors.values()), errors=errors)
             del model
+        if sweep:
+            for storage, values in ranges.items():
+                emit("golden", f"range {storage}", f"max rel err vs fp32 {min(values):.2e} to {max(values):.2e}",
+                     f"t = {'/'.join(map(str, steps))}, compute bf16" + ("/fp32" if storage.startswith("fp8") else ""),
+                     record, low=min(values), high=max(values))
 
 
 # -- 2. full size on the meta device ------------------------------------------------------------------------
@@ -234,6 +254,8 @@ def main(argv=None) -> int:
                                                                           / "shared")) / "golden",
                         help="the golden folder (default ../shared/golden)")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--sweep", action="store_true", help="golden errors at every golden timestep and with "
+                                                             "float32 compute for fp8 too, with their range")
     parser.add_argument("--bundle", type=Path, help="the GPU bundle (bench/.gpu, see gpu_check.py): its wheels "
                                                    "and, without COMFYUI_PATH, its ComfyUI copy")
     parser.add_argument("--steps", type=int, default=4, help="steps per CUDA run, the first a warm-up (4)")
@@ -246,7 +268,7 @@ def main(argv=None) -> int:
     record: dict = {"path": env.label}
     sys.stdout.write(f"bench_memory: {env.label}" + (f" ({comfyui})" if comfyui else
                                                      " (set COMFYUI_PATH for ComfyUI's loading)") + "\n")
-    golden_section(env, args.golden, record)
+    golden_section(env, args.golden, record, args.sweep)
     meta_section(env, record)
     cuda_section(args, record)
     if args.json:

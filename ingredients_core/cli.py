@@ -289,6 +289,7 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
     """Text, then faces, then the transformer: one large model on the device at a time."""
     from PIL import Image
 
+    from .faces.deps import require_face_packages
     from .pipeline import (
         encode_texts_once,
         generate,
@@ -300,6 +301,7 @@ def run_generate(args: argparse.Namespace, started: float) -> int:
     from .video import write_mp4
 
     check_inputs(args)
+    require_face_packages()  # a broken face package is named before minutes of text encoding
     config = read_transformer_config(args.model)
     if config is not None:  # fail on a size the checkpoint cannot take before loading anything
         settings_from_args(args, config).check_model(config)
@@ -344,6 +346,7 @@ def _recorder_if_evaluating(args: argparse.Namespace):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a bad model folder (shown without a traceback)."""
     from .checkpoint import CheckpointError
+    from .faces.deps import FaceDependencyError
     from .faces.errors import FaceError, FaceModelsError
     from .faces.identity import IdentityInputError
     from .integrity import DamagedFileError
@@ -352,7 +355,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .routing import RoutingError
 
     return (FileNotFoundError, NotADirectoryError, CheckpointError, FaceError, FaceModelsError,
-            RoutingError, SettingsError, InputError, IdentityInputError, OptionError, DamagedFileError)
+            FaceDependencyError, RoutingError, SettingsError, InputError, IdentityInputError, OptionError,
+            DamagedFileError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

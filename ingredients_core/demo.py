@@ -15,7 +15,6 @@ then run as usual. With random weights the video is noise.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 import time
@@ -57,12 +56,10 @@ class DemoResult:
 
 
 def demo_photo() -> Path:
-    """``t1.jpg`` from the installed insightface package."""
-    spec = importlib.util.find_spec("insightface")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the demo uses the face photo shipped with insightface; "
-                                "install it (pip install insightface)")
-    path = Path(spec.origin).parent / "data" / "images" / "t1.jpg"
+    """``t1.jpg`` from the installed insightface package (a FaceDependencyError when it cannot be imported)."""
+    from .faces.deps import require
+
+    path = Path(require("insightface").__file__).parent / "data" / "images" / "t1.jpg"
     if not path.is_file():
         raise FileNotFoundError(f"demo photo not found: {path} (insightface installed without its data?)")
     return path

@@ -31,6 +31,8 @@ from .payloads import (
 logger = logging.getLogger(__name__)
 
 CATEGORY = "Ingredients"
+# The README's section on the weights' terms (repository URL as in pyproject.toml; a test ties them).
+LICENSE_URL = "https://github.com/ComfyUI-Ingredients/ComfyUI-Ingredients#license-and-credits"
 DTYPES = ["auto", "bfloat16", "float16", "float32"]
 PROVIDERS = ["auto", "CPUExecutionProvider", "CUDAExecutionProvider"]
 DTYPE_TOOLTIP = ("Weight and compute dtype. auto = ComfyUI's choice for this kind of model on its device "
@@ -104,10 +106,13 @@ class ModelLoader(io.ComfyNode):
             category=CATEGORY,
             description=("Loads the Ingredients transformer (CogVideoX-5B-I2V with routed ID modules) and "
                          "its scheduler config from a folder in models/ingredients (the download of "
-                         "feizhengcong/Ingredients)."),
+                         "feizhengcong/Ingredients). The weights come under their own terms (CogVideoX "
+                         f"License; insightface's face models: non-commercial research only): {LICENSE_URL}"),
             inputs=[
                 _folder_input(MODEL, "Folder in models/ingredients (or an extra model path) holding "
-                                     "transformer/ (or transformer_ema/) and scheduler/."),
+                                     "transformer/ (or transformer_ema/) and scheduler/. The transformer is "
+                                     "derived from CogVideoX-5B-I2V: the CogVideoX License applies (commercial "
+                                     f"use needs registration); all weights' terms: {LICENSE_URL}"),
                 io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=MODEL_DTYPE_TOOLTIP),
                 io.Combo.Input("routing_mode", options=list(ROUTING_MODES), default="official",
                                tooltip=("Default routing of ID features. official: every batch element uses "

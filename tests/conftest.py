@@ -10,6 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("INGREDIENTS_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "golden"
+T5_TOKENIZER = SHARED / "data" / "t5_tokenizer" / "tokenizer.json"
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +19,15 @@ def golden_dir() -> Path:
         pytest.skip(f"golden data not found at {GOLDEN} (it lives in ../shared/golden beside the repo, "
                     "present in CI; set INGREDIENTS_SHARED to point elsewhere)")
     return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer_file() -> Path:
+    """The real T5 v1.1 fast-tokenizer JSON in ../shared/data (present in CI)."""
+    if not T5_TOKENIZER.is_file():
+        pytest.skip(f"real T5 tokenizer not found at {T5_TOKENIZER} (it lives in ../shared/data beside the repo, "
+                    "present in CI; set INGREDIENTS_SHARED to point elsewhere)")
+    return T5_TOKENIZER
 
 
 @pytest.fixture(scope="session")

@@ -52,8 +52,9 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, root: Path, flags: tuple[str, ...] = (), base: str = "base"):
+    def __init__(self, root: Path, flags: tuple[str, ...] = (), base: str = "base", env: dict | None = None):
         self.root = root
+        self.env = env
         self.base = root / base
         self.flags = flags
         self.port = _free_port()
@@ -67,7 +68,9 @@ class Server:
         command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", *self.flags, "--listen",
                    "127.0.0.1", "--port", str(self.port), "--base-directory", str(self.base), "--preview-method",
                    "auto", "--extra-model-paths-config", str(yaml)]
-        self.process = subprocess.Popen(command, cwd=COMFYUI, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env} if self.env else None
+        self.process = subprocess.Popen(command, cwd=COMFYUI, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
+                                        env=env)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -467,3 +470,42 @@ def test_a_prompt_over_226_tokens_says_so_on_the_node_in_comfyui(server, definit
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
     shown = entry["outputs"][encode]["text"][0]
     assert shown.startswith("WARNING prompt is too long") and "the model reads 226" in shown, shown
+
+
+# insightface installed but failing to import (as with numpy 2 under an old build): a shim package
+# put first on PYTHONPATH for one ComfyUI start.
+BROKEN_INSIGHTFACE = ('raise ImportError("numpy.core.multiarray failed to import '
+                      '(shim of the Ingredients tests: insightface made unimportable)")\n')
+
+
+@pytest.fixture(scope="module")
+def broken_insightface_server(models_root):
+    shim = models_root / "broken_insightface"
+    (shim / "insightface").mkdir(parents=True)
+    (shim / "insightface" / "__init__.py").write_text(BROKEN_INSIGHTFACE)
+    _base_directory(models_root / "base_broken_insightface")
+    path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
+    server = Server(models_root, base="base_broken_insightface", env={"PYTHONPATH": path})
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_pack_loads_without_insightface_and_the_face_loader_says_why(broken_insightface_server):
+    """Every node registers, nothing failed to import; the face loader names insightface, its error,
+    the pip command and the doctor (in one message on the node)."""
+    server = broken_insightface_server
+    definitions = server.get("/object_info")
+    expected = _pack_node_ids()
+    assert expected <= set(definitions), f"missing: {sorted(expected - set(definitions))}"
+    assert "IMPORT FAILED" not in server.log(), server.log()[-4000:]
+    prompt = workflow_tools.to_api(json.loads(WORKFLOWS[0].read_text()), definitions)
+    status, answer = server.post_prompt(prompt)
+    assert status == 200 and not answer.get("node_errors"), answer
+    entry = server.wait_for(answer["prompt_id"])
+    errors = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+    assert errors and errors[0]["node_type"] == "IngredientsFaceEncoderLoader", json.dumps(entry["status"])[:3000]
+    message = errors[0]["exception_message"]
+    assert message.startswith("insightface cannot be imported (ImportError: numpy.core.multiarray failed"), message
+    assert "--no-build-isolation" in message and "python -m ingredients_core doctor" in message, message
+    assert "Ingredients Check Install" in message, message

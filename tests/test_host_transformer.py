@@ -175,21 +175,29 @@ def test_fp8_weight_dtype_on_the_loader_stores_fp8_and_samples(nodes, graph):  #
 
 
 def test_sampler_teacache_input_and_its_report(nodes, graph, monkeypatch):  # noqa: F811
+    """0 (the default) is off; a threshold whose cache never skips gives the uncached latents bit for
+    bit (the cache path only observes computed steps); one that skips changes them and says so."""
     from harness import pack_module
 
+    tea_cache = pack_module("ingredients_core.step_cache").TeaCache
+    teacache = next(i for i in nodes["IngredientsSampler"].define_schema().inputs if i.id == "teacache")
+    assert teacache.optional and teacache.default == 0.0  # saved workflows without the input: off
     with fake_gpu.computing():
         inputs = sampler_inputs(nodes, graph["models"], graph["faces"])
         inputs.update(steps=4)
-        plain = nodes["IngredientsSampler"].execute(**inputs)
         off = nodes["IngredientsSampler"].execute(**inputs, teacache=0.0)
+        # every change counts as beyond the fitted range: the cache runs but computes every step
+        monkeypatch.setattr(tea_cache, "estimate", lambda self, d: float("inf"))
+        never = nodes["IngredientsSampler"].execute(**inputs, teacache=0.2)
         # the tiny model's timestep embedding moves far beyond the 5B polynomial's range (every step
         # would be computed): let every change count as small, so the middle steps are skipped
-        monkeypatch.setattr(pack_module("ingredients_core.step_cache").TeaCache, "estimate", lambda self, d: 0.0)
+        monkeypatch.setattr(tea_cache, "estimate", lambda self, d: 0.0)
         cached = nodes["IngredientsSampler"].execute(**inputs, teacache=0.2)
-    assert torch.equal(plain.args[0].latents, off.args[0].latents)
-    assert plain.ui.as_dict()["text"] == ("TeaCache off: 4 of 4 transformer evaluations computed",)
+    assert off.ui.as_dict()["text"] == ("TeaCache off: 4 of 4 transformer evaluations computed",)
+    assert never.ui.as_dict()["text"][0].startswith("TeaCache (threshold 0.2): 0 of 4 transformer evaluations skipped")
+    assert torch.equal(never.args[0].latents, off.args[0].latents)
     assert cached.ui.as_dict()["text"][0].startswith("TeaCache (threshold 0.2): 2 of 4 transformer evaluations skipped")
-    assert not torch.equal(cached.args[0].latents, plain.args[0].latents)
+    assert not torch.equal(cached.args[0].latents, off.args[0].latents)
 
 
 def test_decode_falls_back_to_tiles_when_the_untiled_decode_runs_out_of_memory(nodes, graph, monkeypatch,  # noqa: F811

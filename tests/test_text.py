@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,6 @@ from ingredients_core.testing.tiny_text_vae import (
     write_tiny_text_encoder,
     write_tiny_tokenizer,
 )
-
-REAL_TOKENIZER = Path("/work/shared/data/t5_tokenizer/tokenizer.json")
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +26,10 @@ def tiny_text(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def real_tokenizer():
-    if not REAL_TOKENIZER.is_file():
-        pytest.skip(f"real T5 tokenizer not available at {REAL_TOKENIZER}")
+def real_tokenizer(t5_tokenizer_file):
     from transformers import T5TokenizerFast
 
-    return T5TokenizerFast(tokenizer_file=str(REAL_TOKENIZER))
+    return T5TokenizerFast(tokenizer_file=str(t5_tokenizer_file))
 
 
 def test_real_tokenizer_pads_to_226_with_eos(real_tokenizer):

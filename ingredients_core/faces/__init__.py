@@ -9,11 +9,14 @@ Typical use::
     canvas = make_canvas([f.crop for f in ids])
 
 Importing this package is cheap: cv2, insightface, facexlib, consisid_eva_clip and onnxruntime
-are imported only when models are loaded or images processed.
+are imported only when models are loaded or images processed; the face packages only through
+:func:`~ingredients_core.faces.deps.require`, which turns a missing or broken one into one
+:class:`~ingredients_core.faces.deps.FaceDependencyError` (package, import error, fix, doctor).
 """
 
 from .canvas import CANVAS_HEIGHT, CANVAS_WIDTH, MAX_IDS, canvas_slots, make_canvas
 from .choice import FACE_CHOICES, FaceChoice, choose_face, faces_left_to_right
+from .deps import FaceDependencyError
 from .encoder import MIN_FACE_SIZE, FaceEncoder
 from .errors import FaceError, FaceModelsError, FaceModelsNotFoundError
 from .features import Detection, FaceFeatures, combine_features
@@ -28,6 +31,7 @@ __all__ = [
     "MIN_FACE_SIZE",
     "Detection",
     "FaceChoice",
+    "FaceDependencyError",
     "FaceEncoder",
     "FaceError",
     "FaceFeatures",

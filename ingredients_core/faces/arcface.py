@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..integrity import check_file
+from .deps import require
 from .errors import FaceModelsError
 
 logger = logging.getLogger(__name__)
@@ -38,9 +39,7 @@ def onnx_providers(
     """
     device = torch.device(device)
     if available is None:
-        import onnxruntime
-
-        available = onnxruntime.get_available_providers()
+        available = require("onnxruntime").get_available_providers()
     if device.type == "cuda" and CUDA_PROVIDER in available:
         return [(CUDA_PROVIDER, {"device_id": device.index or 0}), CPU_PROVIDER]
     if device.type == "cuda":
@@ -54,13 +53,12 @@ def load_arcface(path: str | Path, providers: Sequence[str | tuple[str, dict]]):
     Raises :class:`~ingredients_core.faces.errors.FaceModelsError` (a ``ValueError``) if the file
     cannot be read by ONNX Runtime or is not a recognition model.
     """
-    import insightface.model_zoo
-
+    model_zoo = require("insightface.model_zoo")
     state = check_file(path)
     if not state.ok:  # named before ONNX Runtime's "INVALID_PROTOBUF" / "Protobuf parsing failed"
         raise FaceModelsError(path, state.detail)
     try:
-        model = insightface.model_zoo.get_model(str(path), providers=list(providers))
+        model = model_zoo.get_model(str(path), providers=list(providers))
     except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) subclass Exception only
         raise FaceModelsError(path, f"ONNX Runtime cannot load it ({str(error).strip()[:300]}); "
                                     "the file is corrupt or truncated") from error

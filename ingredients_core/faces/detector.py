@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .deps import require
 from .errors import FaceModelsError
 from .features import Detection
 from .weights import load_torch_file
@@ -78,8 +79,8 @@ class RetinaFaceDetector(torch.nn.Module):
     @torch.no_grad()
     def detect(self, bgr: np.ndarray, threshold: float = DETECTION_THRESHOLD, nms_threshold: float = 0.4) -> np.ndarray:
         """facexlib's ``(n, 15)`` float32 rows (box, score, 5 landmarks) for a BGR uint8 image."""
-        from facexlib.detection.retinaface_utils import PriorBox, decode, decode_landm, py_cpu_nms
-
+        utils = require("facexlib.detection.retinaface_utils")
+        PriorBox, decode, decode_landm, py_cpu_nms = utils.PriorBox, utils.decode, utils.decode_landm, utils.py_cpu_nms
         device = next(self.parameters()).device
         height, width = bgr.shape[:2]
         image = torch.from_numpy(bgr.astype(np.float32).transpose(2, 0, 1)).unsqueeze(0).to(device)
@@ -109,8 +110,7 @@ def load_retinaface(path: str | Path, device: str | torch.device = "cpu") -> Ret
     DataParallel training) are removed, as facexlib does; loading is strict. A file that cannot
     be read or does not fit raises :class:`~ingredients_core.faces.errors.FaceModelsError`.
     """
-    from facexlib.detection.retinaface import RetinaFace
-
+    RetinaFace = require("facexlib.detection.retinaface").RetinaFace  # noqa: N806 (a class)
     state = load_torch_file(path)
     if isinstance(state, dict):
         state = {(k.removeprefix("module.")): v for k, v in state.items()}

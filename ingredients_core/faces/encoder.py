@@ -28,6 +28,7 @@ import torch
 
 from .arcface import ArcFace
 from .choice import FaceChoice, choose_face
+from .deps import require_face_packages
 from .detector import align_face, detect_faces, load_retinaface
 from .errors import FaceError
 from .eva_clip import eva_features, eva_pixel_values, load_eva_clip
@@ -81,7 +82,11 @@ class FaceEncoder:
             providers: fixed ONNX Runtime providers for ArcFace; default (None) follows the
                 device of the torch models at each call
                 (:func:`~ingredients_core.faces.arcface.onnx_providers`).
+
+        A face package that cannot be imported raises
+        :class:`~ingredients_core.faces.deps.FaceDependencyError` before any file is read.
         """
+        require_face_packages()
         paths.check()
         device = torch.device(device)
         return cls(

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .deps import require
 from .errors import FaceModelsError
 from .weights import load_torch_file
 
@@ -80,9 +81,9 @@ def eva_clip_notes_to_debug() -> Iterator[None]:
 def import_eva_clip():
     """Import ``consisid_eva_clip``, sending the notes it prints at import time to the log."""
     with eva_clip_notes_to_debug():
-        import consisid_eva_clip
-        import consisid_eva_clip.model
-    return consisid_eva_clip
+        package = require("consisid_eva_clip")
+        require("consisid_eva_clip.model")
+    return package
 
 
 def visual_state_dict(checkpoint: Mapping[str, object], path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
@@ -142,15 +143,14 @@ def load_eva_clip(path: str | Path, device: str | torch.device = "cpu", dtype: t
     EVA02-CLIP-L-14-336 checkpoint.
     """
     import_eva_clip()
-    from consisid_eva_clip.model import CLIPVisionCfg, _build_vision_tower
-
+    model = require("consisid_eva_clip.model")  # imported (with its notes to the log) just above
     state = visual_state_dict(load_torch_file(path), path)
     try:
         embed_dim, vision = vision_config_from_state_dict(state)
     except (KeyError, IndexError, ValueError) as error:
         raise FaceModelsError(path, f"not an {EVA_MODEL_NAME} checkpoint ({type(error).__name__}: {error})") from error
     with eva_clip_notes_to_debug():
-        tower = _build_vision_tower(embed_dim, CLIPVisionCfg(**vision))
+        tower = model._build_vision_tower(embed_dim, model.CLIPVisionCfg(**vision))
     try:
         result = tower.load_state_dict(state, strict=False)
     except RuntimeError as error:

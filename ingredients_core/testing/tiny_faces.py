@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ingredients_core.faces.deps import require
 from ingredients_core.faces.paths import ARCFACE_FILE, DETECTION_FILE, EVA_CLIP_FILE
 
 TINY_EVA_WIDTH = 64
@@ -83,13 +84,13 @@ def write_tiny_eva_clip(
     from ingredients_core.faces.eva_clip import EVA_MODEL_NAME, import_eva_clip
 
     eva_clip = import_eva_clip()
-    from consisid_eva_clip.model import CLIPVisionCfg, _build_vision_tower
+    model = require("consisid_eva_clip.model")
 
     vision = dict(eva_clip.get_model_config(EVA_MODEL_NAME)["vision_cfg"])
     vision.update(width=width, layers=TINY_EVA_LAYERS, head_width=min(64, width))
     with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
         torch.manual_seed(seed)
-        tower = _build_vision_tower(embed_dim, CLIPVisionCfg(**vision))
+        tower = model._build_vision_tower(embed_dim, model.CLIPVisionCfg(**vision))
     state = {f"visual.{k}": v for k, v in tower.state_dict().items() if "rope.freqs_" not in k}
     state["logit_scale"] = torch.tensor(4.6052)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +101,7 @@ def write_tiny_eva_clip(
 def _retinaface_state_dict(seed: int) -> dict[str, torch.Tensor]:
     import warnings
 
-    from facexlib.detection.retinaface import RetinaFace
-
+    RetinaFace = require("facexlib.detection.retinaface").RetinaFace  # noqa: N806 (a class)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\..*")
         with torch.device("meta"):  # only the key names and shapes are needed
