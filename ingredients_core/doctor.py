@@ -49,8 +49,6 @@ OTHER_PACKAGES = ("torch", "diffusers", "transformers", "safetensors", "sentence
 ONNXRUNTIME_BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
                       "onnxruntime-rocm", "onnxruntime-silicon")
 # What a module compiled against NumPy 1.x says when NumPy 2 imports it.
-NUMPY_ABI_SIGNS = ("compiled using NumPy 1.x", "_ARRAY_API not found", "numpy.core.multiarray failed to import",
-                   "numpy.dtype size changed", "module compiled against ABI version")
 # Builds known to fail under NumPy 2: (module, first version that works, why).
 NUMPY2_BREAKS = {"onnxruntime": ((1, 19), "onnxruntime before 1.19 was built against NumPy 1.x")}
 IMPORT_ERRORS = (ImportError, AttributeError, OSError, ValueError, RuntimeError, SystemError)
@@ -120,8 +118,9 @@ def _import(module: str) -> BaseException | None:
 
 
 def _numpy_abi(err: BaseException) -> bool:
-    text = " ".join(str(e) for e in (err, err.__cause__, err.__context__) if e is not None)
-    return any(sign in text for sign in NUMPY_ABI_SIGNS)
+    from .faces.deps import is_numpy_mismatch
+
+    return any(is_numpy_mismatch(e) for e in (err, err.__cause__, err.__context__) if e is not None)
 
 
 def package_checks() -> list[Check]:
@@ -182,9 +181,11 @@ def onnxruntime_checks(section: str) -> list[Check]:
     builds = _onnxruntime_builds()
     if not builds:
         return []
+    from .faces.deps import FaceDependencyError, require
+
     try:
-        import onnxruntime
-    except IMPORT_ERRORS:  # named by the import check above
+        onnxruntime = require("onnxruntime")
+    except FaceDependencyError:  # named by the import check above
         return []
     providers = onnxruntime.get_available_providers()
     listed = ", ".join(f"{n} {v}" for n, v in builds)
@@ -240,10 +241,11 @@ def _pack_device(device: str | None) -> str:
 # -- 3. ONNX Runtime on ArcFace -----------------------------------------------------------------
 def provider_check(arcface: Path, device: str, section: str) -> Check:
     """Make an ONNX Runtime session on ``arcface`` with the providers the pack picks for ``device``
-    and report the provider it really got."""
-    import onnxruntime
-
+    and report the provider it really got (called only once onnxruntime imported)."""
     from .faces.arcface import CUDA_PROVIDER, onnx_providers
+    from .faces.deps import require
+
+    onnxruntime = require("onnxruntime")
 
     requested = onnx_providers(device)
     names = [p if isinstance(p, str) else p[0] for p in requested]

@@ -34,7 +34,8 @@ DOCTOR = "python -m ingredients_core doctor"
 DOCTOR_NODE = "Ingredients Check Install"
 # What numpy's C-API check says when a compiled module was built against another numpy major version.
 _NUMPY_ABI = re.compile(r"numpy\.dtype size changed|compiled using NumPy|_ARRAY_API not found|"
-                        r"numpy\.core\.multiarray failed to import|numpy\.core\._multiarray_umath", re.I)
+                        r"numpy\.core\.multiarray failed to import|numpy\.core\._multiarray_umath|"
+                        r"module compiled against ABI version", re.I)
 _LONGEST_ERROR = 400
 
 
