@@ -250,6 +250,9 @@ def test_every_node_is_listed_and_nothing_failed_to_import(server, definitions):
     assert failed == [], "\n".join(failed)
     for node_id in expected:
         assert definitions[node_id]["category"] == "Ingredients"
+    loader, apply_ids = definitions["IngredientsModelLoader"], definitions["IngredientsApplyIDs"]
+    assert loader["output"] == ["INGREDIENTS_MODEL", "MODEL"]  # the MODEL appended: saved links stay valid
+    assert apply_ids["input"]["required"]["model"][0] == "MODEL" and apply_ids["output"] == ["MODEL"]
 
 
 def test_core_node_table_matches_this_comfyui(definitions):
