@@ -11,6 +11,7 @@ MODEL keeps nothing outside its parameters and buffers and runs on the fake GPU.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import sys
@@ -296,6 +297,7 @@ def test_apply_ids_twice_replaces_with_a_warning(nodes, loaded, caplog):
     assert native.ids_patch(second).num_ids == 3 and native.ids_patch(first).num_ids == 2
     assert native.ids_patch(model) is None  # Apply IDs works on a clone
     assert len(second.get_wrappers("outer_sample", native.WRAPPER_KEY)) == 1
+    assert copy.deepcopy(second.model_options)["transformer_options"][native.IDS_KEY] is native.ids_patch(second)
     x_t, image, text = _inputs(payload.transformer.config, seed=10)
     three = _apply(nodes, model, _routed(payload, 3, seed=3))
     assert torch.equal(native_x0(second, x_t, image, text, 300, cond_or_uncond=UNCOND_COND),
