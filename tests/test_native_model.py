@@ -314,6 +314,14 @@ def test_loader_model_output_is_the_pack_transformer(loaded):
     assert model.model.latent_format.scale_factor == 0.7 and model.model.latent_format.latent_channels == 16
 
 
+def test_a_mask_that_does_not_fit_the_video_names_the_node(nodes, loaded):
+    payload, model = loaded["payload"], loaded["model"]
+    patched = _apply(nodes, model, _routed(payload, 2, mask_1=torch.ones(7, 64, 96)))  # 9 frames fit, 7 do not
+    x_t, image, text = _inputs(payload.transformer.config)
+    with pytest.raises(ValueError, match="Ingredients Apply IDs: mask of ID 1: 7 mask frames.*Route IDs"):
+        native_x0(patched, x_t, image, text, 500, cond_or_uncond=UNCOND_COND)
+
+
 def test_text_width_mismatch_names_the_fix(loaded):
     model = loaded["model"]
     x_t, image, _ = _inputs(loaded["payload"].transformer.config)
