@@ -219,7 +219,10 @@ def model_patcher(transformer, storage: torch.dtype, compute: torch.dtype, routi
     """The MODEL for a loaded transformer (kept on the offload device until ComfyUI loads it): a
     ``CoreModelPatcher`` where the host has it (``host.patcher_class``). The pack's sampler loads this
     same patcher, so ComfyUI's bookkeeping of the weights is one (its clones, such as Apply IDs'
-    output, are unloaded by ComfyUI before another clone loads)."""
+    output, are unloaded by ComfyUI before another clone loads). The q-former also has a patcher of
+    its own (Project IDs loads 0.15 B parameters, not 6.4 B); when this one has moved it away,
+    ``host.load_part`` loads it again. Under DynamicVRAM (0.33 on NVIDIA) both are
+    ``ModelPatcherDynamic``s over the q-former's layers: read from ComfyUI's code, not run on a GPU."""
     config = IngredientsModelConfig(storage, compute, routing_mode, folder)
     model = IngredientsBaseModel(config, transformer)
     load_device, offload_device = host.devices("diffusion")

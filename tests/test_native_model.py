@@ -370,3 +370,22 @@ def native_model_for_gpu(payload):
     """A MODEL over the same transformer made while the fake GPU is ComfyUI's device."""
     native = harness.pack_module("nodes.native_model")
     return native.model_patcher(payload.transformer, torch.float32, torch.float32, "official", payload.folder)
+
+
+def test_every_pack_patcher_is_comfyuis_core_model_patcher_of_the_moment(nodes, loaded, monkeypatch):
+    """ComfyUI 0.33 swaps ``CoreModelPatcher`` for ``ModelPatcherDynamic`` at startup (DynamicVRAM on
+    NVIDIA): the pack looks it up when it builds each patcher, for every model; without the name
+    (0.3.64) it builds a ``ModelPatcher``."""
+    import comfy.model_patcher as mp
+
+    class Swapped(mp.ModelPatcher):
+        pass
+
+    monkeypatch.setattr(mp, "CoreModelPatcher", Swapped)
+    folder = dict(model_folder="Ingredients")
+    payload, model = nodes["IngredientsModelLoader"].execute(**folder, dtype="float32", routing_mode="official").args
+    vae, = nodes["IngredientsVAELoader"].execute(**folder, dtype="float32").args
+    assert type(model) is Swapped and type(payload.projector) is Swapped and type(vae.patcher) is Swapped
+    assert type(_apply(nodes, model, _routed(payload, 1))) is Swapped  # clones keep the class
+    monkeypatch.delattr(mp, "CoreModelPatcher")
+    assert type(harness.pack_module("nodes.host").manage("vae", vae=vae.vae)) is mp.ModelPatcher
