@@ -389,3 +389,19 @@ def test_every_pack_patcher_is_comfyuis_core_model_patcher_of_the_moment(nodes, 
     assert type(_apply(nodes, model, _routed(payload, 1))) is Swapped  # clones keep the class
     monkeypatch.delattr(mp, "CoreModelPatcher")
     assert type(harness.pack_module("nodes.host").manage("vae", vae=vae.vae)) is mp.ModelPatcher
+
+
+def test_memory_estimate_is_the_packs_and_fp8_weights_compute_in_the_compute_dtype(nodes, loaded):
+    from comfyui_ingredients_under_test.ingredients_core.memory import forward_size, transformer_activation_bytes
+
+    payload, model = loaded["payload"], loaded["model"]
+    config = payload.transformer.config
+    want = transformer_activation_bytes(forward_size(config, 2, 3, 8, 12, 4), 4)
+    assert model.model.memory_required([2, 16, 3, 8, 12]) == want > 0
+    fp8_payload, fp8 = nodes["IngredientsModelLoader"].execute(model_folder="Ingredients", dtype="float32",
+                                                               routing_mode="official",
+                                                               weight_dtype="fp8_e4m3fn").args
+    assert fp8.model.get_dtype() == torch.float8_e4m3fn and fp8.model.get_dtype_inference() == torch.float32
+    x_t, image, text = _inputs(config, seed=12)
+    out = native_x0(fp8, x_t, image, text, 500)
+    assert relative(out, pack_x0(fp8_payload, None, x_t, image, text, 500)) <= TOLERANCE
