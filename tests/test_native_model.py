@@ -349,13 +349,14 @@ def test_the_model_keeps_nothing_outside_parameters_and_works_on_the_fake_gpu(no
     x_t, image, text = _inputs(payload.transformer.config, seed=11)
     on_cpu = native_x0(patched, x_t, image, text, 500, cond_or_uncond=UNCOND_COND)
     with fake_gpu.two_devices():
-        gpu_model = native_model_for_gpu(payload)
+        native = harness.pack_module("nodes.native_model")  # a MODEL made while the fake GPU is the device
+        gpu_model = native.model_patcher(payload.transformer, torch.float32, torch.float32, "official", payload.folder)
         gpu_patched = _apply(nodes, gpu_model, _routed(payload, 2, routing_mode="per_sample",
                                                        mask_1=_mask(1, "left")))
         with fake_gpu.computing():
             mm.load_models_gpu([gpu_patched])
             device = gpu_patched.load_device
-            patch = harness.pack_module("nodes.native_model").ids_patch(gpu_patched)
+            patch = native.ids_patch(gpu_patched)
             patch.begin_run()
             out = native_x0(gpu_patched, x_t.to(device), image.to(device), text.to(device), 500,
                             cond_or_uncond=UNCOND_COND)
@@ -364,12 +365,6 @@ def test_the_model_keeps_nothing_outside_parameters_and_works_on_the_fake_gpu(no
         assert relative(out.cpu(), on_cpu) <= TOLERANCE
         assert patch._run is None  # the per-run keys/values are dropped after the run
         assert fake_gpu.left_behind(gpu_patched.model, skip=("device",)) == []
-
-
-def native_model_for_gpu(payload):
-    """A MODEL over the same transformer made while the fake GPU is ComfyUI's device."""
-    native = harness.pack_module("nodes.native_model")
-    return native.model_patcher(payload.transformer, torch.float32, torch.float32, "official", payload.folder)
 
 
 def test_every_pack_patcher_is_comfyuis_core_model_patcher_of_the_moment(nodes, loaded, monkeypatch):
