@@ -104,8 +104,7 @@ class StepRecorder:
         done = self.recorder
         done.last = {k: v.cpu() for k, v in done.last.items()}
         done.total = {k: v.cpu() for k, v in done.total.items()}
-        if done.last:
-            self.finished = done
+        self.finished = done if done.last else None  # a run that routed nobody leaves no stale maps
         self.start()
 
     def _commit(self) -> None:
