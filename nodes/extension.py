@@ -7,6 +7,7 @@ import logging
 from comfy_api.latest import ComfyExtension, io
 
 from . import host
+from .apply_ids import ApplyIDs, ModelRouting
 from .doctor import CheckInstall
 from .faces import EncodeFace, FaceCanvas, IDList
 from .identity import IdentityCheck
@@ -35,6 +36,8 @@ NODES: list[type[io.ComfyNode]] = [
     RoutingMaps,
     IdentityCheck,
     CheckInstall,
+    ApplyIDs,
+    ModelRouting,
 ]
 
 
