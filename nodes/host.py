@@ -64,6 +64,32 @@ def model_roots(kind: str) -> list[Path]:
         return []
 
 
+#: ComfyUI's folders of single-file diffusion models, where ModelSave writes and fp8 repacks go.
+SINGLE_FILE_FOLDERS = ("diffusion_models", "checkpoints")
+
+
+def single_file_names() -> list[str]:
+    """``folder/name`` for every ``.safetensors`` file ComfyUI lists in :data:`SINGLE_FILE_FOLDERS`."""
+    names = []
+    for folder in SINGLE_FILE_FOLDERS:
+        try:
+            files = folder_paths.get_filename_list(folder)
+        except KeyError:  # a host without that folder kind
+            continue
+        names.extend(f"{folder}/{name}" for name in files if name.lower().endswith(".safetensors"))
+    return names
+
+
+def single_file_path(name: str, input_name: str) -> Path:
+    """The file for a :func:`single_file_names` value, or FileNotFoundError naming the input."""
+    folder, _, rest = name.partition("/")
+    path = folder_paths.get_full_path(folder, rest) if folder in SINGLE_FILE_FOLDERS else None
+    if path is None:
+        raise FileNotFoundError(f"{input_name}: no file {name!r} in ComfyUI's models/{' or '.join(SINGLE_FILE_FOLDERS)} "
+                                "folders (or their extra_model_paths.yaml entries); pick one from the list")
+    return Path(path)
+
+
 # -- devices -------------------------------------------------------------------------------------
 def devices(role: str) -> tuple[torch.device, torch.device]:
     """(load device, offload device) ComfyUI picks for a model of ``role``."""

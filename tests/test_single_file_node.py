@@ -1,0 +1,97 @@
+"""Load Ingredients Model's ``transformer_file``: a ModelSave-format file (fp8 or bf16) from ComfyUI's
+diffusion_models or checkpoints folder loads back with the weights it was saved with."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_single_file import assert_bit_identical, write_modelsave
+
+STUBS = Path(__file__).resolve().parent / "comfy_stubs"
+sys.path.insert(0, str(STUBS))
+import harness  # noqa: E402
+import tiny_models  # noqa: E402
+
+sys.path.remove(str(STUBS))
+
+FP8_FILE = "diffusion_models/ingredients_fp8_e4m3fn.safetensors"
+BF16_FILE = "checkpoints/sub/ingredients_bf16.safetensors"
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("single_file_models")
+    tiny_models.make_tiny_model_folder(root / "ingredients" / "Ingredients")
+    return root
+
+
+@pytest.fixture(scope="module")
+def saved(models_dir):
+    """The transformer's state dicts as ModelSave writes them from an fp8 MODEL and a bf16 one (on
+    the CPU both compute in float32, so their norms and embeddings are float32), written before the pack loads (the combo lists the files at schema time)."""
+    from ingredients_core.checkpoint import load_transformer
+
+    folder = models_dir / "ingredients" / "Ingredients"
+    states = {"fp8": load_transformer(folder, dtype=torch.float32, weight_dtype=torch.float8_e4m3fn).state_dict(),
+              "bf16": load_transformer(folder, dtype=torch.float32, weight_dtype=torch.bfloat16).state_dict()}
+    for name, key in ((FP8_FILE, "fp8"), (BF16_FILE, "bf16")):
+        (models_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        write_modelsave(models_dir / name, states[key], prefix="model.diffusion_model." if key == "fp8"
+                        else "diffusion_model.", markers=key == "fp8")
+    return states
+
+
+@pytest.fixture(scope="module")
+def loader(models_dir, saved):
+    module = harness.load_pack(models_dir)
+    asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
+    nodes = {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
+    yield nodes["IngredientsModelLoader"]
+    harness.unload_pack()
+
+
+def load(loader, **inputs):
+    return loader.execute(model_folder="Ingredients", routing_mode="official", **inputs).args[0]
+
+
+def forward(payload) -> torch.Tensor:
+    g = torch.Generator().manual_seed(4)
+    x, text = torch.randn(1, 3, 32, 8, 12, generator=g), torch.randn(1, 226, 32, generator=g)
+    with torch.no_grad():
+        return payload.transformer(x, text, torch.tensor([500]))
+
+
+def test_transformer_file_is_appended_and_lists_both_folders(loader):
+    inputs = loader.define_schema().inputs
+    assert [i.id for i in inputs] == ["model_folder", "dtype", "routing_mode", "weight_dtype", "transformer_file"]
+    file_input = inputs[-1]
+    assert file_input.optional and file_input.default == "folder's own" and file_input.tooltip
+    assert file_input.options == ["folder's own", FP8_FILE, BF16_FILE]  # diffusion_models first
+
+
+def test_an_fp8_modelsave_file_stays_fp8_and_computes_like_the_model_it_came_from(loader, saved):
+    ops = sys.modules["comfy.ops"]
+    original = load(loader, dtype="float32", weight_dtype="fp8_e4m3fn")
+    from_file = load(loader, dtype="float32", transformer_file=FP8_FILE)  # weight_dtype default: kept as stored
+    assert_bit_identical(from_file.transformer.state_dict(), saved["fp8"])
+    assert isinstance(from_file.transformer.transformer_blocks[0].attn1.to_q, ops.manual_cast.Linear)
+    assert from_file.transformer.config == original.transformer.config  # the folder's transformer/config.json
+    assert torch.equal(forward(from_file), forward(original))
+
+
+def test_a_bf16_file_from_checkpoints_with_the_diffusion_model_prefix(loader, saved):
+    from_file = load(loader, dtype="bfloat16", transformer_file=BF16_FILE)
+    from_folder = load(loader, dtype="bfloat16")  # bf16 storage; on the CPU computed in float32
+    assert_bit_identical(from_file.transformer.state_dict(), from_folder.transformer.state_dict())
+    assert_bit_identical(from_file.transformer.state_dict(), saved["bf16"])
+    assert from_file.transformer.transformer_blocks[0].ff.net[2].weight.dtype == torch.bfloat16
+    assert torch.equal(forward(from_file), forward(from_folder))
+
+
+def test_a_file_that_is_gone_names_the_input(loader):
+    with pytest.raises(FileNotFoundError, match="transformer_file: no file 'diffusion_models/gone.safetensors'"):
+        load(loader, dtype="float32", transformer_file="diffusion_models/gone.safetensors")
