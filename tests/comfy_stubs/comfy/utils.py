@@ -1,4 +1,7 @@
-"""Stand-in for ``comfy.utils.ProgressBar``: records every update (value, total, preview)."""
+"""Stand-in for ``comfy.utils``: ``ProgressBar`` records every update (value, total, preview);
+``load_torch_file`` reads a safetensors or (weights-only) torch file as the real one does."""
+
+import torch
 
 updates: list[tuple] = []
 
@@ -17,3 +20,18 @@ class ProgressBar:
 
     def update(self, value):
         self.update_absolute(self.current + value)
+
+
+def load_torch_file(ckpt, safe_load=False, device=None, return_metadata=False):
+    device = torch.device("cpu") if device is None else device
+    metadata = None
+    if str(ckpt).lower().endswith((".safetensors", ".sft")):
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt), framework="pt", device=str(device)) as f:
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() if return_metadata else None
+    else:
+        sd = torch.load(ckpt, map_location=device, weights_only=True)
+        sd = sd.get("state_dict", sd)
+    return (sd, metadata) if return_metadata else sd

@@ -80,6 +80,7 @@ def Custom(io_type: str) -> type:
 Image = _socket_type("IMAGE")
 Clip = _socket_type("CLIP")
 Mask = _socket_type("MASK")
+Model = _socket_type("MODEL")
 
 
 class Boolean:
