@@ -22,7 +22,12 @@ HOST_FUNCTIONS = {
         "throw_exception_if_processing_interrupted"],
     "comfy.model_patcher": [
         "ModelPatcher.__init__", "ModelPatcher.model_size", "ModelPatcher.loaded_size", "ModelPatcher.load",
-        "ModelPatcher.partially_load", "ModelPatcher.partially_unload", "ModelPatcher.detach"],
+        "ModelPatcher.partially_load", "ModelPatcher.partially_unload", "ModelPatcher.detach",
+        "ModelPatcher.add_patches", "ModelPatcher.patch_weight_to_device", "ModelPatcher.clone"],
+    "comfy.lora": ["model_lora_keys_unet", "load_lora", "calculate_weight"],
+    "comfy.utils": ["load_torch_file"],
+    "folder_paths": ["add_model_folder_path", "get_folder_paths", "get_filename_list", "get_full_path",
+                     "get_full_path_or_raise"],
     "comfy.ops": [
         "cast_bias_weight", "cast_to_input", "pick_operations",
         *(f"{ops}.{layer}.forward_comfy_cast_weights" for ops in ("disable_weight_init", "manual_cast")
