@@ -89,14 +89,9 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(setup):
-    """The MODEL (a ModelPatcher whose model holds the transformer as ``diffusion_model``)."""
-    import comfy.model_patcher
-
-    payload = setup["nodes"]["IngredientsModelLoader"].execute(model_folder="Ingredients", dtype="float32",
-                                                               routing_mode="official").args[0]
-    holder = torch.nn.Module()
-    holder.diffusion_model = payload.transformer
-    return comfy.model_patcher.ModelPatcher(holder, torch.device("cpu"), torch.device("cpu"))
+    """Load Ingredients Model's MODEL (keys ``diffusion_model.<official key>``)."""
+    return setup["nodes"]["IngredientsModelLoader"].execute(model_folder="Ingredients", dtype="float32",
+                                                            routing_mode="official").args[1]
 
 
 def apply(setup, model, name: str, strength: float = STRENGTH):
@@ -114,13 +109,17 @@ def patched_state(patcher) -> dict[str, torch.Tensor]:
 
 
 def forward(patcher) -> torch.Tensor:
-    patcher.load(torch.device("cpu"), full_load=True)
+    """The MODEL's denoised x0 (``apply_model``, as a sampler calls it) with its patches loaded."""
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([patcher])
     g = torch.Generator().manual_seed(3)
-    x, text = torch.randn(1, 3, 32, 8, 12, generator=g), torch.randn(1, 226, 32, generator=g)
+    x, image = torch.randn(1, 16, 3, 8, 12, generator=g), torch.randn(1, 16, 3, 8, 12, generator=g)
+    text = torch.randn(1, 226, 32, generator=g)
+    sigma = patcher.model.model_sampling.sigma(torch.tensor([400.0]))
     with torch.no_grad():
-        out = patcher.model.diffusion_model(x, text, torch.tensor([400]))
-    patcher.detach()
-    return out
+        return patcher.model.apply_model(x, sigma, c_concat=image, c_crossattn=text,
+                                         transformer_options=patcher.model_options["transformer_options"])
 
 
 def test_the_node_lists_loras_and_has_tooltips(setup):

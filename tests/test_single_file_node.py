@@ -1,5 +1,6 @@
-"""Load Ingredients Model's ``transformer_file``: a ModelSave-format file (fp8 or bf16) from ComfyUI's
-diffusion_models or checkpoints folder loads back with the weights it was saved with."""
+"""Load Ingredients Model's ``transformer_file``: what ModelSave writes from the MODEL (fp8 or bf16),
+in ComfyUI's diffusion_models or checkpoints folder, loads back with the weights it was saved with
+(the real ModelSave round trip is checked in real ComfyUI 0.33.0, see the README)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_single_file import assert_bit_identical, write_modelsave
+from test_single_file import assert_bit_identical
 
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 sys.path.insert(0, str(STUBS))
@@ -30,23 +31,7 @@ def models_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def saved(models_dir):
-    """The transformer's state dicts as ModelSave writes them from an fp8 MODEL and a bf16 one (on
-    the CPU both compute in float32, so their norms and embeddings are float32), written before the pack loads (the combo lists the files at schema time)."""
-    from ingredients_core.checkpoint import load_transformer
-
-    folder = models_dir / "ingredients" / "Ingredients"
-    states = {"fp8": load_transformer(folder, dtype=torch.float32, weight_dtype=torch.float8_e4m3fn).state_dict(),
-              "bf16": load_transformer(folder, dtype=torch.float32, weight_dtype=torch.bfloat16).state_dict()}
-    for name, key in ((FP8_FILE, "fp8"), (BF16_FILE, "bf16")):
-        (models_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        write_modelsave(models_dir / name, states[key], prefix="model.diffusion_model." if key == "fp8"
-                        else "diffusion_model.", markers=key == "fp8")
-    return states
-
-
-@pytest.fixture(scope="module")
-def loader(models_dir, saved):
+def loader(models_dir):
     module = harness.load_pack(models_dir)
     asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
     nodes = {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
@@ -54,8 +39,42 @@ def loader(models_dir, saved):
     harness.unload_pack()
 
 
-def load(loader, **inputs):
-    return loader.execute(model_folder="Ingredients", routing_mode="official", **inputs).args[0]
+def modelsave_state(model) -> dict:
+    """What ComfyUI's ModelSave writes for a MODEL (``comfy.sd.save_checkpoint``): the diffusion
+    model's state dict under ``model.diffusion_model.``, ``v_pred`` for a v-prediction model and
+    ``ztsnr`` for zero-terminal-SNR sampling (empty tensors)."""
+    state = {"model." + k: v for k, v in model.model.state_dict().items() if k.startswith("diffusion_model.")}
+    if model.model.model_type.name == "V_PREDICTION":
+        state["v_pred"] = torch.tensor([])
+    if getattr(model.model.model_sampling, "zsnr", False):
+        state["ztsnr"] = torch.tensor([])
+    return state
+
+
+@pytest.fixture(scope="module")
+def saved(models_dir, loader):
+    """ModelSave files of the fp8 MODEL (diffusion_models/) and of the bf16 one, as a repack with the
+    ``diffusion_model.`` prefix (checkpoints/); on the CPU both compute in float32, so their norms
+    and embeddings are float32. Returns the transformers' state dicts."""
+    from safetensors.torch import save_file
+
+    states = {}
+    for name, weight_dtype, dtype in ((FP8_FILE, "fp8_e4m3fn", "float32"), (BF16_FILE, "default", "bfloat16")):
+        model = load(loader, dtype=dtype, weight_dtype=weight_dtype, output=1)
+        state = modelsave_state(model)
+        assert "v_pred" in state
+        if name == BF16_FILE:
+            state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        (models_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(models_dir / name),
+                  metadata={"prompt": "{}", "modelspec.predict_key": "v"})
+        states[weight_dtype] = model.model.diffusion_model.state_dict()
+    return {"fp8": states["fp8_e4m3fn"], "bf16": states["default"]}
+
+
+def load(loader, output: int = 0, **inputs):
+    """Load Ingredients Model's output: 0 the INGREDIENTS_MODEL, 1 the MODEL."""
+    return loader.execute(model_folder="Ingredients", routing_mode="official", **inputs).args[output]
 
 
 def forward(payload) -> torch.Tensor:
@@ -65,7 +84,7 @@ def forward(payload) -> torch.Tensor:
         return payload.transformer(x, text, torch.tensor([500]))
 
 
-def test_transformer_file_is_appended_and_lists_both_folders(loader):
+def test_transformer_file_is_appended_and_lists_both_folders(loader, saved):
     inputs = loader.define_schema().inputs
     assert [i.id for i in inputs] == ["model_folder", "dtype", "routing_mode", "weight_dtype", "transformer_file"]
     file_input = inputs[-1]

@@ -1,5 +1,6 @@
-"""Stand-in for ``comfy.utils``: ``ProgressBar`` records every update (value, total, preview);
-``load_torch_file`` reads a safetensors or (weights-only) torch file as the real one does."""
+"""Stand-in for ``comfy.utils``: ``ProgressBar`` (records every update: value, total, preview),
+``deepcopy_list_dict`` (copies dicts and lists, shares every other object, as ComfyUI's clone does)
+and ``load_torch_file`` (a safetensors or weights-only torch file, as the real one reads it)."""
 
 import torch
 
@@ -20,6 +21,20 @@ class ProgressBar:
 
     def update(self, value):
         self.update_absolute(self.current + value)
+
+
+def deepcopy_list_dict(obj, memo=None):
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        res = {deepcopy_list_dict(k, memo): deepcopy_list_dict(v, memo) for k, v in obj.items()}
+    elif isinstance(obj, list):
+        res = [deepcopy_list_dict(i, memo) for i in obj]
+    else:
+        res = obj
+    memo[id(obj)] = res
+    return res
 
 
 def load_torch_file(ckpt, safe_load=False, device=None, return_metadata=False):
