@@ -274,7 +274,7 @@ def _interval_from_keys(data: dict, shapes: dict[str, tuple[int, ...]], where: P
 def load_transformer(path: PathLike, dtype: torch.dtype = torch.bfloat16,
                      device: Union[str, torch.device] = "cpu", strict: bool = True,
                      weight_dtype: Optional[torch.dtype] = None, operations=None, attention=None,
-                     keep_fp8: bool = False, config: Optional[PathLike] = None):
+                     keep_fp8: bool = False, config_file: Optional[PathLike] = None):
     """Load an Ingredients transformer from any supported layout (see module doc).
 
     ``dtype`` is the compute dtype; ``weight_dtype`` (None: the same) the storage dtype of the large
@@ -285,19 +285,18 @@ def load_transformer(path: PathLike, dtype: torch.dtype = torch.bfloat16,
     weight dtype other than the compute dtype needs operations that cast per call.
     ``keep_fp8``: tensors of those large layers that the file stores in fp8 keep their fp8 dtype
     (an fp8 file stays fp8; its other tensors, norms and embeddings, come in the compute dtype).
-    ``config``: the config.json to use for a single file that has none beside it (else inferred).
+    ``config_file``: the config.json for a single file that has none beside it (else inferred).
     Single files written by ComfyUI's ModelSave or repacked with a ``diffusion_model.`` prefix
     load as they are (:mod:`ingredients_core.checkpoint_keys`).
     Raises :class:`CheckpointError` naming missing keys, unexpected keys and shape mismatches.
     """
+    from .checkpoint_keys import detect
     from .model.storage import FP8_DTYPES, convert, storage_module_names, tensor_dtype
     from .model.transformer import IngredientsTransformer
 
-    from .checkpoint_keys import detect
-
     files = resolve(path)
-    if config is not None and files.config is None:
-        files = CheckpointFiles(files.weights, Path(config))
+    if config_file is not None and files.config is None:
+        files = CheckpointFiles(files.weights, Path(config_file))
     shapes = _tensor_shapes(files.weights)
     layout = detect(shapes, str(files.weights[0]))
     shapes = layout.shapes(shapes)

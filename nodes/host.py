@@ -86,8 +86,9 @@ def single_file_path(name: str, input_name: str) -> Path:
     folder, _, rest = name.partition("/")
     path = folder_paths.get_full_path(folder, rest) if folder in SINGLE_FILE_FOLDERS else None
     if path is None:
-        raise FileNotFoundError(f"{input_name}: no file {name!r} in ComfyUI's models/{' or '.join(SINGLE_FILE_FOLDERS)} "
-                                "folders (or their extra_model_paths.yaml entries); pick one from the list")
+        folders = " or ".join(SINGLE_FILE_FOLDERS)
+        raise FileNotFoundError(f"{input_name}: no file {name!r} in ComfyUI's models/{folders} folders (or their "
+                                "extra_model_paths.yaml entries); pick one from the list")
     return Path(path)
 
 

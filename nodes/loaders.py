@@ -175,7 +175,7 @@ class ModelLoader(io.ComfyNode):
         layers = host.transformer_layers(storage, compute, fast_fp8=weight_dtype.endswith("_fast"))
         keep = stored_fp8(weights, weight_dtype) is not None  # fp8 tensors as stored, the others in compute
         transformer = load_transformer(weights, dtype=compute, weight_dtype=None if keep else storage, device=offload,
-                                       keep_fp8=keep, config=transformer_config, **layers)
+                                       keep_fp8=keep, config_file=transformer_config, **layers)
         patcher = native_model.model_patcher(transformer, storage, compute, routing_mode, folder)
         projector = host.manage_projector(transformer)
         return io.NodeOutput(IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder, projector),

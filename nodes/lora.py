@@ -43,7 +43,8 @@ class LoraLoader(io.ComfyNode):
                                tooltip="How strongly the LoRA changes the weights: W + strength x alpha/rank x "
                                        "up @ down; 0 leaves the MODEL unchanged, negative values subtract it."),
             ],
-            outputs=[io.Model.Output("patched_model", display_name="model", tooltip="A copy of the MODEL with the LoRA.")],
+            outputs=[io.Model.Output("patched_model", display_name="model",
+                                     tooltip="A copy of the MODEL with the LoRA.")],
         )
 
     @classmethod

@@ -52,13 +52,13 @@ def run(tmp_path_factory):
     shapes = {k: tuple(v.shape) for k, v in load_transformer(folder, dtype=torch.float32).state_dict().items()}
     (root / "base" / "models" / "loras").mkdir(parents=True)
     for name, tensors in lora_files(shapes).items():
-        save_file({k: v.clone() for k, v in tensors.items()}, str(root / "base" / "models" / "loras" / f"{name}.safetensors"))
+        save_file({k: v.clone() for k, v in tensors.items()}, 
+                  str(root / "base" / "models" / "loras" / f"{name}.safetensors"))
     server = Server(root)
     server.start()
     try:
         graph = {"1": loader(), "2": save(["1", 1], "base"),
-                 "3": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 1], "lora_name": "kohya.safetensors",
-                                                                       "strength_model": STRENGTH}},
+                 "3": lora("LoraLoaderModelOnly", ["1", 1], "kohya"),
                  "4": save(["3", 0], "kohya"), "5": lora("IngredientsLoraLoader", ["1", 1], "peft"),
                  "6": save(["5", 0], "peft"), "7": lora("IngredientsLoraLoader", ["1", 1], "native"),
                  "8": save(["7", 0], "native"), "9": loader("fp8_e4m3fn"), "10": save(["9", 1], "fp8")}
@@ -94,7 +94,8 @@ def test_modelsave_writes_comfyuis_layout_and_fp8_reloads_bit_identical(run):
     first, second = load_file(str(fp8)), load_file(str(reloaded))
     assert first.keys() == second.keys()
     for key, tensor in first.items():
-        assert tensor.dtype == second[key].dtype and torch.equal(tensor.view(torch.uint8), second[key].view(torch.uint8)), key
+        assert tensor.dtype == second[key].dtype, key
+        assert torch.equal(tensor.view(torch.uint8), second[key].view(torch.uint8)), key
 
 
 def test_kohya_through_lora_loader_model_only_and_peft_native_through_the_pack_patch_alike(run):

@@ -19,12 +19,15 @@ def test_native_names_of_comfyui_cogvideox():
     expected = {
         "transformer_blocks.3.attn1.to_q": "blocks.3.q", "transformer_blocks.3.attn1.to_k": "blocks.3.k",
         "transformer_blocks.3.attn1.to_v": "blocks.3.v", "transformer_blocks.3.attn1.norm_q": "blocks.3.norm_q",
-        "transformer_blocks.3.attn1.norm_k": "blocks.3.norm_k", "transformer_blocks.3.attn1.to_out.0": "blocks.3.attn_out",
+        "transformer_blocks.3.attn1.norm_k": "blocks.3.norm_k",
+        "transformer_blocks.3.attn1.to_out.0": "blocks.3.attn_out",
         "transformer_blocks.3.ff.net.0.proj": "blocks.3.ff_proj", "transformer_blocks.3.ff.net.2": "blocks.3.ff_out",
-        "transformer_blocks.3.norm1.linear": "blocks.3.norm1.linear", "transformer_blocks.3.norm2.norm": "blocks.3.norm2.norm",
+        "transformer_blocks.3.norm1.linear": "blocks.3.norm1.linear",
+        "transformer_blocks.3.norm2.norm": "blocks.3.norm2.norm",
         "time_embedding.linear_1": "time_embedding_linear_1", "time_embedding.linear_2": "time_embedding_linear_2"}
     assert {k: native_name(k) for k in expected} == expected
-    for same in ("patch_embed.proj", "patch_embed.text_proj", "norm_final", "norm_out.linear", "proj_out", "router.0.to_q"):
+    for same in ("patch_embed.proj", "patch_embed.text_proj", "norm_final", "norm_out.linear", "proj_out",
+                 "router.0.to_q"):
         assert native_name(same) is None
 
 

@@ -98,7 +98,8 @@ def test_other_keys_are_named_and_markers_ignored(tmp_path, folder):
 
 
 def test_scaled_fp8_is_refused_by_name(tmp_path, folder):
-    state = {k: v.to(torch.float8_e4m3fn) for k, v in load_transformer(folder, dtype=torch.float32).state_dict().items()}
+    weights = load_transformer(folder, dtype=torch.float32).state_dict()
+    state = {k: v.to(torch.float8_e4m3fn) for k, v in weights.items()}
     state["transformer_blocks.0.attn1.to_q.scale_weight"] = torch.ones(1)
     write_modelsave(tmp_path / "scaled.safetensors", state)
     with pytest.raises(CheckpointError, match=r"per-tensor scales \(model\.diffusion_model\.transformer_blocks\.0"):

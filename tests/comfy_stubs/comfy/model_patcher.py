@@ -253,7 +253,7 @@ class ModelPatcher:
         model_sd = self.model.state_dict()
         added = []
         for k in patches:
-            key, offset, function = (k, None, None) if isinstance(k, str) else (k[0], k[1], k[2] if len(k) > 2 else None)
+            key, offset, function = (k, None, None) if isinstance(k, str) else (k[0], k[1], (k[2:] or (None,))[0])
             if key in model_sd:
                 added.append(k)
                 self.patches.setdefault(key, []).append((strength_patch, patches[k], strength_model, offset, function))
