@@ -19,7 +19,8 @@ import tiny_models  # noqa: E402
 
 sys.path.remove(str(STUBS))
 
-FP8_FILE = "diffusion_models/ingredients_fp8_e4m3fn.safetensors"
+FP8_FILES = {"fp8_e4m3fn": "diffusion_models/ingredients_fp8_e4m3fn.safetensors",
+             "fp8_e5m2": "diffusion_models/ingredients_fp8_e5m2.safetensors"}
 BF16_FILE = "checkpoints/sub/ingredients_bf16.safetensors"
 
 
@@ -59,7 +60,8 @@ def saved(models_dir, loader):
     from safetensors.torch import save_file
 
     states = {}
-    for name, weight_dtype, dtype in ((FP8_FILE, "fp8_e4m3fn", "float32"), (BF16_FILE, "default", "bfloat16")):
+    files = [(name, weight_dtype, "float32") for weight_dtype, name in FP8_FILES.items()]
+    for name, weight_dtype, dtype in (*files, (BF16_FILE, "default", "bfloat16")):
         model = load(loader, dtype=dtype, weight_dtype=weight_dtype, output=1)
         state = modelsave_state(model)
         assert "v_pred" in state
@@ -69,7 +71,7 @@ def saved(models_dir, loader):
         save_file({k: v.contiguous() for k, v in state.items()}, str(models_dir / name),
                   metadata={"prompt": "{}", "modelspec.predict_key": "v"})
         states[weight_dtype] = model.model.diffusion_model.state_dict()
-    return {"fp8": states["fp8_e4m3fn"], "bf16": states["default"]}
+    return states
 
 
 def load(loader, output: int = 0, **inputs):
@@ -89,14 +91,15 @@ def test_transformer_file_is_appended_and_lists_both_folders(loader, saved):
     assert [i.id for i in inputs] == ["model_folder", "dtype", "routing_mode", "weight_dtype", "transformer_file"]
     file_input = inputs[-1]
     assert file_input.optional and file_input.default == "folder's own" and file_input.tooltip
-    assert file_input.options == ["folder's own", FP8_FILE, BF16_FILE]  # diffusion_models first
+    assert file_input.options == ["folder's own", *FP8_FILES.values(), BF16_FILE]  # diffusion_models first
 
 
-def test_an_fp8_modelsave_file_stays_fp8_and_computes_like_the_model_it_came_from(loader, saved):
+@pytest.mark.parametrize("weight_dtype", list(FP8_FILES))
+def test_an_fp8_modelsave_file_stays_fp8_and_computes_like_the_model_it_came_from(loader, saved, weight_dtype):
     ops = sys.modules["comfy.ops"]
-    original = load(loader, dtype="float32", weight_dtype="fp8_e4m3fn")
-    from_file = load(loader, dtype="float32", transformer_file=FP8_FILE)  # weight_dtype default: kept as stored
-    assert_bit_identical(from_file.transformer.state_dict(), saved["fp8"])
+    original = load(loader, dtype="float32", weight_dtype=weight_dtype)
+    from_file = load(loader, dtype="float32", transformer_file=FP8_FILES[weight_dtype])  # default: kept as stored
+    assert_bit_identical(from_file.transformer.state_dict(), saved[weight_dtype])
     assert isinstance(from_file.transformer.transformer_blocks[0].attn1.to_q, ops.manual_cast.Linear)
     assert from_file.transformer.config == original.transformer.config  # the folder's transformer/config.json
     assert torch.equal(forward(from_file), forward(original))
@@ -106,7 +109,7 @@ def test_a_bf16_file_from_checkpoints_with_the_diffusion_model_prefix(loader, sa
     from_file = load(loader, dtype="bfloat16", transformer_file=BF16_FILE)
     from_folder = load(loader, dtype="bfloat16")  # bf16 storage; on the CPU computed in float32
     assert_bit_identical(from_file.transformer.state_dict(), from_folder.transformer.state_dict())
-    assert_bit_identical(from_file.transformer.state_dict(), saved["bf16"])
+    assert_bit_identical(from_file.transformer.state_dict(), saved["default"])
     assert from_file.transformer.transformer_blocks[0].ff.net[2].weight.dtype == torch.bfloat16
     assert torch.equal(forward(from_file), forward(from_folder))
 
