@@ -11,6 +11,7 @@ MODEL keeps nothing outside its parameters and buffers and runs on the fake GPU.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import sys
@@ -296,6 +297,7 @@ def test_apply_ids_twice_replaces_with_a_warning(nodes, loaded, caplog):
     assert native.ids_patch(second).num_ids == 3 and native.ids_patch(first).num_ids == 2
     assert native.ids_patch(model) is None  # Apply IDs works on a clone
     assert len(second.get_wrappers("outer_sample", native.WRAPPER_KEY)) == 1
+    assert copy.deepcopy(second.model_options)["transformer_options"][native.IDS_KEY] is native.ids_patch(second)
     x_t, image, text = _inputs(payload.transformer.config, seed=10)
     three = _apply(nodes, model, _routed(payload, 3, seed=3))
     assert torch.equal(native_x0(second, x_t, image, text, 300, cond_or_uncond=UNCOND_COND),
@@ -310,6 +312,14 @@ def test_loader_model_output_is_the_pack_transformer(loaded):
     assert "diffusion_model.local_facial_extractor.latents" in keys or any(
         k.startswith("diffusion_model.local_facial_extractor.") for k in keys)
     assert model.model.latent_format.scale_factor == 0.7 and model.model.latent_format.latent_channels == 16
+
+
+def test_a_mask_that_does_not_fit_the_video_names_the_node(nodes, loaded):
+    payload, model = loaded["payload"], loaded["model"]
+    patched = _apply(nodes, model, _routed(payload, 2, mask_1=torch.ones(7, 64, 96)))  # 9 frames fit, 7 do not
+    x_t, image, text = _inputs(payload.transformer.config)
+    with pytest.raises(ValueError, match="Ingredients Apply IDs: mask of ID 1: 7 mask frames.*Route IDs"):
+        native_x0(patched, x_t, image, text, 500, cond_or_uncond=UNCOND_COND)
 
 
 def test_text_width_mismatch_names_the_fix(loaded):
