@@ -13,6 +13,7 @@ from .faces import EncodeFace, FaceCanvas, IDList
 from .identity import IdentityCheck
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
+from .lora import LoraLoader
 from .routing_maps import RoutingMaps
 from .sampling import Decode, Sampler
 from .text import EncodePrompt, EncodePromptCLIP
@@ -38,6 +39,7 @@ NODES: list[type[io.ComfyNode]] = [
     CheckInstall,
     ApplyIDs,
     ModelRouting,
+    LoraLoader,
 ]
 
 
