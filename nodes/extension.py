@@ -11,6 +11,7 @@ from .faces import EncodeFace, FaceCanvas, IDList
 from .identity import IdentityCheck
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
+from .native_samplers import DynamicCFG, OfficialSampler, OfficialScheduler
 from .routing_maps import RoutingMaps
 from .sampling import Decode, Sampler
 from .text import EncodePrompt, EncodePromptCLIP
@@ -33,6 +34,9 @@ NODES: list[type[io.ComfyNode]] = [
     Decode,
     RoutingMaps,
     IdentityCheck,
+    OfficialSampler,
+    OfficialScheduler,
+    DynamicCFG,
 ]
 
 
