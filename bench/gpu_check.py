@@ -169,7 +169,7 @@ def item_worker(args, name: str) -> dict:
     model = fullsize.build_on_meta(core, config, host.transformer_layers(storage, compute), storage, compute)
     fullsize.materialise(model, device)
     model.local_facial_extractor.to(offload)  # Project IDs' part: not used by a step
-    patcher, _ = host.manage_transformer(model)
+    patcher = inproc.pack_module("nodes.native_model").model_patcher(model, storage, compute, "official")
     element = torch.finfo(compute).bits // 8
     both = fullsize.activation_bytes(core, config, shape, element)
     result = dict(storage=storage_name, flags=flags, device=str(device), comfyui=env["comfyui"],
