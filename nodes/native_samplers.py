@@ -82,7 +82,7 @@ class DynamicCFG(io.ComfyNode):
                          "cfg becomes the peak of a scale that rises over the run. For KSampler and "
                          "SamplerCustomAdvanced (CFGGuider)."),
             inputs=[io.Model.Input("model", tooltip="The MODEL to guide dynamically (the result is a patched copy).")],
-            outputs=[io.Model.Output("model", display_name="model",
+            outputs=[io.Model.Output("MODEL", display_name="MODEL",
                                      tooltip="The MODEL with dynamic CFG, for KSampler or CFGGuider.")],
         )
 

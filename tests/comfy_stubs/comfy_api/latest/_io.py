@@ -248,9 +248,3 @@ class NodeOutput:
     @property
     def result(self):
         return self.args if len(self.args) > 0 else None
-
-
-# ComfyUI's sampling sockets (SamplerCustomAdvanced's inputs, MODEL patches)
-Model = _socket_type("MODEL")
-Sampler = _socket_type("SAMPLER")
-Sigmas = _socket_type("SIGMAS")
