@@ -29,21 +29,19 @@ def estimate_memory(model, noise_shape, conds):
     return memory_required, minimum_memory_required
 
 
-def prepare_sampling(model, noise_shape, conds, model_options=None, force_full_load=False, force_offload=False):
+def prepare_sampling(model, noise_shape, conds, model_options=None):  # 0.33.0 adds force_full_load, force_offload
     executor = comfy.patcher_extension.WrapperExecutor.new_executor(
         _prepare_sampling,
         comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING,
                                                  model_options or {}, is_model_options=True))
-    return executor.execute(model, noise_shape, conds, model_options=model_options, force_full_load=force_full_load,
-                            force_offload=force_offload)
+    return executor.execute(model, noise_shape, conds, model_options=model_options)
 
 
-def _prepare_sampling(model, noise_shape, conds, model_options=None, force_full_load=False, force_offload=False):
+def _prepare_sampling(model, noise_shape, conds, model_options=None):
     models = model.get_additional_models()
     memory_required, minimum_memory_required = estimate_memory(model, noise_shape, conds)
     comfy.model_management.load_models_gpu([model] + models, memory_required=memory_required,
-                                           minimum_memory_required=minimum_memory_required,
-                                           force_full_load=force_full_load)
+                                           minimum_memory_required=minimum_memory_required)
     return model.model, conds, models
 
 
