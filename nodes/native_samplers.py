@@ -12,7 +12,7 @@ from . import host
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients/native"
+CATEGORY = "Ingredients"
 SCHEDULERS = ["dpm", "ddim"]
 
 
