@@ -10,7 +10,10 @@ noise (ComfyUI's ``prepare_noise``), image latent, embeddings and generator seed
 - KSampler euler / simple (the pack's DDIM), and with Ingredients Dynamic CFG;
 - BasicScheduler simple against Ingredients Scheduler (50 and 30 steps);
 - EasyCache and LazyCache (comfy_extras) on the MODEL with IDs under KSampler: steps skipped,
-  transformer calls computed (each with the ID patch in transformer_options), finite, ID-dependent.
+  transformer calls computed (each with the ID patch in transformer_options), finite, ID-dependent;
+- TorchCompileModel's wrapper (``set_torch_compile_wrapper`` with the node's guard filter, backend
+  ``eager``: Dynamo's tracing and guards without code generation) on the MODEL with IDs whose step
+  ranges switch people on and off during the run: the result against the uncompiled run.
 """
 
 import importlib
@@ -83,7 +86,7 @@ def pack_run(payload, case, scheduler, steps, dynamic_cfg=False, routed=None):
     return out.transpose(1, 2) / SCALE
 
 
-def routed_ids(payload, people=2):
+def routed_ids(payload, people=2, **ranges):
     import torch
 
     payloads = importlib.import_module("ComfyUI_Ingredients.nodes.payloads")
@@ -91,7 +94,7 @@ def routed_ids(payload, people=2):
     config = payload.transformer.config
     tokens = torch.randn(people, config.ids.num_tokens, config.ids.token_dim, generator=torch.Generator().manual_seed(3))
     id_tokens = payloads.IngredientsIDTokens(tokens, payloads.IngredientsIDs(tuple(range(people))), payload.folder)
-    return ids_nodes.RouteIDs.execute(id_tokens=id_tokens, routing_mode="official", strength=1.0).args[0]
+    return ids_nodes.RouteIDs.execute(id_tokens=id_tokens, routing_mode="official", strength=1.0, **ranges).args[0]
 
 
 def custom_advanced(ncs, pack, model, case, scheduler, steps):
@@ -169,7 +172,24 @@ def main(comfyui: str, pack_dir: str, models_dir: str) -> dict:
         official = node_call(pack["IngredientsScheduler"], model=model, steps=steps)[0]
         report[f"simple_equals_official.{steps}"] = bool(torch.equal(simple, official))
     report["caches"] = caches(pack, core_nodes, model, with_ids, case, log)
+    report["compile"] = compiled_run(pack, core_nodes, model, payload, case)
     return report
+
+
+def compiled_run(pack, core_nodes, model, payload, case, backend="eager") -> dict:
+    """KSampler on a compiled MODEL with IDs that switch on and off by step (per-step Python values)."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from comfy_extras.nodes_torch_compile import skip_torch_compile_dict
+    from torch._dynamo.utils import counters
+
+    routed = routed_ids(payload, start_1=0.0, end_1=0.5, start_2=0.5, end_2=1.0)
+    with_ids = node_call(pack["IngredientsApplyIDs"], model=model, routed_ids=routed)[0]
+    compiled = with_ids.clone()
+    set_torch_compile_wrapper(model=compiled, backend=backend, options={"guard_filter_fn": skip_torch_compile_dict})
+    counters.clear()
+    ours = ksampler(core_nodes, compiled, case, 6)
+    return {"backend": backend, "relative_to_uncompiled": relative(ours, ksampler(core_nodes, with_ids, case, 6)),
+            "graphs": int(counters["stats"]["unique_graphs"]), "graph_breaks": int(sum(counters["graph_break"].values()))}
 
 
 def caches(pack, core_nodes, model, with_ids, case, log) -> dict:
