@@ -111,7 +111,7 @@ def chain_worker(args, mode: str) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     folder = dict(model_folder="Ingredients")
-    model, = _run(nodes["IngredientsModelLoader"], **folder, dtype="auto", routing_mode="official")
+    model, _ = _run(nodes["IngredientsModelLoader"], **folder, dtype="auto", routing_mode="official")
     vae, = _run(nodes["IngredientsVAELoader"], **folder, dtype="auto")
     t5, = _run(nodes["IngredientsT5Loader"], **folder, dtype="auto")
     encoder, = _run(nodes["IngredientsFaceEncoderLoader"], **folder, provider="auto")

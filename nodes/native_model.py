@@ -108,6 +108,9 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
     def get_dtype(self):
         return self.model_config.unet_config["dtype"]
 
+    def get_dtype_inference(self):  # 0.33 has it; 0.3.64 reads manual_cast_dtype inline
+        return self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
+
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         """Denoised x0 (B, 16, F, H, W) for the sampler's x at sigma ``t``."""
         sigma = t

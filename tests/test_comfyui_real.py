@@ -179,9 +179,30 @@ def test_stand_ins_match_the_real_schema_api(tmp_path):
         if "id" in params:
             assert real[name].index("id") == params.index("id"), name
     for name, params in functions.items():
+        if name not in real and name in real_signatures.NEWER_ONLY:
+            continue  # this ComfyUI is older than the API (0.3.64 has no DynamicVRAM)
         skip = POSITIONAL.get(name, 0)
         found = real[name][:len(params)]
         assert len(found) == len(params) and found[skip:] == params[skip:], f"{name}: stand-in {params} vs real {real[name]}"
+
+
+def test_native_model_in_comfyuis_own_sampling(tmp_path):
+    """The MODEL on real ComfyUI (no server): its ModelSamplingDiscrete equals diffusers' CogVideoX alphas
+    (float32 sigmas: ~1e-7; terminal 4.9e-8 vs 0), one apply_model with IDs equals the pack transformer's
+    x0, and comfy.sample.sample (KSampler's path) runs it with euler/simple, batched and with cond and
+    uncond split into separate calls (uncond first), recording the routing and dropping the run state."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run([python, str(STUBS / "real_native_check.py"), COMFYUI, str(harness.REPO)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    schedule, forward, sample = report["schedule"], report["forward"], report["sample"]
+    assert schedule["max_relative"] < 2e-7 and schedule["terminal_diffusers"] == 0.0
+    assert abs(schedule["terminal_comfy"] - 4.8973451890853435e-08) < 1e-12
+    assert max(forward.values()) < 1e-5
+    assert sample["finite"] and sample["recorded"] and sample["dropped"] and sample["shape"] == [1, 16, 3, 8, 12]
+    assert sample["calls"]["batched"] == [[1, 0]] * 3 and sample["calls"]["split"] == [[1], [0]] * 3
+    assert sample["split_vs_batched"] < 1e-4  # three euler steps at cfg 6 over float rounding of one forward
 
 
 def test_clip_prompt_path_with_comfyuis_own_t5_tokenizers(tmp_path):
