@@ -55,6 +55,7 @@ HOST_FUNCTIONS = {
           for layer in ("Linear", "Conv2d", "Conv3d", "GroupNorm", "LayerNorm", "RMSNorm", "Embedding"))],
     "comfy.ldm.modules.attention": ["optimized_attention"],
 }
+
 # sampling a MODEL (issue 15, part 4): the guider, samplers and schedulers the stand-ins imitate
 HOST_FUNCTIONS.update({
     "comfy.samplers": [
