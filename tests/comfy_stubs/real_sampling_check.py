@@ -178,14 +178,17 @@ def main(comfyui: str, pack_dir: str, models_dir: str) -> dict:
 
 def compiled_run(pack, core_nodes, model, payload, case, backend="eager") -> dict:
     """KSampler on a compiled MODEL with IDs that switch on and off by step (per-step Python values)."""
+    import comfy_extras.nodes_torch_compile as node_module
     from comfy_api.torch_helpers import set_torch_compile_wrapper
-    from comfy_extras.nodes_torch_compile import skip_torch_compile_dict
     from torch._dynamo.utils import counters
+
+    guard_filter = getattr(node_module, "skip_torch_compile_dict", None)  # 0.33.0's node passes it, 0.3.64's not
+    options = {"guard_filter_fn": guard_filter} if guard_filter is not None else None
 
     routed = routed_ids(payload, start_1=0.0, end_1=0.5, start_2=0.5, end_2=1.0)
     with_ids = node_call(pack["IngredientsApplyIDs"], model=model, routed_ids=routed)[0]
     compiled = with_ids.clone()
-    set_torch_compile_wrapper(model=compiled, backend=backend, options={"guard_filter_fn": skip_torch_compile_dict})
+    set_torch_compile_wrapper(model=compiled, backend=backend, options=options)
     counters.clear()
     ours = ksampler(core_nodes, compiled, case, 6)
     return {"backend": backend, "relative_to_uncompiled": relative(ours, ksampler(core_nodes, with_ids, case, 6)),
