@@ -54,7 +54,8 @@ def build(name: str):
     tiny = _pack(name, "ingredients_core.testing.tiny_transformer")
     transformer_mod = _pack(name, "ingredients_core.model.transformer")
     config = tiny.tiny_config()
-    transformer = transformer_mod.IngredientsTransformer(config, **host.transformer_layers(torch.float32, torch.float32))
+    layers = host.transformer_layers(torch.float32, torch.float32)
+    transformer = transformer_mod.IngredientsTransformer(config, **layers)
     transformer.load_state_dict(tiny.tiny_state_dict(config))
     transformer.eval().requires_grad_(False)
     return transformer, native.model_patcher(transformer, torch.float32, torch.float32, "official", None)
@@ -130,7 +131,8 @@ def sample_check(name, model, transformer) -> dict:
                                           torch.zeros(shape), seed=0, disable_pbar=True)
         finally:
             vars(patched.model).pop("memory_required", None)
-        runs[label] = dict(samples=samples, chunks=chunks, recorded=patch.recorder.finished is not None, dropped=patch._run is None)
+        runs[label] = dict(samples=samples, chunks=chunks, recorded=patch.recorder.finished is not None,
+                           dropped=patch._run is None)
     batched, split = runs["batched"]["samples"], runs["split"]["samples"]
     return dict(finite=bool(torch.isfinite(batched).all()), shape=list(batched.shape),
                 recorded=runs["batched"]["recorded"] and runs["split"]["recorded"],

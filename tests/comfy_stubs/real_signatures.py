@@ -85,7 +85,8 @@ def signatures(io, ui) -> dict:
 
 # present in ComfyUI 0.33.0, absent in 0.3.64 (the pack never needs them there): checked where they exist
 NEWER_ONLY = {"comfy.model_patcher:ModelPatcher.is_dynamic", "comfy.model_patcher:ModelPatcher.get_free_memory",
-              "comfy.model_patcher:CoreModelPatcher.__init__", "comfy.model_base:BaseModel.get_dtype_inference"}
+              "comfy.model_patcher:CoreModelPatcher.__init__", "comfy.model_base:BaseModel.get_dtype_inference",
+              "comfy.utils:deepcopy_list_dict"}  # 0.3.64's clone deep-copies model_options with copy.deepcopy
 
 
 def host_signatures() -> dict:
@@ -97,7 +98,7 @@ def host_signatures() -> dict:
         for path in paths:
             target = module
             for part in path.split("."):
-                target = getattr(target, part, None)
+                target = getattr(target, part, None) if target is not None else None
             if target is None and f"{module_name}:{path}" in NEWER_ONLY:
                 continue
             parameters = inspect.signature(target).parameters.values()
