@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -300,3 +301,50 @@ def test_step_cache_with_ids_skips_steps_and_applies_ids_at_every_computed_step(
     assert torch.isfinite(ours).all() and relative(plain, ours) > 1e-3
     uncached = ksampler(with_ids, case, 6)
     assert relative(ours, uncached) > 1e-6  # the skipped steps changed the run: the cache acted
+
+
+# -- (b) on the golden weights ---------------------------------------------------------------------
+GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+
+
+def test_golden_sampler_custom_advanced_with_two_ids_equals_the_pack_sampler(nodes):
+    """Golden weights, the golden inputs (initial noise, image latent, embeddings, two people's
+    faces), the stochastic DPM over 3 steps: SamplerCustomAdvanced through Apply IDs equals the pack's
+    sampler within 1e-5."""
+    if not (GOLDEN / "case.json").is_file():
+        pytest.skip(f"golden data not found at {GOLDEN}")
+    import tempfile
+
+    from comfyui_ingredients_under_test.ingredients_core.checkpoint import load_transformer
+    from comfyui_ingredients_under_test.ingredients_core.parity import write_golden_checkpoint
+    from comfyui_ingredients_under_test.ingredients_core.sampling import denoise, make_scheduler
+    from safetensors.torch import load_file
+
+    host, payloads = harness.pack_module("nodes.host"), harness.pack_module("nodes.payloads")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_golden_checkpoint(GOLDEN, Path(tmp))
+        transformer = load_transformer(folder, dtype=torch.float32, device="cpu",
+                                       **host.transformer_layers(torch.float32, torch.float32))
+    model = harness.pack_module("nodes.native_model").model_patcher(transformer, torch.float32, torch.float32,
+                                                                    "official", folder)
+    inputs = load_file(str(GOLDEN / "inputs.safetensors"))
+    faces = [(inputs[f"id{i}.id_cond"], [inputs[f"id{i}.vit_hidden.{k}"] for k in range(5)]) for i in range(2)]
+    with torch.no_grad():
+        tokens = transformer.project_ids(faces)
+    id_tokens = payloads.IngredientsIDTokens(tokens, payloads.IngredientsIDs((0, 1)), folder)
+    routed = harness.pack_module("nodes.ids").RouteIDs.execute(id_tokens=id_tokens, routing_mode="official",
+                                                               strength=1.0).args[0]
+    patched = nodes["IngredientsApplyIDs"].execute(model=model, routed_ids=routed).args[0]
+    noise, image = inputs["latents"], inputs["image_latents"]            # (1, F, 16, h, w), scaled
+    positive, negative = inputs["prompt_embeds"], inputs["negative_prompt_embeds"]
+    raw = image.transpose(1, 2) / SCALE
+    guider = comfy("comfy.samplers").CFGGuider(patched)
+    guider.set_conds([[positive, {"concat_latent_image": raw}]], [[negative, {"concat_latent_image": raw}]])
+    guider.set_cfg(6.0)
+    latent = torch.zeros_like(raw)
+    ours = guider.sample(noise.transpose(1, 2).contiguous(), latent, official(nodes, "dpm"),
+                         official_sigmas(nodes, model, 3), seed=SEED)
+    scheduler = make_scheduler("dpm", json.loads((GOLDEN / "scheduler_config.json").read_text()))
+    want = denoise(transformer, scheduler, noise, image, positive, negative, tokens, steps=3, cfg=6.0,
+                   generator=torch.Generator().manual_seed(SEED), routing=routed.routing)
+    assert relative(ours, want.transpose(1, 2) / SCALE) <= 1e-5
