@@ -166,13 +166,17 @@ def _to_pack(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_official(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, model_sampling, scheduler_name: str,
-                    seed: Optional[int] = None, callback: Optional[StepCallback] = None) -> torch.Tensor:
+                    seed: Optional[int] = None, callback: Optional[StepCallback] = None,
+                    disable: Optional[bool] = True) -> torch.Tensor:
     """Sample ``x`` (B, 16, F, h, w), k-diffusion space at ``sigmas[0]``, down ``sigmas`` with the
     official ``scheduler_name`` (``ddim`` or ``dpm``); returns x in k-diffusion space at ``sigmas[-1]``.
 
     ``denoise(x, sigma)`` -> guided x0 (the host's model call); ``seed``: the DPM's generator seed;
-    ``callback(i, x0, x, sigma)`` after every model call (x0: the scheduler's estimate, for previews).
+    ``callback(i, x0, x, sigma)`` after every model call (x0: the scheduler's estimate, for previews);
+    ``disable``: no console progress bar (tqdm), as k-diffusion samplers take it.
     """
+    from tqdm.auto import trange
+
     scheduler = make_scheduler(scheduler_name, OFFICIAL_SCHEDULER_CONFIG)
     check_model_schedule(model_sampling, scheduler)
     plan = plan_steps(model_sampling, sigmas, scheduler)
@@ -187,8 +191,8 @@ def sample_official(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, mo
     s_in = x.new_ones([x.shape[0]])
     sample = _to_pack(x / (1 + sigmas[0] ** 2) ** 0.5)   # x_t, DDPM space, (B, F, C, h, w)
     old_x0 = None
-    for i, t in enumerate(plan.timesteps):
-        sigma = sigmas[i]
+    for i in trange(len(plan.timesteps), disable=disable):
+        t, sigma = plan.timesteps[i], sigmas[i]
         x_k = x if i == 0 else _to_pack(sample) * (1 + sigma ** 2) ** 0.5
         x0 = denoise(x_k, sigma * s_in)
         # ComfyUI's V_PREDICTION: x0 = x_k / (s^2 + 1) - v * s / sqrt(s^2 + 1); solved for v

@@ -294,7 +294,7 @@ def _official_sampler_function(model, x, sigmas, extra_args=None, callback=None,
         callback({"x": x_k, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
 
     return sample_official(denoise, x, sigmas, model_sampling, scheduler, extra_args.get("seed"),
-                           report if callback is not None else None)
+                           report if callback is not None else None, disable=disable)
 
 
 def official_sampler(scheduler: str):
