@@ -14,6 +14,7 @@ from .identity import IdentityCheck
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
 from .lora import LoraLoader
+from .native_samplers import DynamicCFG, OfficialSampler, OfficialScheduler
 from .routing_maps import RoutingMaps
 from .sampling import Decode, Sampler
 from .text import EncodePrompt, EncodePromptCLIP
@@ -40,6 +41,9 @@ NODES: list[type[io.ComfyNode]] = [
     ApplyIDs,
     ModelRouting,
     LoraLoader,
+    OfficialSampler,
+    OfficialScheduler,
+    DynamicCFG,
 ]
 
 

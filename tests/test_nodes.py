@@ -95,7 +95,7 @@ def test_entrypoint_returns_extension_with_all_nodes(pack, nodes):
 
     extension = asyncio.run(pack.comfy_entrypoint())
     assert isinstance(extension, ComfyExtension)
-    assert len(asyncio.run(extension.get_node_list())) == len(nodes) == 19
+    assert len(asyncio.run(extension.get_node_list())) == len(nodes) == 22
 
 
 def test_every_node_documents_every_input_and_output(nodes):
@@ -110,7 +110,8 @@ def test_every_node_documents_every_input_and_output(nodes):
 
 
 def test_payload_types_are_the_packs_own(nodes):
-    builtin = {"IMAGE", "MASK", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "MODEL", "LATENT"}
+    builtin = {"IMAGE", "MASK", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "MODEL", "LATENT", "SAMPLER",
+               "SIGMAS"}
     for cls in nodes.values():
         schema = cls.define_schema()
         for item in [*schema.inputs, *schema.outputs]:
