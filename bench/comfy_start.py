@@ -123,3 +123,11 @@ def report() -> dict:
     core = getattr(patcher, "CoreModelPatcher", None) if patcher else None
     out["core_patcher"] = core.__name__ if core is not None else "none (this ComfyUI has no CoreModelPatcher)"
     return out
+
+
+def has_dynamic_vram(comfyui) -> bool:
+    """Whether the ComfyUI tree at ``comfyui`` has DynamicVRAM (read from its source, nothing imported)."""
+    from pathlib import Path
+
+    cli_args = Path(comfyui) / "comfy" / "cli_args.py"
+    return cli_args.is_file() and "def enables_dynamic_vram" in cli_args.read_text(encoding="utf-8")
