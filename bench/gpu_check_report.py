@@ -43,8 +43,8 @@ def note(result: dict) -> str:
         notes.append(f"MODEL patcher {result['patcher']}")
     if result.get("patchers"):
         notes.append("patchers " + ", ".join(f"{k} {v}" for k, v in result["patchers"].items()))
-    if result.get("dynamic_vram"):
-        notes.append(f"DynamicVRAM {result['dynamic_vram']}")
+    if result.get("dynamic_vram"):  # the reason it is off is in the JSON
+        notes.append(f"DynamicVRAM {result['dynamic_vram'].split(':')[0]}")
     if result.get("attention"):
         notes.append(result["attention"])
     if result.get("sampler"):

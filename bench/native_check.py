@@ -192,3 +192,80 @@ def tiny_checks(torch, nodes: dict, loader_out: tuple, prompt, routed, size: dic
     results["custom_advanced"] = _guarded("native custom advanced", official)
     results["ksampler"]["patcher_unpatched"] = patcher_class(model)
     return results
+
+
+# -- (b') the full-size transformer as a MODEL -------------------------------------------------------------------------
+def _random_routed(torch, config, people: int):
+    """Routed IDs for ``people`` random ID tokens (what Project IDs + Route IDs give, official routing)."""
+    import comfy_inproc as inproc
+
+    payloads = inproc.pack_module("nodes.payloads")
+    routing = inproc.pack_module("ingredients_core.routing")
+    tokens = torch.randn(people, config.ids.num_tokens, config.ids.token_dim, generator=torch.Generator().manual_seed(0))
+    ids = payloads.IngredientsIDTokens(tokens=tokens, ids=payloads.IngredientsIDs(faces=(None,) * people),
+                                       model_folder=None)
+    return payloads.IngredientsRoutedIDs(tokens=ids, routing=routing.RoutingOptions())
+
+
+def _legacy_card_reserve(mm, card, dynamic: bool, device_memory, device) -> int | None:
+    """Without DynamicVRAM a ``card`` GiB card is ComfyUI's reserve raised by (total - card), what
+    ``--reserve-vram`` does: its loader then keeps what fits that card. Returns the old reserve."""
+    if not card or dynamic or device.type != "cuda" or not device_memory:
+        return None
+    old = mm.EXTRA_RESERVED_VRAM
+    mm.EXTRA_RESERVED_VRAM = old + int(device_memory - card * 1024 ** 3)
+    return old
+
+
+def fullsize_check(env: dict, patcher, shape, steps: int, card=None, dynamic: bool = False,
+                   device_memory=None) -> dict:
+    """The transformer ``patcher`` holds (the MODEL) through Apply IDs and ComfyUI's
+    ``comfy.sample.sample`` (what KSampler runs), euler / simple, CFG: s/step (the first step, which
+    also loads the weights, left out), peak VRAM, the device's used memory."""
+    import comfy.sample
+    import fullsize
+    import torch
+
+    nodes, mm = env["nodes"], env["mm"]
+    config = patcher.model.diffusion_model.config
+    device = patcher.load_device
+    apply_ids = nodes[APPLY_IDS]
+    applied = output_of(apply_ids, call_pack(apply_ids, {"MODEL": patcher,
+                                                         "INGREDIENTS_ROUTED_IDS": _random_routed(torch, config, shape.ids)}),
+                        "MODEL")
+    g = torch.Generator().manual_seed(1)
+    text = [torch.randn(1, config.max_text_seq_length, config.text_embed_dim, generator=g) for _ in range(2)]
+    channels = config.out_channels
+    positive, negative = conditioning(text[0], text[1], image_latent(torch, channels, shape.height, shape.width))
+    latent = empty_latent(torch, channels, shape.frames, shape.height, shape.width)["samples"]
+    noise = comfy.sample.prepare_noise(latent, SEED)
+    use = fullsize.DeviceUse(device)
+    stamps = []
+
+    def step(*_) -> None:
+        fullsize.sync(device)
+        stamps.append(time.perf_counter())
+        use.sample()
+
+    old_reserve = _legacy_card_reserve(mm, card, dynamic, device_memory, device)
+    try:
+        fullsize.peak_reset(device)
+        stamps.append(time.perf_counter())
+        samples = comfy.sample.sample(applied, noise, steps, shape.cfg, "euler", "simple", positive, negative, latent,
+                                      callback=step, disable_pbar=True, seed=SEED)
+    finally:
+        if old_reserve is not None:
+            mm.EXTRA_RESERVED_VRAM = old_reserve
+    seconds = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    finite = bool(torch.isfinite(samples).all())
+    ok = finite and tuple(samples.shape) == tuple(latent.shape)
+    method = "comfy.sample.sample (KSampler's) euler/simple, Apply IDs (2 random IDs, official routing)"
+    if card:
+        method += (f"; DynamicVRAM with --vram-headroom for a {card} GiB card" if dynamic
+                   else f"; ComfyUI's reserve raised to leave a {card} GiB card (as --reserve-vram)")
+    return dict(ok=ok, error=None if ok else f"samples finite={finite}, shape {tuple(samples.shape)}",
+                step_s=seconds, s_per_step=fullsize.per_step(seconds) if seconds else None,
+                load_and_first_step_s=seconds[0] if seconds else None, peak_vram=fullsize.peak_bytes(device),
+                resident=int(applied.loaded_size()), model_bytes=int(applied.model_size()),
+                patcher=patcher_class(applied), sampler="MODEL: Apply IDs -> comfy.sample euler/simple",
+                method=method, **use.figures())
