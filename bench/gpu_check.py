@@ -62,8 +62,8 @@ ITEMS = workers.ITEMS
 EXPECTED = {"chain": 25, "item": 35, "item+MODEL": 50}
 CHAIN_TIMEOUT, ITEM_TIMEOUT = 150, 170
 #: The order jobs run in (the time limit skips from the end): what matters most first.
-ORDER = ("chain:cpu", "chain:default", "item:bf16", "item:fp8", "item:fp8_12gb", "item:fp8_8gb", "chain:lowvram", "chain:novram",
-         "item:teacache_bf16", "item:sage_bf16")
+ORDER = ("chain:cpu", "chain:default", "item:bf16", "item:fp8", "item:fp8_12gb", "item:fp8_8gb", "chain:lowvram",
+         "chain:novram", "item:teacache_bf16", "item:sage_bf16")
 #: Top-level modules the checks import (listed when missing, before anything runs).
 NEEDED = ["diffusers", "transformers", "safetensors", "einops", "psutil", "PIL", "torchvision", "av", "facexlib",
           "insightface", "onnxruntime", "onnx", "skimage", "consisid_eva_clip", "cv2", "scipy", "sageattention",
@@ -74,7 +74,8 @@ GiB = report.GiB
 # -- the parent: subprocesses, time limit, table -------------------------------------------------------
 def _passthrough(args) -> list[str]:
     out = ["--steps", str(args.steps), "--teacache-steps", str(args.teacache_steps)]
-    for flag, value in (("--bundle", args.bundle), ("--comfyui", args.comfyui), ("--device-memory", args.device_memory)):
+    named = (("--bundle", args.bundle), ("--comfyui", args.comfyui), ("--device-memory", args.device_memory))
+    for flag, value in named:
         if value:
             out += [flag, str(value)]
     return out + (["--smoke"] if args.smoke else []) + (["--cpu-only"] if args.cpu_only else [])
@@ -241,7 +242,8 @@ def main(argv=None) -> int:
     chain = [f"chain:{m}" for m in modes] if args.only != "fullsize" else []
     items = [f"item:{n}" for n in ITEMS] if args.only != "chain" and (info["cuda"] or args.smoke) else []
     jobs = sorted(chain + items, key=lambda j: ORDER.index(j) if j in ORDER else len(ORDER))
-    sys.stdout.write(report.budget([(j, expected_seconds(j), _cap(j, args.cap_scale)) for j in jobs], args.time_limit))
+    plan = [(job, expected_seconds(job), _cap(job, args.cap_scale)) for job in jobs]
+    sys.stdout.write(report.budget(plan, args.time_limit))
     sys.stdout.write(report.header())
     done = run_jobs(args, jobs, deadline, log_dir)
     results: dict = dict(environment=info, chain={k: v for k, v in done.items() if not k.startswith("item")},

@@ -201,7 +201,8 @@ def _random_routed(torch, config, people: int):
 
     payloads = inproc.pack_module("nodes.payloads")
     routing = inproc.pack_module("ingredients_core.routing")
-    tokens = torch.randn(people, config.ids.num_tokens, config.ids.token_dim, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(people, config.ids.num_tokens, config.ids.token_dim, generator=generator)
     ids = payloads.IngredientsIDTokens(tokens=tokens, ids=payloads.IngredientsIDs(faces=(None,) * people),
                                        model_folder=None)
     return payloads.IngredientsRoutedIDs(tokens=ids, routing=routing.RoutingOptions())
@@ -230,9 +231,8 @@ def fullsize_check(env: dict, patcher, shape, steps: int, card=None, dynamic: bo
     config = patcher.model.diffusion_model.config
     device = patcher.load_device
     apply_ids = nodes[APPLY_IDS]
-    applied = output_of(apply_ids, call_pack(apply_ids, {"MODEL": patcher,
-                                                         "INGREDIENTS_ROUTED_IDS": _random_routed(torch, config, shape.ids)}),
-                        "MODEL")
+    routed = _random_routed(torch, config, shape.ids)
+    applied = output_of(apply_ids, call_pack(apply_ids, {"MODEL": patcher, "INGREDIENTS_ROUTED_IDS": routed}), "MODEL")
     g = torch.Generator().manual_seed(1)
     text = [torch.randn(1, config.max_text_seq_length, config.text_embed_dim, generator=g) for _ in range(2)]
     channels = config.out_channels
