@@ -12,6 +12,7 @@ from .faces import EncodeFace, FaceCanvas, IDList
 from .identity import IdentityCheck
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
+from .native_samplers import DynamicCFG, OfficialSampler, OfficialScheduler
 from .routing_maps import RoutingMaps
 from .sampling import Decode, Sampler
 from .text import EncodePrompt, EncodePromptCLIP
@@ -36,6 +37,9 @@ NODES: list[type[io.ComfyNode]] = [
     IdentityCheck,
     ApplyIDs,
     ModelRouting,
+    OfficialSampler,
+    OfficialScheduler,
+    DynamicCFG,
 ]
 
 
