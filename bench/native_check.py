@@ -2,7 +2,8 @@
 IDs* into ComfyUI's own sampling, inside real ComfyUI (in-process, see ``comfy_inproc``).
 
 - ``tiny_checks``: on the chain's tiny models, KSampler (euler / simple) and SamplerCustomAdvanced
-  (RandomNoise, CFGGuider, BasicScheduler simple, the pack's official DDIM ``SAMPLER``), two steps each;
+  (RandomNoise, CFGGuider, the pack's official DDIM ``SAMPLER`` and its Ingredients Scheduler sigmas,
+  BasicScheduler simple without it), two steps each;
 - ``fullsize_check``: the full-size transformer (random weights) as a MODEL, KSampler euler / simple
   at 49 x 480 x 720 with CFG: peak VRAM and seconds per step.
 
@@ -22,7 +23,8 @@ STEPS = 2
 CFG = 6.0
 SEED = 3
 #: The pack's node ids this path needs (issue 15: parts 1, 3 and 4).
-APPLY_IDS, OFFICIAL_SAMPLER = "IngredientsApplyIDs", "IngredientsOfficialSampler"
+APPLY_IDS = "IngredientsApplyIDs"
+OFFICIAL_SAMPLER, OFFICIAL_SCHEDULER = "IngredientsOfficialSampler", "IngredientsScheduler"
 
 
 # -- calling nodes -------------------------------------------------------------------------------------
@@ -110,13 +112,16 @@ def ksampler(model, positive, negative, latent: dict, steps: int = STEPS, cfg: f
     return out
 
 
-def custom_advanced(model, sampler, positive, negative, latent: dict, steps: int = STEPS, cfg: float = CFG) -> dict:
-    """SamplerCustomAdvanced with RandomNoise, CFGGuider, BasicScheduler (simple) and ``sampler``."""
+def custom_advanced(model, sampler, positive, negative, latent: dict, steps: int = STEPS, cfg: float = CFG,
+                    sigmas=None) -> dict:
+    """SamplerCustomAdvanced with RandomNoise, CFGGuider, ``sampler`` and ``sigmas`` (default:
+    BasicScheduler simple)."""
     import comfy_extras.nodes_custom_sampler as custom
 
     noise, = call_core(custom.RandomNoise, noise_seed=SEED)
     guider, = call_core(custom.CFGGuider, model=model, positive=positive, negative=negative, cfg=cfg)
-    sigmas, = call_core(custom.BasicScheduler, model=model, scheduler="simple", steps=steps, denoise=1.0)
+    if sigmas is None:
+        sigmas, = call_core(custom.BasicScheduler, model=model, scheduler="simple", steps=steps, denoise=1.0)
     out = call_core(custom.SamplerCustomAdvanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
                     latent_image=latent)
     return out[0]
@@ -186,8 +191,14 @@ def tiny_checks(torch, nodes: dict, loader_out: tuple, prompt, routed, size: dic
                                         "node of this checkout")
         node = nodes[OFFICIAL_SAMPLER]
         sampler = output_of(node, call_pack(node, {}, **_choice(node, "ddim")), "SAMPLER")
-        return _sampled(torch, device, applied, lambda: custom_advanced(applied, sampler, positive, negative, latent),
-                        expected, f"SamplerCustomAdvanced + {OFFICIAL_SAMPLER} ddim")
+        sigmas, label = None, "BasicScheduler simple"
+        if OFFICIAL_SCHEDULER in nodes:  # the official trailing timesteps as SIGMAS
+            scheduler = nodes[OFFICIAL_SCHEDULER]
+            sigmas = output_of(scheduler, call_pack(scheduler, {"MODEL": applied}, steps=STEPS), "SIGMAS")
+            label = OFFICIAL_SCHEDULER
+        return _sampled(torch, device, applied, lambda: custom_advanced(applied, sampler, positive, negative, latent,
+                                                                         sigmas=sigmas),
+                        expected, f"SamplerCustomAdvanced + {OFFICIAL_SAMPLER} ddim + {label}")
 
     results["custom_advanced"] = _guarded("native custom advanced", official)
     results["ksampler"]["patcher_unpatched"] = patcher_class(model)
