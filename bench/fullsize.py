@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -220,10 +221,14 @@ class SageFallbacks(logging.Handler):
 class DeviceUse:
     """The device's used memory (total - free, every process and allocator: what DynamicVRAM's
     comfy-aimdo keeps its weights in, which ``max_memory_allocated`` does not see) and aimdo's own
-    VRAM, sampled by :meth:`sample` (at step ends): maxima, not true peaks."""
+    VRAM: maxima of samples taken every ``interval`` seconds by a thread between :meth:`start` and
+    :meth:`stop`, and at every :meth:`sample` call (step ends). Close to the peak, not exact."""
 
-    def __init__(self, device: torch.device):
-        self.device, self.used, self.aimdo = device, None, None
+    def __init__(self, device: torch.device, interval: float = 0.01):
+        self.device, self.interval = device, interval
+        self.used = self.aimdo = None
+        self._stop = threading.Event()
+        self._thread = None
 
     def sample(self) -> None:
         if self.device.type != "cuda":
@@ -233,6 +238,23 @@ class DeviceUse:
         control = _aimdo_control()
         if control is not None and getattr(control, "lib", None) is not None:
             self.aimdo = max(self.aimdo or 0, int(control.get_total_vram_usage()))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> "DeviceUse":
+        if self.device.type == "cuda" and self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="device-use", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self.sample()
 
     def figures(self) -> dict:
         return dict(device_used_peak=self.used, aimdo_vram_peak=self.aimdo)

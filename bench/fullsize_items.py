@@ -62,7 +62,11 @@ def _pack_item(env, args, core, model, config, patcher, item, smoke_share) -> di
     logging.getLogger().addHandler(fallbacks)
     use = fullsize.DeviceUse(device)
     fullsize.peak_reset(device)
-    seconds = fullsize.timed_denoise(core, model, shape, steps, device, compute, cache, probe=use.sample)
+    use.start()
+    try:
+        seconds = fullsize.timed_denoise(core, model, shape, steps, device, compute, cache, probe=use.sample)
+    finally:
+        use.stop()
     result.update(ok=fallbacks.count == 0, error=fallbacks.first, step_s=seconds, s_per_step=fullsize.per_step(seconds),
                   peak_vram=fullsize.peak_bytes(device), resident=patcher.loaded_size(),
                   model_bytes=patcher.model_size(), attention=attention.optimized_attention.__name__,

@@ -21,8 +21,8 @@ every check prints whether DynamicVRAM was on and which patcher class each of th
     (ComfyUI's --use-sage-attention) against the bf16 run's SDPA, and TeaCache 0.15; bf16, fp8 and the
     two cards also through the MODEL (``<item>:MODEL``: Apply IDs, ``comfy.sample.sample`` euler /
     simple). A card is emulated with DynamicVRAM by ``--vram-headroom`` (total - card GiB: aimdo keeps
-    that much VRAM free, counting every process; judged by the device's used memory, sampled at
-    every step), without it by ComfyUI's own partial load (``ModelPatcher.load(device,
+    that much VRAM free, counting every process; judged by the device's used memory, sampled
+    every 10 ms), without it by ComfyUI's own partial load (``ModelPatcher.load(device,
     lowvram_model_memory=budget)``, budget = card - the pack's activation estimate - ComfyUI's
     reserve; the MODEL path: ComfyUI's reserve raised to total - card, what ``--reserve-vram`` does).
 

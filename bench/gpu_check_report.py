@@ -27,7 +27,7 @@ def _memory_notes(result: dict) -> list[str]:
     if result.get("budget") is not None:
         notes.append(f"budget {gib(result['budget']).strip()}")
     if result.get("device_used_peak") is not None:
-        notes.append(f"device used {gib(result['device_used_peak']).strip()} (sampled per step, all processes)")
+        notes.append(f"device used {gib(result['device_used_peak']).strip()} (sampled every 10 ms, all processes)")
     card = result.get("card_gib")
     if card:
         used = result.get("device_used_peak") if result.get("dynamic_vram") == "on" else result.get("peak_vram")

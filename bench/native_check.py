@@ -261,10 +261,12 @@ def fullsize_check(env: dict, patcher, shape, steps: int, card=None, dynamic: bo
     old_reserve = _legacy_card_reserve(mm, card, dynamic, device_memory, device)
     try:
         fullsize.peak_reset(device)
+        use.start()
         stamps.append(time.perf_counter())
         samples = comfy.sample.sample(applied, noise, steps, shape.cfg, "euler", "simple", positive, negative, latent,
                                       callback=step, disable_pbar=True, seed=SEED)
     finally:
+        use.stop()
         if old_reserve is not None:
             mm.EXTRA_RESERVED_VRAM = old_reserve
     seconds = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
