@@ -91,7 +91,8 @@ def run(env, args, name: str, item: tuple, checks: list[str], smoke_share: dict,
     host, mm = env["host"], env["mm"]
     device, _ = host.devices("diffusion")
     fields = dict(comfyui=env["comfyui"], dynamic_vram=env["start"].get("dynamic_vram", "n/a"),
-                  core_patcher=env["start"]["core_patcher"], stand_ins=env["stand_ins"])
+                  core_patcher=env["start"]["core_patcher"], stand_ins=env["stand_ins"],
+                  torch_imported_first=env["start"].get("torch_imported_first"))
     if name.startswith("sage") and device.type != "cuda":
         return {checks[0]: dict(ok=None, error="sageattention imports; its kernels need CUDA: not run", **fields)}
     dynamic = fields["dynamic_vram"] == "on"

@@ -76,7 +76,8 @@ def _photos(torch, tiny, seed: int):
 def _start_fields(env: dict) -> dict:
     start = env["start"]
     return dict(comfyui=env["comfyui"], stand_ins=env["stand_ins"], dynamic_vram=start.get("dynamic_vram", "n/a"),
-                core_patcher=start["core_patcher"], cuda_malloc=start.get("cuda_malloc"), import_s=env["import_s"])
+                core_patcher=start["core_patcher"], cuda_malloc=start.get("cuda_malloc"), import_s=env["import_s"],
+                torch_imported_first=start.get("torch_imported_first"))
 
 
 # -- (a) the chain and the tiny MODEL path ---------------------------------------------------------------------

@@ -273,9 +273,12 @@ def fullsize_check(env: dict, patcher, shape, steps: int, card=None, dynamic: bo
     finite = bool(torch.isfinite(samples).all())
     ok = finite and tuple(samples.shape) == tuple(latent.shape)
     method = "comfy.sample.sample (KSampler's) euler/simple, Apply IDs (2 random IDs, official routing)"
-    if card:
-        method += (f"; DynamicVRAM with --vram-headroom for a {card} GiB card" if dynamic
-                   else f"; ComfyUI's reserve raised to leave a {card} GiB card (as --reserve-vram)")
+    if card and dynamic:
+        method += f"; DynamicVRAM with --vram-headroom for a {card} GiB card"
+    elif old_reserve is not None:
+        method += f"; ComfyUI's reserve raised to leave a {card} GiB card (as --reserve-vram)"
+    elif card:
+        method += f"; no {card} GiB card emulated here (no CUDA device)"
     return dict(ok=ok, error=None if ok else f"samples finite={finite}, shape {tuple(samples.shape)}",
                 step_s=seconds, s_per_step=fullsize.per_step(seconds) if seconds else None,
                 load_and_first_step_s=seconds[0] if seconds else None, peak_vram=fullsize.peak_bytes(device),
