@@ -55,6 +55,8 @@ def note(result: dict) -> str:
         notes.append(f"TeaCache {t['threshold']}: {t['skipped']} of {t['steps']} skipped{speed} (mean s/step)")
     if result.get("speedup_vs_bf16"):
         notes.append(f"x{result['speedup_vs_bf16']:.2f} vs bf16")
+    if result.get("finite") is False:
+        notes.append("non-finite samples (random weights: the timings hold)")
     if result.get("error"):
         notes.append(result["error"])
     return "; ".join(notes)
