@@ -156,11 +156,17 @@ def _reset(torch, device) -> None:
 
 def _sampled(torch, device, model, run, expected: tuple, label: str) -> dict:
     """``run()`` timed, its LATENT checked; peak VRAM, the MODEL's patcher class and resident bytes."""
+    import fullsize
+
     _reset(torch, device)
+    use = fullsize.DeviceUse(device).start()  # DynamicVRAM's weights are outside max_memory_allocated
     started = time.perf_counter()
-    result = _finish(torch, device, started, run(), expected)
+    try:
+        result = _finish(torch, device, started, run(), expected)
+    finally:
+        use.stop()
     result.update(peak_vram=_peak(torch, device), patcher=patcher_class(model), sampler=label,
-                  resident=int(model.loaded_size()), model_bytes=int(model.model_size()))
+                  resident=int(model.loaded_size()), model_bytes=int(model.model_size()), **use.figures())
     return result
 
 
