@@ -31,6 +31,9 @@ import types
 import zipfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_start  # noqa: E402  (stdlib only at import)
+
 logger = logging.getLogger("bench.comfy_inproc")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +43,10 @@ DEFAULT_SITE = Path(os.environ.get("INGREDIENTS_BUNDLE_SITE", "/tmp/ingredients-
 #: their place when they are missing (the GPU machine has no ``av``; its 36 MB wheel does not fit
 #: the 64 MiB that travel). Every use of a stand-in raises.
 ABSENT_OK = ("av",)
+#: Packages served from a stand-in *file* of bench/ when they are not installed; unlike the
+#: :data:`ABSENT_OK` stand-ins these answer ComfyUI's availability probes ("unavailable") so it
+#: takes its own fallbacks (comfy-kitchen: a 56 MiB wheel ComfyUI 0.33 imports at start).
+FILE_STAND_INS = {"comfy_kitchen": Path(__file__).with_name("comfy_kitchen_stand_in.py")}
 
 
 # -- the bundle --------------------------------------------------------------------------------------
@@ -96,14 +103,35 @@ def use_bundle(bundle: Path | None, site: Path = DEFAULT_SITE) -> dict:
 
 
 def stand_in_absent() -> list[str]:
-    """Stand-in modules for the packages of :data:`ABSENT_OK` that are not installed: a finder
-    at the end of ``sys.meta_path`` serves the package and any submodule of it (``av.container``,
-    ``av.video.frame``, ...). Availability probes still see the package as missing: there is no
-    distribution metadata behind it (diffusers checks ``importlib.metadata.version``)."""
-    placed = [name for name in ABSENT_OK if importlib.util.find_spec(name) is None]
+    """Stand-in modules for the packages of :data:`ABSENT_OK` and :data:`FILE_STAND_INS` that are
+    not installed; returns their names. A finder at the end of ``sys.meta_path`` serves an
+    :data:`ABSENT_OK` package and any submodule of it (``av.container``, ``av.video.frame``, ...);
+    a :data:`FILE_STAND_INS` package is its file alone (importing a submodule fails, as ComfyUI's
+    probes expect of a package without that part). Availability probes that read distribution
+    metadata still see them missing (diffusers checks ``importlib.metadata.version``)."""
+    placed = [name for name in (*ABSENT_OK, *FILE_STAND_INS) if _real_spec(name) is None]
     if placed and not any(isinstance(f, _StandInFinder) for f in sys.meta_path):
         sys.meta_path.append(_StandInFinder(placed))
     return placed
+
+
+def _real_spec(name: str):
+    """The spec of an installed ``name`` (the stand-in finder itself not asked)."""
+    finders = [f for f in sys.meta_path if not isinstance(f, _StandInFinder)]
+    for finder in finders:
+        find = getattr(finder, "find_spec", None)
+        spec = find(name, None) if find else None
+        if spec is not None:
+            return spec
+    return None
+
+
+def stand_in_note(name: str) -> str:
+    """How a stand-in is named in the GPU check's output."""
+    if name in FILE_STAND_INS:
+        return (f"{name}: STAND-IN ({FILE_STAND_INS[name].relative_to(REPO)}), its kernels report unavailable, "
+                "ComfyUI takes its non-kitchen paths")
+    return f"{name}: stand-in module (every use raises; not used by these checks)"
 
 
 class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -111,9 +139,12 @@ class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self.packages = tuple(packages)
 
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self.packages:
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
+        top = name.split(".")[0]
+        if top not in self.packages:
+            return None
+        if top in FILE_STAND_INS:
+            return importlib.util.spec_from_file_location(name, FILE_STAND_INS[top]) if name == top else None
+        return importlib.machinery.ModuleSpec(name, self, is_package=True)
 
     def create_module(self, spec):
         module = types.ModuleType(spec.name)
@@ -182,8 +213,11 @@ def start_comfyui(path: Path, flags: list[str]):
     """Import ComfyUI from ``path`` with its command-line ``flags``; returns ``comfy.model_management``.
 
     Flags are parsed by ComfyUI's own parser (``comfy.options.enable_args_parsing`` with a
-    temporary ``sys.argv``), exactly as ``main.py`` does, before anything reads them. Without a
-    ``--base-directory`` a fresh temporary one is added (previews go to its temp/).
+    temporary ``sys.argv``), exactly as ``main.py`` does, before anything reads them; then what
+    ``main.py`` does around memory at start (``comfy_start``: the CUDA allocator backend and, on
+    ComfyUI 0.33, DynamicVRAM with ``ModelPatcherDynamic`` as ``CoreModelPatcher``; call before
+    torch is imported, as main.py does). Without a ``--base-directory`` a fresh temporary one is
+    added (previews go to its temp/).
     """
     if "comfy" in sys.modules:
         raise RuntimeError("ComfyUI is already imported in this process; its flags are read once, at import")
@@ -203,8 +237,10 @@ def start_comfyui(path: Path, flags: list[str]):
         import comfy.cli_args  # noqa: F401  (parses the flags)
     finally:
         sys.argv = argv
+    comfy_start.before_torch()  # main.py: cudaMallocAsync, comfy-aimdo's init, before torch
     import comfy.model_management as mm
 
+    comfy_start.after_model_management(mm)  # main.py: DynamicVRAM on where ComfyUI turns it on
     return mm
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -123,7 +124,7 @@ def dtype_of(name: str) -> torch.dtype:
 
 
 # -- the timed loop ------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -144,8 +145,9 @@ def run_inputs(config, shape: RunShape, device: torch.device, dtype: torch.dtype
 
 
 def timed_denoise(core, model, shape: RunShape, steps: int, device: torch.device, dtype: torch.dtype,
-                  cache=None) -> list[float]:
-    """Seconds of each step of ``sampling.denoise`` (dpm, the CogVideoX-5B-I2V schedule)."""
+                  cache=None, probe=None) -> list[float]:
+    """Seconds of each step of ``sampling.denoise`` (dpm, the CogVideoX-5B-I2V schedule); ``probe()``
+    is called at the end of every step (after the synchronisation)."""
     sampling = core("sampling")
     schedule = core("testing.make_tiny").COGVIDEOX_I2V_SCHEDULER_CONFIG
     inputs = run_inputs(model.config, shape, device, dtype)
@@ -153,10 +155,12 @@ def timed_denoise(core, model, shape: RunShape, steps: int, device: torch.device
     stamps: list[float] = []
 
     def step(info) -> None:
-        _sync(device)
+        sync(device)
         stamps.append(time.perf_counter())
+        if probe is not None:
+            probe()
 
-    _sync(device)
+    sync(device)
     stamps.append(time.perf_counter())
     with torch.no_grad():
         latents = sampling.denoise(model, scheduler, inputs["latents"], inputs["image_latents"],
@@ -212,3 +216,51 @@ class SageFallbacks(logging.Handler):
         if "sage attention" in message:
             self.count += 1
             self.first = self.first or " ".join(message.split())[:200]
+
+
+class DeviceUse:
+    """The device's used memory (total - free, every process and allocator: what DynamicVRAM's
+    comfy-aimdo keeps its weights in, which ``max_memory_allocated`` does not see) and aimdo's own
+    VRAM: maxima of samples taken every ``interval`` seconds by a thread between :meth:`start` and
+    :meth:`stop`, and at every :meth:`sample` call (step ends). Close to the peak, not exact."""
+
+    def __init__(self, device: torch.device, interval: float = 0.01):
+        self.device, self.interval = device, interval
+        self.used = self.aimdo = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    def sample(self) -> None:
+        if self.device.type != "cuda":
+            return
+        free, total = torch.cuda.mem_get_info(self.device)
+        self.used = max(self.used or 0, int(total - free))
+        control = _aimdo_control()
+        if control is not None and getattr(control, "lib", None) is not None:
+            self.aimdo = max(self.aimdo or 0, int(control.get_total_vram_usage()))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> "DeviceUse":
+        if self.device.type == "cuda" and self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="device-use", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self.sample()
+
+    def figures(self) -> dict:
+        return dict(device_used_peak=self.used, aimdo_vram_peak=self.aimdo)
+
+
+def _aimdo_control():
+    import sys
+
+    return sys.modules.get("comfy_aimdo.control")

@@ -49,19 +49,25 @@ PACK_LAZY = ("diffusers", "facexlib", "insightface", "onnx", "ml_dtypes", "proto
 #: Fallbacks for machine packages that timm/torchvision should bring: appended after the
 #: machine's own site-packages, so they are used only when the machine lacks them.
 FALLBACKS = ("torchvision", "pillow")
-#: Imported by ComfyUI but not brought: av (36 MB; gpu_check puts a stand-in in its place, ComfyUI's
-#: video I/O is never used); module -> distribution of those brought only where ComfyUI imports them
-#: outside a ``try`` (comfy_kitchen: a 58 MB wheel, optional in some versions; torchaudio: optional).
-STAND_IN = inproc.ABSENT_OK
-OPTIONAL = {"comfy_kitchen": "comfy-kitchen", "torchaudio": "torchaudio"}
+#: Imported by ComfyUI but not brought (distribution names): av (36 MB; a stand-in module takes its
+#: place, ComfyUI's video I/O is never used) and comfy-kitchen (a 56 MiB wheel ComfyUI 0.33 imports at
+#: start; ``bench/comfy_kitchen_stand_in.py``, in the working tree, takes its place and reports its
+#: kernels unavailable); module -> distribution of those brought only where ComfyUI imports them
+#: outside a ``try`` (torchaudio: optional in some versions).
+STAND_IN = tuple(_name.replace("_", "-") for _name in (*inproc.ABSENT_OK, *inproc.FILE_STAND_INS))
+OPTIONAL = {"torchaudio": "torchaudio"}
 #: CUDA libraries: the GPU machine's torch brings its own (some through extras of cuda-toolkit).
 CUDA_PREFIXES = ("nvidia-", "cuda-")
 #: Versions that do not come from this environment: sageattention 1.0.6 (the pure-Triton release, not
 #: installed here) and the torchvision built for the GPU machine's torch 2.11 (INGREDIENTS_GPU_TORCHVISION).
 PINS = {"sageattention": "1.0.6", "torchvision": os.environ.get("INGREDIENTS_GPU_TORCHVISION", "0.26.0"),
         "torchaudio": os.environ.get("INGREDIENTS_GPU_TORCHAUDIO", "2.11.0")}
+#: Imported after the pack: what the checks use (the native MODEL path samples with ComfyUI's own
+#: KSampler and SamplerCustomAdvanced) and main.py's start (cuda_malloc); a missing one is skipped.
 ROOT_MODULES = ("comfy.model_management", "comfy.model_patcher", "comfy.ops", "comfy.utils", "comfy.latent_formats",
-                "comfy.ldm.modules.attention", "folder_paths", "latent_preview", "comfy_api.latest")
+                "comfy.ldm.modules.attention", "folder_paths", "latent_preview", "comfy_api.latest", "comfy.sd",
+                "comfy.samplers", "comfy.sample", "comfy.k_diffusion.sampling", "comfy.model_base", "nodes",
+                "comfy_extras.nodes_custom_sampler", "cuda_malloc")
 
 
 def _norm(name: str) -> str:
@@ -77,7 +83,12 @@ def traced_files(comfyui: Path) -> tuple[set[Path], set[str]]:
     inproc.start_comfyui(comfyui, ["--cpu"])
     inproc.load_pack()
     for name in ROOT_MODULES:
-        __import__(name)
+        try:
+            __import__(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:  # a dependency of it is missing: that is a finding
+                raise
+            logger.warning("%s is not in this ComfyUI: not traced", name)
     files, third = set(), set()
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
@@ -182,6 +193,10 @@ def comfy_files(args) -> int:
     (dest / "requirements.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(requirements.items())))
     for module, where in sorted(needed.items()):
         sys.stdout.write(f"{module} ({OPTIONAL[module]}) is required at import by {where}: it must travel\n")
+    for module in sorted(set(inproc.FILE_STAND_INS) & third):
+        where = hard_imports(loaded, comfyui, {module}).get(module, "inside a try")
+        sys.stdout.write(f"{module} is imported by {where}: its STAND-IN travels instead "
+                         f"({inproc.FILE_STAND_INS[module].relative_to(REPO)})\n")
     size = sum(f.stat().st_size for f in files)
     sys.stdout.write(f"ComfyUI {inproc.comfyui_version(comfyui)} from {comfyui}: {len(loaded)} files loaded at import, "
                      f"{len(files)} with what they import, {size / 2**20:.2f} MiB copied to {dest}\n"

@@ -17,8 +17,10 @@
 # appends that folder to sys.path after the machine's site-packages; with pip there, the same is
 #   pip install --no-index --no-deps --target /tmp/ingredients-gpu-site bench/.gpu/wheels/*.whl
 # The last line printed here is the total that travels (working tree + bundle), which must be <= 64 MiB
-# (exit status 1 above it). ComfyUI 0.3.64 gives about 49 MiB; 0.33.0 imports comfy_kitchen (a 56 MiB
-# wheel) and torchaudio at start and does not fit: use a 0.3.x ComfyUI for the GPU check.
+# (exit status 1 above it). ComfyUI 0.33.0 imports comfy_kitchen (a 56 MiB wheel) at start: its
+# stand-in bench/comfy_kitchen_stand_in.py travels instead (kernels unavailable, ComfyUI falls back);
+# comfy-aimdo (DynamicVRAM, 0.34 MB abi3 wheel) and torchaudio travel as wheels. Totals measured:
+# 0.33.0 54.7 MiB, 0.3.64 49.8 MiB (with a 1.2 MiB working tree).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,14 +49,16 @@ mkdir -p "$OUT"
 echo "wheels for Python $PYVER: $(tr '\n' ' ' < "$OUT/wheels.txt")"
 
 rm -rf "$OUT/wheels" && mkdir -p "$OUT/wheels"
-download() {  # $1 = NAME==VERSION; manylinux_2_28 first, then manylinux2014, then pure-Python wheels
-    local platform
-    for platform in manylinux_2_28_x86_64 manylinux2014_x86_64 any; do
-        if "$PIP_PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" \
-                --platform "$platform" -d "$OUT/wheels" "$1" 2>>"$OUT/pip.log"; then
-            return 0
-        fi
-    done
+# All platforms in one call: pip then ranks a binary wheel above a pure-Python one of the same
+# version (one platform at a time, manylinux_2_28 alone, picks comfy-aimdo's py3-none-any wheel,
+# which lacks its aimdo.so, over the abi3 manylinux_2_17 one; DynamicVRAM then stays off).
+PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+           manylinux_2_12_x86_64 manylinux2010_x86_64 manylinux_2_5_x86_64 manylinux1_x86_64)
+download() {  # $1 = NAME==VERSION
+    if "$PIP_PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" \
+            "${PLATFORMS[@]/#/--platform=}" -d "$OUT/wheels" "$1" 2>>"$OUT/pip.log"; then
+        return 0
+    fi
     echo "no wheel of $1 for Python $PYVER on x86_64 Linux (see $OUT/pip.log)" >&2
     return 1
 }
