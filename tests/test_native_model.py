@@ -28,7 +28,6 @@ import tiny_models  # noqa: E402
 
 sys.path.remove(str(STUBS))
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 TOLERANCE = 1e-5
 UNCOND_COND = [1, 0]  # ComfyUI's row order with both CFG halves in one call
 
@@ -201,24 +200,22 @@ def test_official_mode_routes_with_the_uncond_row_whatever_the_row_order(nodes, 
 
 # -- golden weights -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def golden(nodes, tmp_path_factory):
-    if not (GOLDEN / "case.json").is_file():
-        pytest.skip(f"golden data not found at {GOLDEN}")
+def golden(nodes, tmp_path_factory, golden_dir):
     from comfyui_ingredients_under_test.ingredients_core.checkpoint import load_transformer
     from comfyui_ingredients_under_test.ingredients_core.parity import write_golden_checkpoint
     from safetensors.torch import load_file
 
-    folder = write_golden_checkpoint(GOLDEN, tmp_path_factory.mktemp("golden"))
+    folder = write_golden_checkpoint(golden_dir, tmp_path_factory.mktemp("golden"))
     native = harness.pack_module("nodes.native_model")
     host = harness.pack_module("nodes.host")
     transformer = load_transformer(folder, dtype=torch.float32, device="cpu",
                                    **host.transformer_layers(torch.float32, torch.float32))
     model = native.model_patcher(transformer, torch.float32, torch.float32, "official", folder)
-    scheduler = json.loads((GOLDEN / "scheduler_config.json").read_text())
+    scheduler = json.loads((golden_dir / "scheduler_config.json").read_text())
     payloads = harness.pack_module("nodes.payloads")
     payload = payloads.IngredientsModel(transformer, model, scheduler, "official", folder, None)
-    return dict(model=model, payload=payload, inputs=load_file(str(GOLDEN / "inputs.safetensors")),
-                outputs=load_file(str(GOLDEN / "outputs.safetensors")))
+    return dict(model=model, payload=payload, inputs=load_file(str(golden_dir / "inputs.safetensors")),
+                outputs=load_file(str(golden_dir / "outputs.safetensors")))
 
 
 def test_golden_two_people_forward_equals_the_pack_and_the_official_output(nodes, golden):

@@ -304,15 +304,10 @@ def test_step_cache_with_ids_skips_steps_and_applies_ids_at_every_computed_step(
 
 
 # -- (b) on the golden weights ---------------------------------------------------------------------
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-
-
-def test_golden_sampler_custom_advanced_with_two_ids_equals_the_pack_sampler(nodes):
+def test_golden_sampler_custom_advanced_with_two_ids_equals_the_pack_sampler(nodes, golden_dir):
     """Golden weights, the golden inputs (initial noise, image latent, embeddings, two people's
     faces), the stochastic DPM over 3 steps: SamplerCustomAdvanced through Apply IDs equals the pack's
     sampler within 1e-5."""
-    if not (GOLDEN / "case.json").is_file():
-        pytest.skip(f"golden data not found at {GOLDEN}")
     import tempfile
 
     from comfyui_ingredients_under_test.ingredients_core.checkpoint import load_transformer
@@ -322,12 +317,12 @@ def test_golden_sampler_custom_advanced_with_two_ids_equals_the_pack_sampler(nod
 
     host, payloads = harness.pack_module("nodes.host"), harness.pack_module("nodes.payloads")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_golden_checkpoint(GOLDEN, Path(tmp))
+        folder = write_golden_checkpoint(golden_dir, Path(tmp))
         transformer = load_transformer(folder, dtype=torch.float32, device="cpu",
                                        **host.transformer_layers(torch.float32, torch.float32))
     model = harness.pack_module("nodes.native_model").model_patcher(transformer, torch.float32, torch.float32,
                                                                     "official", folder)
-    inputs = load_file(str(GOLDEN / "inputs.safetensors"))
+    inputs = load_file(str(golden_dir / "inputs.safetensors"))
     faces = [(inputs[f"id{i}.id_cond"], [inputs[f"id{i}.vit_hidden.{k}"] for k in range(5)]) for i in range(2)]
     with torch.no_grad():
         tokens = transformer.project_ids(faces)
@@ -344,7 +339,7 @@ def test_golden_sampler_custom_advanced_with_two_ids_equals_the_pack_sampler(nod
     latent = torch.zeros_like(raw)
     ours = guider.sample(noise.transpose(1, 2).contiguous(), latent, official(nodes, "dpm"),
                          official_sigmas(nodes, model, 3), seed=SEED)
-    scheduler = make_scheduler("dpm", json.loads((GOLDEN / "scheduler_config.json").read_text()))
+    scheduler = make_scheduler("dpm", json.loads((golden_dir / "scheduler_config.json").read_text()))
     want = denoise(transformer, scheduler, noise, image, positive, negative, tokens, steps=3, cfg=6.0,
                    generator=torch.Generator().manual_seed(SEED), routing=routed.routing)
     assert relative(ours, want.transpose(1, 2) / SCALE) <= 1e-5
