@@ -9,10 +9,11 @@ from comfy_api.latest import ComfyExtension, io
 from . import host
 from .faces import EncodeFace, FaceCanvas, IDList
 from .identity import IdentityCheck
+from .image_to_video import ImageToVideo
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
 from .routing_maps import RoutingMaps
-from .sampling import Decode, Sampler
+from .sampling import Decode, DecodeLatent, Sampler
 from .text import EncodePrompt, EncodePromptCLIP
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ NODES: list[type[io.ComfyNode]] = [
     Decode,
     RoutingMaps,
     IdentityCheck,
+    ImageToVideo,
+    DecodeLatent,
 ]
 
 

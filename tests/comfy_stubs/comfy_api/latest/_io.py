@@ -80,6 +80,9 @@ def Custom(io_type: str) -> type:
 Image = _socket_type("IMAGE")
 Clip = _socket_type("CLIP")
 Mask = _socket_type("MASK")
+Conditioning = _socket_type("CONDITIONING")
+Latent = _socket_type("LATENT")
+Vae = _socket_type("VAE")
 
 
 class Boolean:
