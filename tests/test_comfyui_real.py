@@ -214,6 +214,27 @@ def test_folder_t5_on_comfyuis_real_t5_gives_the_official_embeddings(tmp_path):
     assert errors["float32"] < 1e-5 and errors["float16"] < 1e-2 and errors["float8_e4m3fn"] < 0.2, errors
 
 
+def test_native_conditioning_facts_with_comfyuis_own_tokenizers_and_vae(tmp_path):
+    """What the README says of the native path's conditioning: CLIPTextEncode gets 226 T5 tokens from
+    CLIPLoader type cogvideox, 77 from sd3 until T5TokenizerOptions (min_length 226) makes them 226,
+    and more for a long prompt (ComfyUI never truncates); ComfyUI's CogVideoX VAE (where it has one)
+    gives Image to Video's comfy_vae the diffusers latent mean and decodes a LATENT to frames."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run([python, str(STUBS / "real_native_check.py"), COMFYUI, str(harness.REPO)],
+                            capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    tokens, vae = report["tokens"], report["vae"]
+    assert tokens["sd3"][0] == 77 and tokens["sd3+T5TokenizerOptions"][0] == 226
+    assert all(long > 226 for _, long in tokens.values())
+    has_cogvideox = (Path(COMFYUI) / "comfy" / "ldm" / "cogvideo").is_dir()
+    assert ("cogvideox" in tokens) == has_cogvideox == vae["cogvideox"], report
+    if has_cogvideox:
+        assert tokens["cogvideox"][0] == 226
+        assert vae["latent_shape"] == [1, 16, 1, 8, 12] and vae["encode"] < 1e-4, vae
+        assert vae["frames_shape"] == [9, 64, 96, 3], vae
+
+
 def _pack_node_ids() -> set[str]:
     harness.load_pack(Path("/nonexistent"))
     try:

@@ -238,7 +238,7 @@ def test_t5_loads_partially_and_streams_the_rest_with_the_same_embeddings(nodes,
     fp8, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="float8_e4m3fn")
     assert fp8.encoder.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float8_e4m3fn
     with fake_gpu.computing():
-        small, = run(encode, t5=fp8, prompt="two people", negative_prompt="")
+        small, _, _ = run(encode, t5=fp8, prompt="two people", negative_prompt="")
     assert torch.isfinite(small.positive).all() and small.positive.shape == full.positive.shape
 
 
