@@ -9,7 +9,7 @@ One line per mode, each saying what produced it:
    forward (t = 999, 2 IDs, CFG batch) against the float32 forward (``parity.relative_error``), for
    ``default`` (bf16), ``fp8_e4m3fn``, ``fp8_e5m2`` (bf16 compute) and a partial load at half the
    weights. With COMFYUI_PATH: the path users get, in-process real ComfyUI with --cpu (``comfy.ops``
-   from ``host.transformer_layers``, a real ``ModelPatcher`` from ``host.manage_transformer``,
+   from ``host.transformer_layers``, the real patcher of the MODEL (``native_model.model_patcher``, which the pack's sampler loads too),
    ``patcher.load(device, lowvram_model_memory=...)``; resident = ``loaded_size()`` of the
    transformer's patcher plus its q-former's). Without: the core path
    (``checkpoint.load_transformer(weight_dtype=...)`` + ``storage.enable_storage_casting``); the
@@ -118,7 +118,8 @@ def golden_model(env: Host, folder: Path, storage_name: str, compute_name: str, 
     load, offload = host.devices("diffusion")
     model = checkpoint.load_transformer(folder, dtype=compute, weight_dtype=weight, device=offload,
                                         **env.layers(storage, compute))
-    patcher, projector = host.manage_transformer(model)
+    patcher = inproc.pack_module("nodes.native_model").model_patcher(model, storage, compute, "official")
+    projector = host.manage_projector(model)
     projector.load(load, full_load=True)
     if share is None:
         patcher.load(load, full_load=True)
@@ -198,7 +199,8 @@ def meta_section(env: Host, record: dict) -> None:
             budget = fullsize.load_models_gpu_budget(env.mm, card * GiB, act)
             model = fullsize.build_on_meta(env.core, config, env.layers(storage, torch.bfloat16), storage,
                                            torch.bfloat16)
-            patcher, _ = env.host.manage_transformer(model)
+            patcher = inproc.pack_module("nodes.native_model").model_patcher(model, storage, torch.bfloat16,
+                                                                              "official")
             with torch.device("meta"):  # ComfyUI 0.33 zero-fills meta weights it loads: keep them meta
                 patcher.load(torch.device("meta"), lowvram_model_memory=budget)
             emit("fullsize", mode, f"resident {_size(patcher.loaded_size()):>12s} of {_size(patcher.model_size())}, "

@@ -111,7 +111,7 @@ def chain_worker(args, mode: str) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     folder = dict(model_folder="Ingredients")
-    model, = _run(nodes["IngredientsModelLoader"], **folder, dtype="auto", routing_mode="official")
+    model, _ = _run(nodes["IngredientsModelLoader"], **folder, dtype="auto", routing_mode="official")
     vae, = _run(nodes["IngredientsVAELoader"], **folder, dtype="auto")
     t5, = _run(nodes["IngredientsT5Loader"], **folder, dtype="auto")
     encoder, = _run(nodes["IngredientsFaceEncoderLoader"], **folder, provider="auto")
@@ -169,7 +169,7 @@ def item_worker(args, name: str) -> dict:
     model = fullsize.build_on_meta(core, config, host.transformer_layers(storage, compute), storage, compute)
     fullsize.materialise(model, device)
     model.local_facial_extractor.to(offload)  # Project IDs' part: not used by a step
-    patcher, _ = host.manage_transformer(model)
+    patcher = inproc.pack_module("nodes.native_model").model_patcher(model, storage, compute, "official")
     element = torch.finfo(compute).bits // 8
     both = fullsize.activation_bytes(core, config, shape, element)
     result = dict(storage=storage_name, flags=flags, device=str(device), comfyui=env["comfyui"],

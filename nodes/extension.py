@@ -7,6 +7,7 @@ import logging
 from comfy_api.latest import ComfyExtension, io
 
 from . import host
+from .apply_ids import ApplyIDs, ModelRouting
 from .faces import EncodeFace, FaceCanvas, IDList
 from .identity import IdentityCheck
 from .image_to_video import ImageToVideo
@@ -34,6 +35,8 @@ NODES: list[type[io.ComfyNode]] = [
     Decode,
     RoutingMaps,
     IdentityCheck,
+    ApplyIDs,
+    ModelRouting,
     ImageToVideo,
     DecodeLatent,
 ]

@@ -166,15 +166,21 @@ class HostedModule(torch.nn.Module):
 
 # One holder class per role, named so that ComfyUI's log ("Requested to load ...") says what loads.
 _HOLDERS = {role: type(name, (HostedModule,), {"__module__": __name__}) for role, name in (
-    ("diffusion", "IngredientsTransformer"), ("projector", "IngredientsIDProjector"), ("text", "IngredientsT5"),
+    ("projector", "IngredientsIDProjector"), ("text", "IngredientsT5"),
     ("vae", "IngredientsVAE"), ("face", "IngredientsFaceModels"))}
 
 
+def patcher_class():
+    """``CoreModelPatcher`` where the host has it (0.33.0; with DynamicVRAM on NVIDIA it is
+    ``ModelPatcherDynamic``, on the CPU it reroutes to ``ModelPatcher``), else ``ModelPatcher``."""
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+
+
 def manage(role: str, **modules: torch.nn.Module):
-    """A ``ModelPatcher`` for the modules (kept on the offload device until :func:`load`)."""
+    """A patcher for the modules (kept on the offload device until :func:`load`)."""
     load_device, offload_device = devices(role)
     holder = _HOLDERS[role](**modules)
-    return comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+    return patcher_class()(holder, load_device=load_device, offload_device=offload_device)
 
 
 def load(*patchers, memory_required: int = 0) -> None:
@@ -278,11 +284,23 @@ def supports_fp8_compute() -> bool:
     return bool(comfy.model_management.supports_fp8_compute(devices("diffusion")[0]))
 
 
-def manage_transformer(transformer: torch.nn.Module):
-    """(patcher of the transformer without its q-former, patcher of the q-former): disjoint module
-    sets, so Project IDs loads 0.15 B parameters instead of 6.4 B."""
-    main = {name: child for name, child in transformer.named_children() if name != PROJECTOR}
-    return manage("diffusion", **main), manage("projector", projector=getattr(transformer, PROJECTOR))
+def manage_projector(transformer: torch.nn.Module):
+    """A patcher of the transformer's q-former alone, so Project IDs loads 0.15 B parameters
+    instead of 6.4 B. The q-former is also part of the MODEL (its state dict is the whole
+    checkpoint), whose patcher may move it: load it with :func:`load_part`."""
+    return manage("projector", projector=getattr(transformer, PROJECTOR))
+
+
+def load_part(patcher) -> None:
+    """Load a patcher whose modules are also part of another patcher's model (the q-former in the
+    MODEL). When the other one has moved them off the load device ComfyUI still counts this one as
+    loaded; it is then detached and loaded again, so its modules are where it says."""
+    load(patcher)
+    dynamic = getattr(patcher, "is_dynamic", lambda: False)()
+    if not dynamic and any(p.device != patcher.load_device for p in patcher.model.parameters()):
+        logger.debug("the q-former was moved by the MODEL's patcher; loading it again")
+        patcher.detach()
+        load(patcher)
 
 
 def load_device(patcher) -> torch.device:

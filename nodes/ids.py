@@ -50,7 +50,7 @@ class ProjectIDs(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: IngredientsModel, ids: IngredientsIDs) -> io.NodeOutput:
-        host.load(model.projector)  # the q-former alone, not the whole transformer
+        host.load_part(model.projector)  # the q-former alone, not the whole transformer
         with torch.no_grad():
             tokens = model.transformer.project_ids(list(ids.faces), host.load_device(model.projector),
                                                    model.transformer.placement()[1])

@@ -14,7 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from ..ingredients_core.model.storage import WEIGHT_DTYPES as STORAGE_DTYPES
-from . import host, model_files
+from . import host, model_files, native_model
 from .model_files import FACES, MODEL, T5, VAE
 from .payloads import (
     ROUTING_MODES,
@@ -117,7 +117,12 @@ class ModelLoader(io.ComfyNode):
                                tooltip=WEIGHT_DTYPE_TOOLTIP),
             ],
             outputs=[ModelType.Output("model", display_name="model",
-                                      tooltip="The Ingredients transformer, managed by ComfyUI.")],
+                                      tooltip="The Ingredients transformer, managed by ComfyUI, for the pack's sampler "
+                                              "and Project IDs."),
+                     io.Model.Output("MODEL", display_name="MODEL",
+                                     tooltip=("The same transformer as a ComfyUI MODEL, for KSampler, "
+                                              "SamplerCustomAdvanced, LoRA loaders and MODEL patches; add the "
+                                              "people with Ingredients Apply IDs."))],
         )
 
     @classmethod
@@ -136,8 +141,10 @@ class ModelLoader(io.ComfyNode):
         storage, compute = transformer_dtypes(folder, dtype, weight_dtype)
         layers = host.transformer_layers(storage, compute, fast_fp8=weight_dtype.endswith("_fast"))
         transformer = load_transformer(folder, dtype=compute, weight_dtype=storage, device=offload, **layers)
-        patcher, projector = host.manage_transformer(transformer)
-        return io.NodeOutput(IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder, projector))
+        patcher = native_model.model_patcher(transformer, storage, compute, routing_mode, folder)
+        projector = host.manage_projector(transformer)
+        return io.NodeOutput(IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder, projector),
+                             patcher)
 
 
 class VAELoader(io.ComfyNode):

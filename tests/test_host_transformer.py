@@ -145,16 +145,32 @@ def test_project_ids_loads_the_q_former_alone(nodes, graph):  # noqa: F811
     on_gpu = lambda module: all(isinstance(p, fake_gpu.OnGPU) for p in module.parameters())  # noqa: E731
     assert on_gpu(model.transformer.local_facial_extractor)
     assert not any(isinstance(p, fake_gpu.OnGPU) for p in model.transformer.transformer_blocks.parameters())
-    main = {id(p) for p in model.patcher.model.parameters()}
+    main = {id(p) for p in model.patcher.model.diffusion_model.parameters()}
     alone = {id(p) for p in model.projector.model.parameters()}
-    assert not main & alone and len(main | alone) == len(list(model.transformer.parameters()))
+    assert alone < main and len(main) == len(list(model.transformer.parameters()))  # the MODEL holds all
+
+
+def test_project_ids_works_after_the_model_patcher_moved_the_q_former(nodes, graph):  # noqa: F811
+    """The q-former is in the MODEL (whole state dict) and has its own patcher: when the MODEL's patcher
+    unloads it, ComfyUI still counts the q-former's patcher as loaded; Project IDs loads it again."""
+    mm, _, _ = _stand_ins()
+    model = graph["models"]["model"]
+    mm.unload_all_models()
+    ids, = run(nodes["IngredientsIDList"], face_1=graph["faces"][0], face_2=graph["faces"][1])
+    with fake_gpu.computing():
+        first, = run(nodes["IngredientsProjectIDs"], model=model, ids=ids)
+        mm.load_models_gpu([model.patcher], force_full_load=True)
+        model.patcher.detach()  # moves the whole transformer, q-former included, to the CPU
+        again, = run(nodes["IngredientsProjectIDs"], model=model, ids=ids)
+    assert all(isinstance(p, fake_gpu.OnGPU) for p in model.transformer.local_facial_extractor.parameters())
+    assert torch.equal(first.tokens, again.tokens)
 
 
 def test_fp8_weight_dtype_on_the_loader_stores_fp8_and_samples(nodes, graph):  # noqa: F811
     from comfy_api.latest import io  # noqa: F401  (the stand-in schema is loaded)
 
     _, ops, _ = _stand_ins()
-    fp8, = run(nodes["IngredientsModelLoader"], model_folder="Ingredients", dtype="float32", routing_mode="official",
+    fp8, _ = run(nodes["IngredientsModelLoader"], model_folder="Ingredients", dtype="float32", routing_mode="official",
                weight_dtype="fp8_e4m3fn")
     block = fp8.transformer.transformer_blocks[0]
     assert block.ff.net[2].weight.dtype == torch.float8_e4m3fn and isinstance(block.ff.net[2], ops.manual_cast.Linear)

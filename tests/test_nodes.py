@@ -53,7 +53,7 @@ def image_batch(*seeds: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def graph(nodes):
     """Every node of the one-to-two-ID workflow up to the routed IDs, on the tiny model."""
-    model, = run(nodes["IngredientsModelLoader"], model_folder="Ingredients", dtype="auto", routing_mode="official")
+    model, _ = run(nodes["IngredientsModelLoader"], model_folder="Ingredients", dtype="auto", routing_mode="official")
     vae, = run(nodes["IngredientsVAELoader"], model_folder="Ingredients", dtype="auto")
     t5, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="auto")
     prompt, _, _ = run(nodes["IngredientsEncodePrompt"], t5=t5, prompt=PROMPT, negative_prompt="")
@@ -95,7 +95,7 @@ def test_entrypoint_returns_extension_with_all_nodes(pack, nodes):
 
     extension = asyncio.run(pack.comfy_entrypoint())
     assert isinstance(extension, ComfyExtension)
-    assert len(asyncio.run(extension.get_node_list())) == len(nodes) == 17
+    assert len(asyncio.run(extension.get_node_list())) == len(nodes) == 19
 
 
 def test_every_node_documents_every_input_and_output(nodes):
@@ -110,7 +110,8 @@ def test_every_node_documents_every_input_and_output(nodes):
 
 
 def test_payload_types_are_the_packs_own(nodes):
-    builtin = {"IMAGE", "MASK", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "CONDITIONING", "LATENT", "VAE"}
+    builtin = {"IMAGE", "MASK", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "MODEL", "LATENT", "CONDITIONING",
+               "VAE"}
     for cls in nodes.values():
         schema = cls.define_schema()
         for item in [*schema.inputs, *schema.outputs]:
@@ -167,8 +168,7 @@ def test_loaders_hand_models_to_comfyui_model_management(graph):
     import comfy.model_management as mm
 
     model, vae, t5, encoder = graph["model"], graph["vae"], graph["t5"], graph["encoder"]
-    held = dict(model.patcher.model.named_children())
-    assert held["transformer_blocks"] is model.transformer.transformer_blocks and "local_facial_extractor" not in held
+    assert model.patcher.model.diffusion_model is model.transformer  # the MODEL's patcher, shared by both paths
     assert model.projector.model.projector is model.transformer.local_facial_extractor  # Project IDs loads it alone
     assert vae.patcher.model.vae is vae.vae and t5.patcher.model.t5 is t5.encoder
     assert encoder.patcher.model.detector is encoder.encoder.detector

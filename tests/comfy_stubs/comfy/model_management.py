@@ -285,6 +285,14 @@ def cast_to(weight, dtype=None, device=None, non_blocking=False, copy=False, str
     return moved
 
 
+def cast_to_device(tensor, device, dtype, copy=False):
+    return cast_to(tensor, dtype=dtype, device=device, copy=copy)
+
+
+def dtype_size(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
 class LoadedModel:
     """One patcher in ``current_loaded_models`` (held weakly, as in ComfyUI)."""
 

@@ -9,7 +9,12 @@ What the pack meets in ComfyUI, without weight patches (LoRA), hooks or clones:
   and gets ``comfy_cast_weights = True`` (its forward casts the weights per call); a module without
   it is moved only when it fits; parameters of non-leaf modules are never moved by a partial load;
   a full load moves the whole model;
-- ``partially_unload`` moves the smallest candidates back first, ``detach`` moves everything back.
+- ``partially_unload`` moves the smallest candidates back first, ``detach`` moves everything back;
+- ``clone`` shares the model and copies ``model_options`` with ``comfy.utils``' list/dict deep copy
+  (objects inside are shared, as in ComfyUI), the wrappers and additional models; wrappers are
+  kept on the patcher (``add_wrapper_with_key``) and merged into ``transformer_options`` by the
+  sampler; ``pre_run``/``cleanup`` set and clear ``model.current_patcher``;
+- ``CoreModelPatcher`` is ``ModelPatcher`` (0.33.0 has the alias; its DynamicVRAM swap is GPU-only).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 
 import comfy.model_management
+import comfy.utils
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +50,67 @@ class ModelPatcher:
         self.model_options = {"transformer_options": {}}
         self.force_cast_weights = False
         self.parent = None
+        self.wrappers: dict = {}
+        self.callbacks: dict = {}
+        self.additional_models: dict = {}
+        self.attachments: dict = {}
         for name, default in (("model_loaded_weight_memory", 0), ("lowvram_patch_counter", 0),
                               ("model_lowvram", False), ("current_weight_patches_uuid", None)):
             if not hasattr(self.model, name):
                 setattr(self.model, name, default)
         comfy.model_management._patchers.add(self)
+
+    def clone(self, disable_dynamic=False, model_override=None, force_deepcopy=False):
+        n = self.__class__(self.model, self.load_device, self.offload_device, self.model_size(),
+                           weight_inplace_update=self.weight_inplace_update)
+        n.patches = {k: v[:] for k, v in self.patches.items()}
+        n.model_options = comfy.utils.deepcopy_list_dict(self.model_options)
+        n.parent = self
+        n.force_cast_weights = self.force_cast_weights
+        n.attachments = dict(self.attachments)
+        n.additional_models = {k: [m.clone() for m in c] for k, c in self.additional_models.items()}
+        n.callbacks = {k: {k1: c1.copy() for k1, c1 in c.items()} for k, c in self.callbacks.items()}
+        n.wrappers = {k: {k1: w1.copy() for k1, w1 in w.items()} for k, w in self.wrappers.items()}
+        return n
+
+    def is_dynamic(self) -> bool:
+        return False
+
+    def set_model_patch(self, patch, name):
+        patches = self.model_options["transformer_options"].setdefault("patches", {})
+        patches[name] = patches.get(name, []) + [patch]
+
+    def add_wrapper(self, wrapper_type: str, wrapper):
+        self.add_wrapper_with_key(wrapper_type, None, wrapper)
+
+    def add_wrapper_with_key(self, wrapper_type: str, key: str, wrapper):
+        self.wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(wrapper)
+
+    def remove_wrappers_with_key(self, wrapper_type: str, key: str):
+        self.wrappers.get(wrapper_type, {}).pop(key, None)
+
+    def get_wrappers(self, wrapper_type: str, key: str):
+        return self.wrappers.get(wrapper_type, {}).get(key, [])
+
+    def get_all_wrappers(self, wrapper_type: str):
+        return [w for ws in self.wrappers.get(wrapper_type, {}).values() for w in ws]
+
+    def set_additional_models(self, key: str, models: list):
+        self.additional_models[key] = models
+
+    def get_additional_models(self) -> list:
+        return [m for ms in self.additional_models.values() for m in ms]
+
+    def pre_run(self):
+        if hasattr(self.model, "current_patcher"):
+            self.model.current_patcher = self
+
+    def cleanup(self):
+        if hasattr(self.model, "current_patcher"):
+            self.model.current_patcher = None
+
+    def get_free_memory(self, device):
+        return comfy.model_management.get_free_memory(device)
 
     def model_size(self) -> int:
         if self.size > 0:
@@ -173,3 +235,6 @@ class ModelPatcher:
         if unpatch_all:
             self.unpatch_model(self.offload_device, unpatch_weights=unpatch_all)
         return self.model
+
+
+CoreModelPatcher = ModelPatcher

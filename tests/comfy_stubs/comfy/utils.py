@@ -1,4 +1,5 @@
-"""Stand-in for ``comfy.utils.ProgressBar``: records every update (value, total, preview)."""
+"""Stand-in for ``comfy.utils``: ``ProgressBar`` (records every update: value, total, preview) and
+``deepcopy_list_dict`` (copies dicts and lists, shares every other object, as ComfyUI's clone does)."""
 
 updates: list[tuple] = []
 
@@ -17,3 +18,17 @@ class ProgressBar:
 
     def update(self, value):
         self.update_absolute(self.current + value)
+
+
+def deepcopy_list_dict(obj, memo=None):
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        res = {deepcopy_list_dict(k, memo): deepcopy_list_dict(v, memo) for k, v in obj.items()}
+    elif isinstance(obj, list):
+        res = [deepcopy_list_dict(i, memo) for i in obj]
+    else:
+        res = obj
+    memo[id(obj)] = res
+    return res

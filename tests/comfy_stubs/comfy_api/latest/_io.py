@@ -80,9 +80,14 @@ def Custom(io_type: str) -> type:
 Image = _socket_type("IMAGE")
 Clip = _socket_type("CLIP")
 Mask = _socket_type("MASK")
-Conditioning = _socket_type("CONDITIONING")
+Model = _socket_type("MODEL")
 Latent = _socket_type("LATENT")
+Conditioning = _socket_type("CONDITIONING")
 Vae = _socket_type("VAE")
+Sampler = _socket_type("SAMPLER")
+Sigmas = _socket_type("SIGMAS")
+Noise = _socket_type("NOISE")
+Guider = _socket_type("GUIDER")
 
 
 class Boolean:

@@ -1,0 +1,195 @@
+"""Routed IDs applied inside a host's sampler (the native ComfyUI MODEL), without the pack's loop.
+
+A host calls the transformer once per model evaluation with a batch of *chunks* (ComfyUI: the
+``cond_or_uncond`` list, 0 = cond, 1 = uncond, each chunk ``B / len(chunks)`` rows) at one sigma of a
+schedule (``sample_sigmas``). :class:`IDPatch` turns that into what the pack's sampler gives the
+transformer at the same step:
+
+- the step: the position of the sigma in the schedule (:func:`step_position`), so step ranges
+  apply as in the pack's sampler (step ``i`` of ``n``); without a schedule, the fraction of the
+  noise level (see there);
+- the official routing mode routes every row with batch row 0 (the official ``[negative,
+  positive]`` quirk): the rows are ordered uncond chunk first (:func:`official_order`), which is
+  ComfyUI's order already. A call without an uncond chunk (ComfyUI split cond and uncond into
+  separate calls, or cfg 1) routes on its own first row: the uncond half is then exact and the cond
+  half is routed on itself (as ``per_sample``). ``per_sample`` is exact in every split;
+- the ID tokens' per-layer keys/values (``prepare_ids``) once per run: between :meth:`begin_run`
+  and :meth:`end_run` (the host's outer-sample hook) they are kept per device/dtype, then dropped;
+  outside a run they are computed per call and nothing is kept;
+- the routing recorded once per step (:class:`StepRecorder`): the row the pack's sampler records
+  (official: the routed uncond row; per_sample: the last cond row), whichever call of the step
+  holds it, so split and batched runs record the same maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .routing import RoutingOptions, RoutingPlan, RoutingRecorder, StepRouting
+
+logger = logging.getLogger(__name__)
+
+COND, UNCOND = 0, 1
+#: Recording priority of the row a call offers: the row the pack's sampler records wins over a stand-in.
+EXACT, STAND_IN = 2, 1
+
+
+def step_position(sigma: torch.Tensor, sample_sigmas: Optional[torch.Tensor],
+                  timestep: Optional[torch.Tensor] = None, timesteps: int = 1000) -> tuple[int, int]:
+    """(step index, step count) of an evaluation at ``sigma`` (all rows share it).
+
+    With the schedule ``sample_sigmas`` (n + 1 values, descending, the last 0 or tiny): the index of
+    the schedule interval the sigma lies in (``sample_sigmas[i] >= sigma > sample_sigmas[i + 1]``), of
+    n steps; an evaluation between two sigmas (Heun, DPM-2) counts to the step it started from.
+    Without it: the noise level's position in the model's ``timesteps`` (``timestep`` t gives step
+    ``timesteps - 1 - t`` of ``timesteps``), so a range of 0.5..1.0 means the less noisy half.
+    """
+    value = float(sigma.reshape(-1)[0])
+    if sample_sigmas is not None and sample_sigmas.numel() >= 2:
+        schedule = sample_sigmas.detach().float().cpu().reshape(-1)
+        total = schedule.numel() - 1
+        above = int((schedule[:total] >= value * (1 - 1e-5)).sum())
+        return min(max(above - 1, 0), total - 1), total
+    if timestep is None:
+        raise ValueError("step_position needs the schedule (sample_sigmas) or the timestep")
+    t = int(round(float(timestep.reshape(-1)[0])))
+    return min(max(timesteps - 1 - t, 0), timesteps - 1), timesteps
+
+
+def official_order(chunks: Sequence[int], batch: int) -> Optional[torch.Tensor]:
+    """Row order that puts the (first) uncond chunk first, or None when it already is first or absent."""
+    chunks = list(chunks)
+    if UNCOND not in chunks or chunks[0] == UNCOND or batch % len(chunks):
+        return None
+    size = batch // len(chunks)
+    first = chunks.index(UNCOND)
+    order = [first] + [i for i in range(len(chunks)) if i != first]
+    return torch.cat([torch.arange(i * size, (i + 1) * size) for i in order])
+
+
+class StepRecorder:
+    """Feeds a core :class:`RoutingRecorder` one assignment per layer and step, whichever of the
+    step's calls holds the row the pack's sampler records (higher priority wins, a later call wins
+    at equal priority). Committed when the step changes and at :meth:`finish`, which also moves
+    the recording to the CPU, so nothing stays on the GPU after a run."""
+
+    def __init__(self) -> None:
+        self.recorder = RoutingRecorder()
+        self.finished: Optional[RoutingRecorder] = None
+        self._step: Optional[int] = None
+        self._pending: dict[int, tuple[int, torch.Tensor]] = {}
+
+    def start(self) -> None:
+        self.recorder = RoutingRecorder()
+        self._step, self._pending = None, {}
+
+    def at_step(self, step: int, grid: tuple[int, int, int]) -> None:
+        if step != self._step:
+            self._commit()
+            self._step = step
+        self.recorder.grid = grid
+
+    def offer(self, layer: int, weights: torch.Tensor, priority: int) -> None:
+        """``weights`` (1, N, P): the row this call offers for ``layer``."""
+        held = self._pending.get(layer)
+        if held is None or priority >= held[0]:
+            self._pending[layer] = (priority, weights.detach())
+
+    def finish(self) -> None:
+        self._commit()
+        done = self.recorder
+        done.last = {k: v.cpu() for k, v in done.last.items()}
+        done.total = {k: v.cpu() for k, v in done.total.items()}
+        if done.last:
+            self.finished = done
+        self.start()
+
+    def _commit(self) -> None:
+        for layer, (_, weights) in sorted(self._pending.items()):
+            self.recorder.add(layer, weights)
+        self._pending = {}
+
+
+@dataclasses.dataclass
+class _CallRecorder:
+    """What the transformer calls ``add`` on during one call: picks the row and its priority."""
+
+    target: StepRecorder
+    row: int
+    priority: int
+
+    def add(self, layer: int, weights: torch.Tensor) -> None:
+        self.target.offer(layer, weights[self.row:self.row + 1], self.priority)
+
+
+def _record_row(mode: str, chunks: list[int], batch: int) -> tuple[int, int]:
+    """(row of the transformer's assignment to record, priority), rows in the call's (ordered) layout."""
+    if mode == "official":  # one routed row: the uncond row when the call has one
+        return 0, EXACT if (UNCOND in chunks or not chunks) else STAND_IN
+    if COND in chunks and batch % len(chunks) == 0:
+        size = batch // len(chunks)
+        last_cond = max(i for i, c in enumerate(chunks) if c == COND)
+        return (last_cond + 1) * size - 1, EXACT
+    return batch - 1, STAND_IN
+
+
+@dataclasses.dataclass(eq=False)
+class IDPatch:
+    """ID tokens (P, T, token_dim) on the host's intermediate device, how they are routed, and the
+    run state (the keys/values per device and dtype, the routing plans per token grid).
+
+    ``model_folder``: the model the tokens were projected with (checked by the node applying it)."""
+
+    tokens: torch.Tensor
+    options: RoutingOptions
+    model_folder: Any = None
+    recorder: Optional[StepRecorder] = dataclasses.field(default_factory=StepRecorder)
+    _run: Optional[dict] = dataclasses.field(default=None, repr=False)
+
+    @property
+    def num_ids(self) -> int:
+        return int(self.tokens.shape[0])
+
+    # -- run lifetime ------------------------------------------------------------------------------
+    def begin_run(self) -> None:
+        self._run = {}
+        if self.recorder is not None:
+            self.recorder.start()
+
+    def end_run(self) -> None:
+        self._run = None
+        if self.recorder is not None:
+            self.recorder.finish()
+
+    def _cached(self, key, make):
+        if self._run is None:
+            return make()
+        if key not in self._run:
+            self._run[key] = make()
+        return self._run[key]
+
+    # -- per call ----------------------------------------------------------------------------------
+    def step_inputs(self, transformer, latent_shape: Sequence[int], device: torch.device, dtype: torch.dtype,
+                    position: tuple[int, int], chunks: Sequence[int]):
+        """(IDState, StepRouting, row order or None) for one call on latents (B, F, C, H, W)."""
+        config = transformer.config
+        batch, frames, _, height, width = latent_shape
+        grid = (frames, height // config.patch_size, width // config.patch_size)
+        ids = self._cached(("ids", device, dtype), lambda: transformer.prepare_ids(self.tokens, device, dtype))
+        plan = self._cached(("plan", grid, device), lambda: RoutingPlan(
+            self.options, self.num_ids, grid, config.local_face_scale, device))
+        chunks = list(chunks)
+        order = official_order(chunks, batch) if self.options.mode == "official" else None
+        if order is not None:
+            first = chunks.index(UNCOND)
+            chunks = [chunks[first]] + chunks[:first] + chunks[first + 1:]
+        routing: StepRouting = plan.step(*position)
+        if self.recorder is not None:
+            self.recorder.at_step(position[0], grid)
+            row, priority = _record_row(self.options.mode, chunks, batch)
+            routing = dataclasses.replace(routing, recorder=_CallRecorder(self.recorder, row, priority))
+        return ids, routing, order

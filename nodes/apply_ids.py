@@ -1,0 +1,114 @@
+"""The IDs on the native MODEL: Apply IDs (a MODEL patch) and the routing it recorded (for Routing Maps).
+
+*Ingredients Apply IDs* clones the MODEL and puts the routed ID tokens on it as one patch
+(``nodes/native_model.py``); KSampler or SamplerCustomAdvanced then run the routed ID layers at every
+model evaluation, with everything Route IDs sets (routing mode, per-person strength, masks, step
+ranges). *Ingredients MODEL Routing* comes after the sampler (it takes the sampler's LATENT only to
+run after it) and gives what the router recorded during that run, for Routing Maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from comfy_api.latest import io
+
+from . import native_model
+from .payloads import IngredientsRoutedIDs, IngredientsRouting, RoutedIDsType, RoutingType
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "Ingredients"
+
+
+def _check_tokens(routed: IngredientsRoutedIDs, transformer, config) -> None:
+    folder = config.model_folder
+    if folder is not None and routed.tokens.model_folder != folder:
+        raise ValueError(f"routed_ids: the ID tokens were projected with the model in {routed.tokens.model_folder}, "
+                         f"this MODEL comes from {folder}: feed Project IDs the model output of the same Load "
+                         "Ingredients Model.")
+    width = int(routed.tokens.tokens.shape[-1])
+    if width != transformer.config.ids.token_dim:
+        raise ValueError(f"routed_ids: ID tokens {width} wide, this MODEL reads {transformer.config.ids.token_dim}: "
+                         "project the IDs with the same model.")
+
+
+class ApplyIDs(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsApplyIDs",
+            display_name="Ingredients Apply IDs",
+            category=CATEGORY,
+            description=("Puts the people on the Ingredients MODEL (a MODEL patch, like IPAdapter's): KSampler and "
+                         "SamplerCustomAdvanced then keep each person's identity, routed as Route IDs says (mode, "
+                         "strengths, masks, step ranges). A second Apply IDs on the same MODEL replaces the first."),
+            inputs=[
+                io.Model.Input("model", tooltip=("The MODEL output of Load Ingredients Model (LoRA loaders and other "
+                                                 "MODEL patches may come in between).")),
+                RoutedIDsType.Input("routed_ids", tooltip=("From Ingredients Route IDs (its 'from model' routing mode "
+                                                           "is the loader's).")),
+            ],
+            outputs=[io.Model.Output("MODEL", display_name="MODEL",
+                                     tooltip="The MODEL with the people applied, for KSampler or a guider.")],
+        )
+
+    @classmethod
+    def execute(cls, model, routed_ids: IngredientsRoutedIDs) -> io.NodeOutput:
+        from ..ingredients_core.native_ids import IDPatch
+        from ..ingredients_core.routing import RoutingError
+
+        transformer = native_model.transformer_of(model)
+        config = model.model.model_config
+        _check_tokens(routed_ids, transformer, config)
+        options = routed_ids.routing
+        if routed_ids.follow_model_mode:
+            options = dataclasses.replace(options, mode=config.routing_mode)
+        try:
+            options.check(len(routed_ids.tokens.ids))
+        except RoutingError as error:
+            raise ValueError(f"routed_ids: {error}") from error
+        patch = IDPatch(routed_ids.tokens.tokens, options, routed_ids.tokens.model_folder)
+        return io.NodeOutput(native_model.apply_ids(model, patch))
+
+
+class ModelRouting(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsModelRouting",
+            display_name="Ingredients MODEL Routing",
+            category=CATEGORY,
+            description=("Which person the router gave each video region during the last sampler run of this MODEL "
+                         "(KSampler, SamplerCustomAdvanced), for Routing Maps: the counterpart of the Ingredients "
+                         "Sampler's routing output. Runs after the sampler because it takes its LATENT."),
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL from Ingredients Apply IDs that the sampler used."),
+                io.Latent.Input("samples", tooltip=("The sampler's output LATENT (only so that this node runs after "
+                                                    "the sampler; the latents are not read).")),
+            ],
+            outputs=[RoutingType.Output("routing", display_name="routing",
+                                        tooltip="Routing per routed layer (last step and mean over steps).")],
+        )
+
+    @classmethod
+    def execute(cls, model, samples) -> io.NodeOutput:
+        transformer = native_model.transformer_of(model)
+        patch = native_model.ids_patch(model)
+        if patch is None:
+            raise ValueError("model: this MODEL carries no IDs: connect the MODEL output of Ingredients Apply IDs.")
+        recorded = patch.recorder.finished if patch.recorder is not None else None
+        if recorded is None:
+            raise ValueError("model: no routing was recorded with this MODEL yet (no sampler has run it, or every "
+                             "person had strength 0 or was outside its start/end range at every step).")
+        return io.NodeOutput(routing_payload(recorded, transformer.config.patch_size))
+
+
+def routing_payload(recorded, patch_size: int) -> IngredientsRouting:
+    """The recorded maps (CPU) per routed layer with the video size the token grid stands for."""
+    frames, rows, cols = recorded.grid
+    layers = tuple(sorted(recorded.last))
+    return IngredientsRouting(layers, tuple(recorded.maps("last", k) for k in layers),
+                              tuple(recorded.maps("mean", k) for k in layers),
+                              rows * patch_size * 8, cols * patch_size * 8, (frames - 1) * 4 + 1)

@@ -1,0 +1,256 @@
+"""The Ingredients transformer as a native ComfyUI ``MODEL`` (KSampler, SamplerCustomAdvanced, LoRAs,
+MODEL patches), beside the pack's own sampler. The one module besides ``host.py`` that meets ComfyUI.
+
+- :class:`CogVideoXLatentFormat`: 16 channels, 3-D, scaled by 0.7 (the 5B VAE's ``scaling_factor``);
+- :class:`IngredientsModelConfig`: a ``supported_models_base.BASE`` with no UNet of ComfyUI's own
+  (``disable_unet_model_creation``), V-prediction on ``ModelSamplingDiscrete`` over the scaled-linear
+  betas 0.00085..0.012, 1000 steps, zero terminal SNR: diffusers' CogVideoX schedule (ComfyUI's
+  "linear" schedule is LDM's, the square of a linspace of square roots: diffusers' "scaled_linear");
+- :class:`IngredientsBaseModel`: a ``model_base.BaseModel`` whose ``diffusion_model`` IS the pack's
+  ``IngredientsTransformer`` (state-dict keys ``diffusion_model.<official key>``); its ``_apply_model``
+  runs ComfyUI's ``DIFFUSION_MODEL`` wrappers (EasyCache) around the transformer in ComfyUI's latent
+  layout (B, C, F, H, W) and applies the IDs of *Ingredients Apply IDs* from ``transformer_options``;
+- :func:`model_patcher`: the ``MODEL`` (a ``CoreModelPatcher`` where the host has one);
+- :func:`apply_ids`: a clone of a MODEL carrying an ``IDPatch`` (``ingredients_core.native_ids``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.supported_models_base
+import torch
+
+from . import host
+
+logger = logging.getLogger(__name__)
+
+IDS_KEY = "ingredients_ids"          # transformer_options key of the ID patch
+FF_CHUNK_KEY = "ingredients_ff_chunk"  # optional transformer_options key: feed-forward token chunk
+WRAPPER_KEY = "ingredients_ids"      # key of the OUTER_SAMPLE wrapper that bounds a run
+TEXT_FIX = ("encode the prompt with CLIPTextEncode on a CogVideoX/T5-XXL CLIP (CLIPLoader, type cogvideox or sd3) "
+            "or the pack's Encode Prompt nodes")
+
+
+# -- 1. latent format and model config -----------------------------------------------------------
+class CogVideoXLatentFormat(comfy.latent_formats.LatentFormat):
+    """CogVideoX-5B latents: 16 channels, (B, 16, F, H/8, W/8), 4x temporal compression, scale 0.7.
+    No latent-to-RGB factors are published for this VAE (ComfyUI 0.33 has none either), so ComfyUI
+    shows no Latent2RGB preview for this MODEL (TAESD-style previews need a decoder it lacks too)."""
+
+    latent_channels = 16
+    latent_dimensions = 3
+    spacial_downscale_ratio = 8
+    temporal_downscale_ratio = 4
+
+    def __init__(self, scale_factor: float = 0.7):
+        self.scale_factor = scale_factor
+
+
+class IngredientsModelConfig(comfy.supported_models_base.BASE):
+    """The model family config ComfyUI's sampling reads (``sampling_settings``, ``latent_format``,
+    dtypes), plus what the pack needs to check its own inputs against the MODEL."""
+
+    unet_config = {"disable_unet_model_creation": True}
+    unet_extra_config = {}
+    sampling_settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012,
+                         "timesteps": 1000, "zsnr": True}
+    latent_format = CogVideoXLatentFormat
+    supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+    memory_usage_factor = 2.0  # only ComfyUI's generic estimate; memory_required below uses the pack's
+
+    def __init__(self, storage: torch.dtype, compute: torch.dtype, routing_mode: str, folder: Optional[Path]):
+        super().__init__(dict(self.unet_config, dtype=storage))
+        self.manual_cast_dtype = compute if compute != storage else None
+        self.compute_dtype = compute
+        self.routing_mode = routing_mode  # the loader's routing mode ("from model" on Route IDs)
+        self.model_folder = folder         # where the weights came from (Project IDs must use the same)
+
+
+# -- 2. rotary embeddings (CPU, cached per grid; moved to the call's device per call) ------------
+@functools.lru_cache(maxsize=8)
+def _rotary_cpu(config, height: int, width: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..ingredients_core.sampling import rotary_embeddings
+
+    return rotary_embeddings(config, height, width, frames, torch.device("cpu"))
+
+
+def rotary_for(config, frames: int, height: int, width: int, device: torch.device):
+    """(cos, sin) for a latent grid F x H x W, on ``device``; None for models without rotary embeddings."""
+    if not config.use_rotary_positional_embeddings:
+        return None
+    cos, sin = _rotary_cpu(config, height * 8, width * 8, frames)
+    return cos.to(device), sin.to(device)
+
+
+# -- 3. the BaseModel ----------------------------------------------------------------------------
+class IngredientsBaseModel(comfy.model_base.BaseModel):
+    """ComfyUI's view of the Ingredients transformer (V-prediction, CogVideoX latents, image latent
+    on channels). Keeps nothing but the transformer and ComfyUI's ``model_sampling`` buffers."""
+
+    def __init__(self, model_config: IngredientsModelConfig, transformer: torch.nn.Module):
+        super().__init__(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION, device=None)
+        self.diffusion_model = transformer
+        self.memory_usage_factor_conds = ()
+
+    def get_dtype(self):
+        return self.model_config.unet_config["dtype"]
+
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        """Denoised x0 (B, 16, F, H, W) for the sampler's x at sigma ``t``."""
+        sigma = t
+        xc = self.model_sampling.calculate_input(sigma, x)                      # x_t, (B, 16, F, H, W)
+        if c_concat is not None:                                                # + image latent: (B, 32, F, H, W)
+            xc = torch.cat([xc, comfy.model_management.cast_to_device(c_concat, xc.device, xc.dtype)], dim=1)
+        dtype = self.get_dtype_inference()
+        xc = xc.to(dtype)
+        timestep = self.model_sampling.timestep(t).float()
+        context = self._context(c_crossattn, xc.device, dtype)
+        options = dict(transformer_options)
+        options.setdefault("sigmas", sigma)
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                            options)
+        out = comfy.patcher_extension.WrapperExecutor.new_class_executor(
+            self._diffusion_forward, self.diffusion_model, wrappers).execute(xc, timestep, context, control, options)
+        return self.model_sampling.calculate_denoised(sigma, out.float(), x)
+
+    def _context(self, context, device, dtype):
+        width = self.diffusion_model.config.text_embed_dim
+        if context is None:
+            raise ValueError(f"Ingredients MODEL: no text conditioning reached the model; {TEXT_FIX}.")
+        if context.shape[-1] != width:
+            raise ValueError(f"Ingredients MODEL: the text conditioning is {context.shape[-1]} wide, the model reads "
+                             f"{width} (T5-XXL); {TEXT_FIX}.")
+        return comfy.model_management.cast_to_device(context, device, dtype)
+
+    def _diffusion_forward(self, xc, timestep, context, control, transformer_options):
+        """The transformer in ComfyUI's layout: xc (B, C, F, H, W) -> v (B, 16, F, H, W)."""
+        transformer = self.diffusion_model
+        hidden = xc.permute(0, 2, 1, 3, 4)                                       # (B, F, C, H, W)
+        batch, frames, _, height, width = hidden.shape
+        rotary = rotary_for(transformer.config, frames, height, width, hidden.device)
+        ids = routing = order = None
+        patch = transformer_options.get(IDS_KEY)
+        if patch is not None:
+            ids, routing, order = patch.step_inputs(
+                transformer, hidden.shape, hidden.device, hidden.dtype, _position(self, transformer_options, timestep),
+                transformer_options.get("cond_or_uncond") or [])
+        if order is not None:  # official routing: the uncond rows first
+            order = order.to(hidden.device)
+            hidden, context, timestep = hidden[order], context[order], timestep[order]
+        v = transformer(hidden, context, timestep, rotary, ids=ids, routing=routing,
+                        ff_chunk=transformer_options.get(FF_CHUNK_KEY))
+        if order is not None:
+            v = v[torch.argsort(order)]
+        return v.permute(0, 2, 1, 3, 4)                                          # (B, 16, F, H, W)
+
+    # -- conditioning ----------------------------------------------------------------------------
+    def concat_cond(self, **kwargs):
+        """``concat_latent_image`` (raw VAE latent (B, 16, F or fewer, H, W)) -> scaled, frame-padded with
+        zeros to the noise's frames, repeated to its batch; zeros when the conditioning has none."""
+        noise = kwargs.get("noise")
+        image = kwargs.get("concat_latent_image")
+        if image is None:
+            logger.warning("Ingredients MODEL: the conditioning has no image latent (concat_latent_image); the "
+                           "model is image-to-video and runs on zeros: use Ingredients Image to Video")
+            return torch.zeros_like(noise)
+        image = self.process_latent_in(image.to(noise.dtype))
+        if image.shape[1] != noise.shape[1] or image.shape[-2:] != noise.shape[-2:]:
+            raise ValueError(f"Ingredients MODEL: the image latent is {tuple(image.shape[1:])} (channels, frames, "
+                             f"height, width), the video latent {tuple(noise.shape[1:])}: make both with the same "
+                             "width and height (Ingredients Image to Video gives both).")
+        if image.shape[2] < noise.shape[2]:
+            image = torch.nn.functional.pad(image, (0, 0, 0, 0, 0, noise.shape[2] - image.shape[2]))
+        image = image[:, :, :noise.shape[2]]
+        if image.shape[0] != noise.shape[0]:
+            image = image[:1].expand(noise.shape[0], *image.shape[1:])
+        return image.to(kwargs.get("device", noise.device))
+
+    def extra_conds(self, **kwargs):
+        out = {"c_concat": comfy.conds.CONDNoiseShape(self.concat_cond(**kwargs))}
+        cross_attn = kwargs.get("cross_attn")
+        if cross_attn is not None:
+            out["c_crossattn"] = comfy.conds.CONDCrossAttn(cross_attn)
+        return out
+
+    def memory_required(self, input_shape, cond_shapes={}):
+        """Activation bytes of one forward on ``input_shape`` (B, 16, F, H, W) (the pack's estimate)."""
+        from ..ingredients_core.memory import forward_size, transformer_activation_bytes
+        from ..ingredients_core.routing import MAX_IDS
+
+        batch, _, frames, height, width = input_shape
+        size = forward_size(self.diffusion_model.config, batch, frames, height, width, MAX_IDS)
+        return transformer_activation_bytes(size, comfy.model_management.dtype_size(self.get_dtype_inference()))
+
+
+def _position(model: IngredientsBaseModel, options: dict, timestep: torch.Tensor) -> tuple[int, int]:
+    from ..ingredients_core.native_ids import step_position
+
+    return step_position(options["sigmas"], options.get("sample_sigmas"), timestep,
+                         model.model_sampling.num_timesteps)
+
+
+# -- 4. the MODEL ------------------------------------------------------------------------------------
+def model_patcher(transformer, storage: torch.dtype, compute: torch.dtype, routing_mode: str,
+                  folder: Optional[Path] = None):
+    """The MODEL for a loaded transformer (kept on the offload device until ComfyUI loads it): a
+    ``CoreModelPatcher`` where the host has it (``host.patcher_class``). The pack's sampler loads this
+    same patcher, so ComfyUI's bookkeeping of the weights is one (its clones, such as Apply IDs'
+    output, are unloaded by ComfyUI before another clone loads)."""
+    config = IngredientsModelConfig(storage, compute, routing_mode, folder)
+    model = IngredientsBaseModel(config, transformer)
+    load_device, offload_device = host.devices("diffusion")
+    return host.patcher_class()(model, load_device=load_device, offload_device=offload_device)
+
+
+def transformer_of(model) -> Any:
+    """The IngredientsTransformer of a MODEL, or a ValueError naming the fix."""
+    inner = getattr(model, "model", None)
+    if not isinstance(inner, IngredientsBaseModel):
+        raise ValueError(f"model: this MODEL is a {type(inner).__name__}, not the Ingredients model: connect the "
+                         "MODEL output of Load Ingredients Model (or a patch of it).")
+    return inner.diffusion_model
+
+
+def _outer_sample(executor, *args, **kwargs):
+    """Bounds one sampling run: the ID patch prepares its keys/values once and drops them after."""
+    guider = executor.class_obj
+    options = getattr(guider, "model_options", {}).get("transformer_options", {})
+    patch = options.get(IDS_KEY)
+    if patch is None:
+        return executor(*args, **kwargs)
+    patch.begin_run()
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        patch.end_run()
+
+
+def apply_ids(model, patch):
+    """A clone of ``model`` carrying ``patch``; IDs already on it are replaced (with a warning)."""
+    transformer_of(model)
+    clone = model.clone()
+    options = clone.model_options.setdefault("transformer_options", {})
+    old = options.get(IDS_KEY)
+    if old is not None:
+        logger.warning("Ingredients Apply IDs: this MODEL already carries IDs (%d people, routing %s) from an "
+                       "earlier Apply IDs; they are REPLACED by these %d people (routing %s), not stacked.",
+                       old.num_ids, old.options.mode, patch.num_ids, patch.options.mode)
+    options[IDS_KEY] = patch
+    clone.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample)
+    return clone
+
+
+def ids_patch(model):
+    """The ID patch a MODEL carries, or None."""
+    return model.model_options.get("transformer_options", {}).get(IDS_KEY)
