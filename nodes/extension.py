@@ -13,6 +13,7 @@ from .identity import IdentityCheck
 from .image_to_video import ImageToVideo
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
+from .native_samplers import DynamicCFG, OfficialSampler, OfficialScheduler
 from .routing_maps import RoutingMaps
 from .sampling import Decode, DecodeLatent, Sampler
 from .text import EncodePrompt, EncodePromptCLIP
@@ -37,6 +38,9 @@ NODES: list[type[io.ComfyNode]] = [
     IdentityCheck,
     ApplyIDs,
     ModelRouting,
+    OfficialSampler,
+    OfficialScheduler,
+    DynamicCFG,
     ImageToVideo,
     DecodeLatent,
 ]

@@ -30,6 +30,21 @@ HOST_FUNCTIONS = {
     "comfy.ldm.modules.attention": ["optimized_attention"],
     "node_helpers": ["conditioning_set_values"],
 }
+# sampling a MODEL (issue 15, part 4): the guider, samplers and schedulers the stand-ins imitate
+HOST_FUNCTIONS.update({
+    "comfy.samplers": [
+        "calc_cond_batch", "cfg_function", "sampling_function", "simple_scheduler", "calculate_sigmas",
+        "ksampler", "sampler_object", "encode_model_conds", "process_conds", "KSAMPLER.__init__", "KSAMPLER.sample",
+        "CFGGuider.__init__", "CFGGuider.set_conds", "CFGGuider.set_cfg", "CFGGuider.predict_noise",
+        "CFGGuider.inner_sample", "CFGGuider.outer_sample", "CFGGuider.sample", "sample", "KSampler.__init__",
+        "KSampler.sample"],
+    "comfy.sample": ["prepare_noise", "sample", "sample_custom"],
+    "comfy.sampler_helpers": ["convert_cond", "prepare_sampling", "cleanup_models", "prepare_model_patcher"],
+    "comfy.k_diffusion.sampling": ["to_d", "default_noise_sampler", "sample_euler"],
+})
+HOST_FUNCTIONS["comfy.model_patcher"] = HOST_FUNCTIONS["comfy.model_patcher"] + [
+    "ModelPatcher.get_model_object", "ModelPatcher.set_model_sampler_cfg_function",
+    "ModelPatcher.set_model_sampler_post_cfg_function", "set_model_options_post_cfg_function"]
 
 
 def signatures(io, ui) -> dict:

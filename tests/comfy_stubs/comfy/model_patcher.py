@@ -13,7 +13,8 @@ What the pack meets in ComfyUI, without weight patches (LoRA), hooks or clones:
 - ``clone`` shares the model and copies ``model_options`` with ``comfy.utils``' list/dict deep copy
   (objects inside are shared, as in ComfyUI), the wrappers and additional models; wrappers are
   kept on the patcher (``add_wrapper_with_key``) and merged into ``transformer_options`` by the
-  sampler; ``pre_run``/``cleanup`` set and clear ``model.current_patcher``;
+  sampler; ``pre_run``/``cleanup`` set and clear ``model.current_patcher``; ``get_model_object`` and
+  the sampler CFG functions (``set_model_sampler_cfg_function``, ``..._post_cfg_function``) as in ComfyUI;
 - ``CoreModelPatcher`` is ``ModelPatcher`` (0.33.0 has the alias; its DynamicVRAM swap is GPU-only).
 """
 
@@ -35,6 +36,13 @@ def wipe_lowvram_weight(m) -> None:
         m.weight_function = []
     if hasattr(m, "bias_function"):
         m.bias_function = []
+
+
+def set_model_options_post_cfg_function(model_options, post_cfg_function, disable_cfg1_optimization=False):
+    model_options["sampler_post_cfg_function"] = model_options.get("sampler_post_cfg_function", []) + [post_cfg_function]
+    if disable_cfg1_optimization:
+        model_options["disable_cfg1_optimization"] = True
+    return model_options
 
 
 class ModelPatcher:
@@ -111,6 +119,22 @@ class ModelPatcher:
 
     def get_free_memory(self, device):
         return comfy.model_management.get_free_memory(device)
+
+    # sampling options (no object patches in the stand-in: model objects are the model's own)
+    def get_model_object(self, name: str):
+        obj = self.model
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def set_model_sampler_cfg_function(self, sampler_cfg_function, disable_cfg1_optimization=False):
+        self.model_options["sampler_cfg_function"] = sampler_cfg_function
+        if disable_cfg1_optimization:
+            self.model_options["disable_cfg1_optimization"] = True
+
+    def set_model_sampler_post_cfg_function(self, post_cfg_function, disable_cfg1_optimization=False):
+        self.model_options = set_model_options_post_cfg_function(self.model_options, post_cfg_function,
+                                                                 disable_cfg1_optimization)
 
     def model_size(self) -> int:
         if self.size > 0:

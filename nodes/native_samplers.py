@@ -1,0 +1,91 @@
+"""Sampling the Ingredients MODEL with ComfyUI's own nodes: the official DDIM/DPM as a SAMPLER for
+SamplerCustomAdvanced, the official trailing schedule as SIGMAS, and the official dynamic CFG as a
+MODEL patch (works with KSampler too)."""
+
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from . import host
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "Ingredients/native"
+SCHEDULERS = ["dpm", "ddim"]
+
+
+class OfficialSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsOfficialSampler",
+            display_name="Ingredients Official Sampler",
+            category=CATEGORY,
+            description=("The official CogVideoX schedulers (diffusers' CogVideoXDPMScheduler / "
+                         "CogVideoXDDIMScheduler) as a SAMPLER for SamplerCustomAdvanced: with CFGGuider, the "
+                         "sigmas of Ingredients Scheduler and the same noise and seed, the run equals the "
+                         "Ingredients Sampler's. The sigmas must be on the model's discrete schedule "
+                         "(Ingredients Scheduler, or BasicScheduler's simple, ddim_uniform, normal)."),
+            inputs=[
+                io.Combo.Input("scheduler", options=SCHEDULERS, default="dpm",
+                               tooltip=("dpm = CogVideoXDPMScheduler (official, stochastic: draws from a generator "
+                                        "seeded with the noise seed); ddim = CogVideoXDDIMScheduler (eta 0).")),
+            ],
+            outputs=[io.Sampler.Output("sampler", display_name="sampler",
+                                       tooltip="For SamplerCustomAdvanced's sampler input.")],
+        )
+
+    @classmethod
+    def execute(cls, scheduler: str) -> io.NodeOutput:
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {scheduler!r}")
+        return io.NodeOutput(host.official_sampler(scheduler))
+
+
+class OfficialScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsScheduler",
+            display_name="Ingredients Scheduler",
+            category=CATEGORY,
+            description=("The official trailing timesteps (999, 979, ... for 50 steps) as the MODEL's sigmas, "
+                         "ending with 0. BasicScheduler's simple gives the same ones only when the step count "
+                         "divides 1000 (50, 40, 25, 20, ...)."),
+            inputs=[
+                io.Model.Input("model", tooltip="The Ingredients MODEL (Load Ingredients Model, Apply IDs, ...)."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (official: 50)."),
+            ],
+            outputs=[io.Sigmas.Output("sigmas", display_name="sigmas",
+                                      tooltip="For SamplerCustomAdvanced's sigmas input.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps: int) -> io.NodeOutput:
+        from ..ingredients_core.native_sampling import official_sigmas
+
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1; got {steps}")
+        return io.NodeOutput(official_sigmas(host.model_sampling(model), steps))
+
+
+class DynamicCFG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsDynamicCFG",
+            display_name="Ingredients Dynamic CFG",
+            category=CATEGORY,
+            description=("CogVideoX's dynamic guidance (the official formula, 'use_dynamic_cfg'): the sampler's "
+                         "cfg becomes the peak of a scale that rises over the run. For KSampler and "
+                         "SamplerCustomAdvanced (CFGGuider)."),
+            inputs=[io.Model.Input("model", tooltip="The MODEL to guide dynamically (the result is a patched copy).")],
+            outputs=[io.Model.Output("MODEL", display_name="MODEL",
+                                     tooltip="The MODEL with dynamic CFG, for KSampler or CFGGuider.")],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        return io.NodeOutput(host.with_dynamic_cfg(model))

@@ -1,0 +1,233 @@
+"""Sampling the native MODEL with ComfyUI's sampling (issue 15, tests b, c and dynamic CFG) on the
+stand-ins and the tiny model: SamplerCustomAdvanced (CFGGuider + the pack's SAMPLER + sigmas) equals
+the pack's sampler within 1e-5, KSampler euler/simple equals the pack's DDIM within 5e-4, dynamic CFG
+equals the pack's; the SAMPLER, SIGMAS and MODEL nodes; ComfyUI's batching of cond and uncond."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+STUBS = Path(__file__).resolve().parent / "comfy_stubs"
+sys.path.insert(0, str(STUBS))
+import harness  # noqa: E402
+import tiny_models  # noqa: E402
+
+sys.path.remove(str(STUBS))
+
+SCALE = 0.7  # the latent format's scale factor: LATENT / concat_latent_image are raw VAE latents
+SEED = 123
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    module = harness.load_pack(tiny_models.shared_models_dir(tmp_path_factory))
+    asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
+    yield {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
+    harness.unload_pack()
+
+
+@pytest.fixture(scope="module")
+def loaded(nodes):
+    payload, model = nodes["IngredientsModelLoader"].execute(model_folder="Ingredients", dtype="float32",
+                                                             routing_mode="official").args
+    return dict(payload=payload, model=model)
+
+
+@pytest.fixture(scope="module")
+def case(loaded):
+    """Text, the scaled image latent (pack layout) and ComfyUI's conditioning and empty LATENT."""
+    config = loaded["payload"].transformer.config
+    g = torch.Generator().manual_seed(9)
+    frames, h, w = 3, config.sample_height, config.sample_width
+    image = torch.randn(1, frames, 16, h, w, generator=g)           # scaled, (B, F, C, h, w)
+    text = torch.randn(2, 226, config.text_embed_dim, generator=g)
+    raw = image.transpose(1, 2) / SCALE                              # LATENT-style raw latent (B, C, F, h, w)
+    positive = [[text[1:], {"concat_latent_image": raw}]]
+    negative = [[text[:1], {"concat_latent_image": raw}]]
+    latent = torch.zeros(1, 16, frames, h, w)
+    return dict(image=image, positive_embeds=text[1:], negative_embeds=text[:1], positive=positive,
+                negative=negative, latent=latent)
+
+
+def comfy(name: str):
+    """A ComfyUI module (the stand-in while the pack is loaded on them)."""
+    return importlib.import_module(name)
+
+
+def sampler_custom_advanced(model, case, sampler, sigmas, cfg=6.0, seed=SEED):
+    """SamplerCustomAdvanced with CFGGuider and RandomNoise, as the core nodes run them."""
+    guider = comfy("comfy.samplers").CFGGuider(model)
+    guider.set_conds(case["positive"], case["negative"])
+    guider.set_cfg(cfg)
+    noise = comfy("comfy.sample").prepare_noise(case["latent"], seed)
+    return guider.sample(noise, case["latent"], sampler, sigmas, seed=seed)
+
+
+def ksampler(model, case, steps, cfg=6.0, seed=SEED, sampler_name="euler", scheduler="simple"):
+    """KSampler (core nodes' common_ksampler)."""
+    noise = comfy("comfy.sample").prepare_noise(case["latent"], seed)
+    return comfy("comfy.sample").sample(model, noise, steps, cfg, sampler_name, scheduler, case["positive"],
+                                        case["negative"], case["latent"], seed=seed)
+
+
+def pack_run(loaded, case, scheduler, steps, cfg=6.0, seed=SEED, dynamic_cfg=False, routed=None):
+    """The pack's sampler with the same initial noise, image latent, embeddings and generator seed."""
+    from comfyui_ingredients_under_test.ingredients_core.sampling import denoise, make_scheduler
+
+    payload = loaded["payload"]
+    noise = comfy("comfy.sample").prepare_noise(case["latent"], seed).transpose(1, 2)
+    tokens = routing = None
+    if routed is not None:
+        tokens, routing = routed.tokens.tokens, routed.routing_for(payload)
+    latents = denoise(payload.transformer, make_scheduler(scheduler, payload.scheduler_config), noise, case["image"],
+                      case["positive_embeds"], case["negative_embeds"], tokens, steps=steps, cfg=cfg,
+                      dynamic_cfg=dynamic_cfg, generator=torch.Generator().manual_seed(seed), routing=routing)
+    return latents.transpose(1, 2) / SCALE    # as ComfyUI's LATENT (process_latent_out)
+
+
+def relative(a, b) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def official(nodes, scheduler):
+    return nodes["IngredientsOfficialSampler"].execute(scheduler=scheduler).args[0]
+
+
+def official_sigmas(nodes, model, steps):
+    return nodes["IngredientsScheduler"].execute(model=model, steps=steps).args[0]
+
+
+def _routed(payload, people: int, mode: str):
+    payloads = harness.pack_module("nodes.payloads")
+    config = payload.transformer.config
+    g = torch.Generator().manual_seed(people)
+    tokens = torch.randn(people, config.ids.num_tokens, config.ids.token_dim, generator=g)
+    id_tokens = payloads.IngredientsIDTokens(tokens, payloads.IngredientsIDs(tuple(range(people))), payload.folder)
+    return harness.pack_module("nodes.ids").RouteIDs.execute(id_tokens=id_tokens, routing_mode=mode,
+                                                             strength=1.0).args[0]
+
+
+# -- (b) SamplerCustomAdvanced with the pack's DDIM / DPM ------------------------------------------
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
+@pytest.mark.parametrize("steps", [4, 3])
+def test_sampler_custom_advanced_equals_the_pack_sampler(nodes, loaded, case, scheduler, steps):
+    model = loaded["model"]
+    ours = sampler_custom_advanced(model, case, official(nodes, scheduler), official_sigmas(nodes, model, steps))
+    assert relative(ours, pack_run(loaded, case, scheduler, steps)) <= 1e-5
+
+
+def test_sampler_custom_advanced_with_ids_equals_the_pack_sampler(nodes, loaded, case):
+    payload, model = loaded["payload"], loaded["model"]
+    routed = _routed(payload, 2, "official")
+    patched = nodes["IngredientsApplyIDs"].execute(model=model, routed_ids=routed).args[0]
+    ours = sampler_custom_advanced(patched, case, official(nodes, "dpm"), official_sigmas(nodes, model, 3))
+    want = pack_run(loaded, case, "dpm", 3, routed=routed)
+    assert relative(ours, want) <= 1e-5
+    assert relative(pack_run(loaded, case, "dpm", 3), want) > 1e-3  # the IDs matter: not a vacuous check
+
+
+def test_the_dpm_sampler_draws_from_the_noise_seed(nodes, loaded, case):
+    model, sampler = loaded["model"], official(nodes, "dpm")
+    sigmas = official_sigmas(nodes, model, 3)
+    a = sampler_custom_advanced(model, case, sampler, sigmas, seed=1)
+    b = sampler_custom_advanced(model, case, sampler, sigmas, seed=1)
+    assert torch.equal(a, b)
+    noise = comfy("comfy.sample").prepare_noise(case["latent"], 1)
+    guider = comfy("comfy.samplers").CFGGuider(model)
+    guider.set_conds(case["positive"], case["negative"])
+    guider.set_cfg(6.0)
+    other_draws = guider.sample(noise, case["latent"], sampler, sigmas, seed=2)  # same noise, other seed
+    assert relative(other_draws, a) > 1e-3
+
+
+def test_simple_gives_the_official_timesteps_when_the_steps_divide_1000(loaded, nodes):
+    model = loaded["model"]
+    sampling = model.model.model_sampling
+    simple = comfy("comfy.samplers").calculate_sigmas
+    for steps in (50, 25, 4):
+        assert torch.equal(simple(sampling, "simple", steps), official_sigmas(nodes, model, steps))
+    ours, theirs = official_sigmas(nodes, model, 30), simple(sampling, "simple", 30)
+    assert sampling.timestep(ours[2:3]).item() == 932 and sampling.timestep(theirs[2:3]).item() == 933
+
+
+def test_sigmas_off_the_discrete_schedule_are_refused(nodes, loaded, case):
+    model = loaded["model"]
+    sigmas = official_sigmas(nodes, model, 3)
+    sigmas[1] *= 1.01
+    with pytest.raises(ValueError, match="not one of the model's 1000 discrete noise levels"):
+        sampler_custom_advanced(model, case, official(nodes, "ddim"), sigmas)
+
+
+def test_callback_reports_every_step(nodes, loaded, case):
+    model = loaded["model"]
+    seen = []
+    guider = comfy("comfy.samplers").CFGGuider(model)
+    guider.set_conds(case["positive"], case["negative"])
+    guider.set_cfg(6.0)
+    noise = comfy("comfy.sample").prepare_noise(case["latent"], SEED)
+    guider.sample(noise, case["latent"], official(nodes, "dpm"), official_sigmas(nodes, model, 3),
+                  callback=lambda i, x0, x, total: seen.append((i, total, x0.shape, bool(torch.isfinite(x0).all()))),
+                  seed=SEED)
+    assert seen == [(i, 3, case["latent"].shape, True) for i in range(3)]
+
+
+# -- (c) KSampler euler / simple is the pack's DDIM -------------------------------------------------
+@pytest.mark.parametrize("steps", [4, 10])
+def test_ksampler_euler_simple_equals_the_pack_ddim(loaded, case, steps):
+    ours = ksampler(loaded["model"], case, steps)
+    assert relative(ours, pack_run(loaded, case, "ddim", steps)) <= 5e-4
+
+
+# -- dynamic CFG -----------------------------------------------------------------------------------
+def test_dynamic_cfg_equals_the_pack_dynamic_cfg(nodes, loaded, case):
+    model = nodes["IngredientsDynamicCFG"].execute(model=loaded["model"]).args[0]
+    assert "sampler_post_cfg_function" not in loaded["model"].model_options  # the input MODEL is untouched
+    want = pack_run(loaded, case, "ddim", 4, dynamic_cfg=True)
+    ours = sampler_custom_advanced(model, case, official(nodes, "ddim"), official_sigmas(nodes, model, 4))
+    assert relative(ours, want) <= 1e-5
+    assert relative(ksampler(model, case, 4), want) <= 5e-4
+    assert relative(pack_run(loaded, case, "ddim", 4), want) > 1e-3  # dynamic CFG changes the result
+
+
+def test_dynamic_cfg_leaves_cfg_1_unguided(nodes, loaded, case):
+    model = nodes["IngredientsDynamicCFG"].execute(model=loaded["model"]).args[0]
+    sigmas = official_sigmas(nodes, model, 2)
+    plain = sampler_custom_advanced(loaded["model"], case, official(nodes, "ddim"), sigmas, cfg=1.0)
+    assert torch.equal(sampler_custom_advanced(model, case, official(nodes, "ddim"), sigmas, cfg=1.0), plain)
+
+
+# -- ComfyUI's batching (the stand-in) and the node schemas -----------------------------------------
+def test_cond_and_uncond_split_under_low_memory_give_the_batched_result(nodes, loaded, case, monkeypatch):
+    model = loaded["model"]
+    sampler, sigmas = official(nodes, "ddim"), official_sigmas(nodes, model, 2)
+    calls = []
+    original = type(model.model).apply_model
+
+    def recording(self, x, t, **kwargs):
+        calls.append(list(kwargs["transformer_options"]["cond_or_uncond"]))
+        return original(self, x, t, **kwargs)
+
+    monkeypatch.setattr(type(model.model), "apply_model", recording)
+    batched = sampler_custom_advanced(model, case, sampler, sigmas)
+    assert calls == [[1, 0]] * 2  # one call per step, rows [uncond, cond]
+    calls.clear()
+    monkeypatch.setattr(type(model.model), "memory_required", lambda self, shape, cond_shapes={}: 1e30)
+    split = sampler_custom_advanced(model, case, sampler, sigmas)
+    assert calls == [[1], [0]] * 2  # uncond first, then cond
+    assert relative(split, batched) <= 1e-5
+
+
+def test_node_schemas(nodes):
+    for node_id, output in (("IngredientsOfficialSampler", "SAMPLER"), ("IngredientsScheduler", "SIGMAS"),
+                            ("IngredientsDynamicCFG", "MODEL")):
+        schema = nodes[node_id].GET_SCHEMA()
+        assert [o.io_type for o in schema.outputs] == [output]
+        assert all(i.tooltip for i in schema.inputs)
+    with pytest.raises(ValueError, match="dpm, ddim"):
+        nodes["IngredientsOfficialSampler"].execute(scheduler="euler")
