@@ -37,6 +37,8 @@ COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set: the real-ComfyUI test needs a "
                                                      "ComfyUI checkout (and COMFYUI_PYTHON with its requirements)")
 WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
+# The examples as users saved them before the registry metadata (tests/test_workflow_fixtures.py).
+FIXTURES = sorted((harness.REPO / "tests" / "fixtures" / "workflows").glob("*.json"))
 # The tiny transformer has learned positions for 9 frames of 64 x 96: the only override of the examples.
 TINY_SAMPLER = dict(width=96, height=64, frames=9, steps=2)
 START_TIMEOUT, RUN_TIMEOUT = 240, 600
@@ -292,7 +294,7 @@ def _run_workflow(server: Server, definitions: dict, path: Path) -> None:
         assert shown["images"] and shown["text"][0].startswith("Identity check"), shown
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", WORKFLOWS + FIXTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_example_workflow_runs_to_saved_frames(server, definitions, path):
     _run_workflow(server, definitions, path)
 
@@ -324,17 +326,33 @@ def test_example_workflows_run_under_comfyuis_dtype_flags(flag_server, path):
     assert "IMPORT FAILED" not in server.log()
 
 
+def test_template_browser_lists_every_example_with_its_thumbnail(server):
+    """/workflow_templates lists workflows/*.json under the pack's folder name; the frontend then
+    fetches /api/workflow_templates/PACK/NAME.json and NAME.jpg (its thumbnail) from the same folder."""
+    pack = "ComfyUI-Ingredients"  # the name of the symlink in custom_nodes (_base_directory)
+    assert sorted(server.get("/workflow_templates")[pack]) == [p.stem for p in WORKFLOWS]
+    for path in WORKFLOWS:
+        for served in (path, path.with_suffix(".jpg")):
+            url = f"{server.url}/api/workflow_templates/{pack}/{served.name}"
+            with urllib.request.urlopen(url, timeout=30) as response:
+                assert response.read() == served.read_bytes(), url
+                assert response.headers["Content-Type"] == ("image/jpeg" if served.suffix == ".jpg"
+                                                            else "application/json"), url
+
+
 @pytest.mark.skipif(not frontend.available(), reason="needs Debian chromium (/usr/bin/chromium) and pip playwright")
 def test_frontend_loads_the_pack_and_agrees_on_the_api_prompt(server, definitions):
     with frontend.open_comfyui(server.url) as (page, log):
         assert frontend.extension_registered(page)
-        for path in WORKFLOWS:
+        for path in WORKFLOWS + FIXTURES:
             workflow = json.loads(path.read_text())
             missing, output = frontend.load(page, workflow)
             assert missing == [], f"{path.name}: the frontend does not know {missing}"
             for node in output.values():
                 node.pop("_meta", None)
             assert output == workflow_tools.to_api(workflow, definitions), path.name
+            kept = frontend.node_properties(page)  # cnr_id and ver survive a load and a save
+            assert all(kept[n["id"]] == n.get("properties", {}) for n in workflow["nodes"]), path.name
         assert log.pack_errors() == []
 
 

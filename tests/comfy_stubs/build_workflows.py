@@ -8,7 +8,9 @@ Run by hand against a running ComfyUI with the pack installed (any model folder 
 (only the named examples when names are given).
 
 The frontend itself creates the nodes, sets the widgets, connects them and serialises the graph,
-so the files are exactly what the current frontend saves. The video is saved with SaveAnimatedWEBP,
+so the files are exactly what the current frontend saves; then every node gets the registry
+metadata ComfyUI-Manager would add (``registry_metadata.stamp``: cnr_id and ver of the pack, or
+comfy-core and this ComfyUI's version). The video is saved with SaveAnimatedWEBP,
 whose inputs are the same in ComfyUI 0.3.64 and 0.33 (CreateVideo and SaveVideo changed between
 them); CreateVideo + SaveVideo take the frames just as well (``nodes``, ``links``, ``widgets_values``
 with the hidden control value after the seed).
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.request
 from pathlib import Path
 
 import frontend
+import registry_metadata
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 TWO_MEN = ("Two men in half bodies, are seated in a dimly lit room, possibly an office or meeting room, "
@@ -129,12 +133,19 @@ EXAMPLES = {
 }
 
 
+def _comfyui_version(url: str) -> str:
+    with urllib.request.urlopen(url + "/system_stats", timeout=30) as response:
+        return json.loads(response.read())["system"]["comfyui_version"]
+
+
 def main(url: str, names: list[str]) -> int:
+    pack_types, core_version = registry_metadata.pack_node_types(), _comfyui_version(url)
     with frontend.open_comfyui(url) as (page, log):
         for name, spec in EXAMPLES.items():
             if names and name not in names:
                 continue
             workflow, _ = frontend.build(page, spec)
+            registry_metadata.stamp(workflow, pack_types, core_version)
             (WORKFLOWS / name).write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")
             counts = f"{len(workflow['nodes'])} nodes, {len(workflow['links'])} links"
             sys.stdout.write(f"wrote {WORKFLOWS / name}: {counts}\n")

@@ -113,5 +113,10 @@ def load(page, workflow: dict) -> tuple[list[str], dict]:
     return result["missing"], result["output"]
 
 
+def node_properties(page) -> dict[int, dict]:
+    """Each node's properties as the frontend would save the loaded graph now."""
+    return {n["id"]: n.get("properties", {}) for n in page.evaluate("() => app.graph.serialize().nodes")}
+
+
 def screenshot(page, path: str) -> None:
     page.screenshot(path=path)

@@ -1,0 +1,95 @@
+"""Registry metadata: the example workflows name the pack as the registry knows it, in one version.
+
+Every pack node in workflows/ carries ``properties.cnr_id`` = ``[project] name`` and ``ver`` =
+``[project] version`` of pyproject.toml (ComfyUI-Manager's form for a registry install), every core
+node "comfy-core" and a ComfyUI version; the version in pyproject.toml, in the README and in the
+library (``ingredients_core.__version__``) is the same; each workflow has its template-browser
+thumbnail beside it (``NAME.jpg``: the frontend asks for ``/api/workflow_templates/PACK/NAME.jpg``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import ingredients_core
+
+STUBS = Path(__file__).resolve().parent / "comfy_stubs"
+sys.path.insert(0, str(STUBS))
+import harness  # noqa: E402
+import registry_metadata  # noqa: E402
+
+sys.path.remove(str(STUBS))
+
+WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
+SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+THUMBNAIL_BYTES = 100_000
+
+
+@pytest.fixture(scope="module")
+def pack_types() -> set[str]:
+    return registry_metadata.pack_node_types()
+
+
+def test_pyproject_names_the_registry_id_and_a_version():
+    cnr_id, version = registry_metadata.pack_registry()
+    assert cnr_id == "comfyui-ingredients" and SEMVER.match(version), (cnr_id, version)
+
+
+def test_the_310_fallback_reads_the_same_name_and_version(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # import tomllib raises ModuleNotFoundError
+    fallback = registry_metadata.pack_registry()
+    monkeypatch.undo()
+    assert fallback == registry_metadata.pack_registry()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_node_carries_its_registry_id_and_version(path, pack_types):
+    cnr_id, version = registry_metadata.pack_registry()
+    nodes = json.loads(path.read_text(encoding="utf-8"))["nodes"]
+    assert any(n["type"] in pack_types for n in nodes)
+    for node in nodes:
+        properties, label = node.get("properties", {}), f"{path.name} node {node['id']} ({node['type']})"
+        if node["type"] in pack_types:
+            assert (properties.get("cnr_id"), properties.get("ver")) == (cnr_id, version), label
+        else:
+            assert properties.get("cnr_id") == "comfy-core" and SEMVER.match(properties.get("ver", "")), label
+
+
+def test_pyproject_readme_and_library_agree_on_the_version():
+    _, version = registry_metadata.pack_registry()
+    assert ingredients_core.__version__ == version
+    readme = (harness.REPO / "README.md").read_text(encoding="utf-8")
+    stated = re.findall(r"This is version \*\*([\d.]+)\*\* of the pack, `([a-z0-9-]+)` in the Comfy Registry", readme)
+    assert stated == [(version, registry_metadata.pack_registry()[0])], stated
+
+
+def test_stamp_refuses_a_node_it_cannot_place(pack_types):
+    workflow = {"nodes": [{"id": 1, "type": "VHS_VideoCombine", "properties": {}}]}
+    with pytest.raises(ValueError, match="VHS_VideoCombine is neither a pack node nor a core node"):
+        registry_metadata.stamp(workflow, pack_types)
+
+
+def test_stamp_keeps_other_properties_and_is_idempotent(pack_types):
+    path = harness.REPO / "tests" / "fixtures" / "workflows" / "ingredients_two_ids.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    stamped = registry_metadata.stamp(json.loads(path.read_text(encoding="utf-8")), pack_types)
+    for before, after in zip(saved["nodes"], stamped["nodes"], strict=True):
+        assert list(after["properties"])[:len(before["properties"])] == list(before["properties"])
+        assert {k: v for k, v in after.items() if k != "properties"} == {k: v for k, v in before.items()
+                                                                       if k != "properties"}
+    assert registry_metadata.stamp(json.loads(json.dumps(stamped)), pack_types) == stamped
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_workflow_has_a_small_jpeg_thumbnail_beside_it(path):
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.exists(), f"no {thumbnail.name}: python tests/comfy_stubs/thumbnails.py URL (DEVELOPERS.md)"
+    assert thumbnail.stat().st_size < THUMBNAIL_BYTES, f"{thumbnail.name}: {thumbnail.stat().st_size} bytes"
+    with Image.open(thumbnail) as image:
+        assert image.format == "JPEG" and image.width >= 400 and image.height >= 200, (image.format, image.size)
