@@ -7,7 +7,7 @@ zero frames after it, as the official pipeline lays them out. The MODEL scales i
 0.7 as it scales every latent (ComfyUI's ``process_latent_in``). The empty LATENT has the same size.
 
 ``encoding``: ``mean`` is ComfyUI's way (its VAE encode returns the latent mean); ``official``
-samples the latent with a generator seeded with ``seed`` on the VAE's device, as the official
+samples the latent with a generator seeded with ``canvas_seed`` on the VAE's device, as the official
 pipeline does before it draws the noise (the pack's sampler, with the same seed and the VAE on the
 transformer's device, starts from the same canvas latent).
 """
@@ -120,11 +120,12 @@ class ImageToVideo(io.ComfyNode):
                              tooltip="Videos per run (the same canvas each; official encoding draws one sample each)."),
                 io.Combo.Input("encoding", options=ENCODINGS, default="mean",
                                tooltip=("How the canvas becomes a latent. mean = ComfyUI's way (the VAE's latent "
-                                        "mean); official = a latent sample drawn with seed, as the official pipeline "
+                                        "mean); official = a latent sample drawn with canvas_seed, as the official pipeline "
                                         "(needs the Ingredients VAE).")),
-                io.Int.Input("seed", default=42, min=0, max=MAX_SEED,
+                io.Int.Input("canvas_seed", default=42, min=0, max=MAX_SEED,
                              tooltip=("With encoding official: the seed of the canvas latent sample (the pack's "
-                                      "sampler with this seed draws the same one). Ignored with mean.")),
+                                      "sampler with this seed draws the same one); stays as set (KSampler's seed "
+                                      "makes the noise). Ignored with mean.")),
             ],
             outputs=[
                 io.Conditioning.Output("positive_with_image", display_name="positive",
@@ -140,7 +141,7 @@ class ImageToVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, ids: IngredientsIDs, width: int, height: int, frames: int, batch_size: int,
-                encoding: str, seed: int, vae: IngredientsVAE | None = None, comfy_vae=None) -> io.NodeOutput:
+                encoding: str, canvas_seed: int, vae: IngredientsVAE | None = None, comfy_vae=None) -> io.NodeOutput:
         from ..ingredients_core.faces import make_canvas
         from ..ingredients_core.vae import latent_frame_count
 
@@ -151,7 +152,7 @@ class ImageToVideo(io.ComfyNode):
             raise ValueError(f"encoding: {encoding!r} is not one of {', '.join(ENCODINGS)}")
         _pick_vae(vae, comfy_vae, encoding)
         canvas = make_canvas([face.crop for face in ids.faces])
-        first, image = encode_canvas_latent(canvas, height, width, batch_size, encoding, seed, vae, comfy_vae)
+        first, image = encode_canvas_latent(canvas, height, width, batch_size, encoding, canvas_seed, vae, comfy_vae)
         latent_frames = latent_frame_count(frames)
         concat = image_latent(first, latent_frames)
         empty = torch.zeros((batch_size, LATENT_CHANNELS, latent_frames, height // 8, width // 8),

@@ -63,7 +63,7 @@ def graph(nodes) -> dict:
 
 def to_video(nodes, graph, **overrides):
     values = dict(positive=graph["positive"], negative=graph["negative"], ids=graph["ids"], vae=graph["vae"],
-                  batch_size=1, encoding="official", seed=7, **TINY)
+                  batch_size=1, encoding="official", canvas_seed=7, **TINY)
     values.update(overrides)
     return run(nodes["IngredientsImageToVideo"], **values)
 
@@ -126,7 +126,7 @@ def test_official_encoding_is_the_pack_samplers_image_latent(nodes, graph):
     a generator seeded with the seed, zero frames after it."""
     from ingredients_core.vae import start_latents
 
-    positive, negative, latent, image = to_video(nodes, graph, seed=7)
+    positive, negative, latent, image = to_video(nodes, graph, canvas_seed=7)
     concat = positive[0][1]["concat_latent_image"]
     assert concat.shape == LATENT_SHAPE and concat.dtype == torch.float32 and concat.device.type == "cpu"
     assert negative[0][1]["concat_latent_image"] is concat
@@ -151,8 +151,8 @@ def test_mean_encoding_is_the_latent_mean(nodes, graph):
     from diffusers.video_processor import VideoProcessor
     from PIL import Image
 
-    positive, _, _, _ = to_video(nodes, graph, encoding="mean", seed=1)
-    again, _, _, _ = to_video(nodes, graph, encoding="mean", seed=2)
+    positive, _, _, _ = to_video(nodes, graph, encoding="mean", canvas_seed=1)
+    again, _, _, _ = to_video(nodes, graph, encoding="mean", canvas_seed=2)
     pixels = VideoProcessor(vae_scale_factor=8).preprocess(Image.fromarray(canvas_of(graph)), height=TINY["height"],
                                                            width=TINY["width"])
     with torch.no_grad():
@@ -163,8 +163,8 @@ def test_mean_encoding_is_the_latent_mean(nodes, graph):
 
 
 def test_batch_gets_one_official_sample_per_video_and_one_mean(nodes, graph):
-    single = to_video(nodes, graph, seed=7)[0][0][1]["concat_latent_image"]
-    positive, _, latent, _ = to_video(nodes, graph, seed=7, batch_size=2)
+    single = to_video(nodes, graph, canvas_seed=7)[0][0][1]["concat_latent_image"]
+    positive, _, latent, _ = to_video(nodes, graph, canvas_seed=7, batch_size=2)
     batch = positive[0][1]["concat_latent_image"]
     assert batch.shape == (2, *LATENT_SHAPE[1:]) and latent["samples"].shape == (2, *LATENT_SHAPE[1:])
     assert torch.equal(batch[:1], single) and not torch.equal(batch[0], batch[1])
@@ -253,13 +253,13 @@ def test_decode_latent_refuses_an_image_latent(nodes, graph):
 def test_image_to_video_and_decode_latent_on_the_load_device(nodes, graph):
     """With the VAE on the (fake) GPU: the official draw comes from a generator on the VAE's device,
     outputs land on the intermediate device, and the values equal the CPU run's."""
-    want = to_video(nodes, graph, seed=5)[0][0][1]["concat_latent_image"]
+    want = to_video(nodes, graph, canvas_seed=5)[0][0][1]["concat_latent_image"]
     raw = torch.randn(1, 16, 3, 8, 12, generator=torch.Generator().manual_seed(2))
     want_frames, = run(nodes["IngredientsDecodeLatent"], vae=graph["vae"], samples={"samples": raw}, tiling=True)
     with fake_gpu.two_devices():
         vae, = run(nodes["IngredientsVAELoader"], model_folder="Ingredients", dtype="float32")
         with fake_gpu.computing():
-            positive, _, latent, image = to_video(nodes, graph, vae=vae, seed=5)
+            positive, _, latent, image = to_video(nodes, graph, vae=vae, canvas_seed=5)
             frames, = run(nodes["IngredientsDecodeLatent"], vae=vae, samples={"samples": raw}, tiling=True)
         assert vae.patcher.load_device == fake_gpu.DEVICE
     concat = positive[0][1]["concat_latent_image"]
