@@ -29,6 +29,7 @@ STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 sys.path.insert(0, str(STUBS))
 import frontend  # noqa: E402
 import harness  # noqa: E402
+import native_workflows  # noqa: E402
 import workflow_tools  # noqa: E402
 
 sys.path.remove(str(STUBS))
@@ -41,6 +42,7 @@ WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
 FIXTURES = sorted((harness.REPO / "tests" / "fixtures" / "workflows").glob("*.json"))
 # The tiny transformer has learned positions for 9 frames of 64 x 96: the only override of the examples.
 TINY_SAMPLER = dict(width=96, height=64, frames=9, steps=2)
+TINY_VIDEO = dict(width=96, height=64, frames=9)  # Ingredients Image to Video in the native examples
 START_TIMEOUT, RUN_TIMEOUT = 240, 600
 CLIENT_ID = "ingredients-tests"
 
@@ -63,7 +65,8 @@ class Server:
 
     def start(self) -> None:
         yaml = self.root / "extra_model_paths.yaml"
-        yaml.write_text(f"ingredients_tests:\n    base_path: {self.root / 'models'}\n    ingredients: ingredients\n")
+        yaml.write_text(f"ingredients_tests:\n    base_path: {self.root / 'models'}\n    ingredients: ingredients\n"
+                        "    loras: loras\n")
         command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", *self.flags, "--listen",
                    "127.0.0.1", "--port", str(self.port), "--base-directory", str(self.base), "--preview-method",
                    "auto", "--extra-model-paths-config", str(yaml)]
@@ -135,7 +138,8 @@ def models_root(tmp_path_factory) -> Path:
 
     sys.path.remove(str(STUBS))
     root = tmp_path_factory.mktemp("comfyui")
-    tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
+    folder = tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
+    tiny_models.write_tiny_kohya_lora(folder, root / "models" / "loras" / native_workflows.LORA_FILE)
     return root
 
 
@@ -273,14 +277,39 @@ def test_missing_model_folder_is_refused_on_the_node(server, definitions):
     assert "NotDownloaded" in message and "feizhengcong/Ingredients" in message and "models" in message
 
 
+def _tiny_text(prompt: dict) -> None:
+    """The native examples read T5-XXL through CLIPLoader and CLIPTextEncode; ComfyUI's T5-XXL has a
+    fixed 4096-wide config no tiny file fits, and the tiny model reads the tiny T5's width. So here
+    each CLIPTextEncode becomes Ingredients Encode Prompt (T5) on the tiny folder's T5 (its positive
+    CONDITIONING output, the same CONDITIONING format), and the CLIP loaders leave the prompt."""
+    encoders = [k for k, v in prompt.items() if v["class_type"] == "CLIPTextEncode"]
+    if not encoders:
+        return
+    for key in [k for k, v in prompt.items() if v["class_type"] in ("CLIPLoader", "T5TokenizerOptions")]:
+        del prompt[key]
+    prompt["tiny_t5"] = {"class_type": "IngredientsT5Loader", "inputs": {"model_folder": "Ingredients", "dtype": "auto"}}
+    for key in encoders:
+        prompt[key] = {"class_type": "IngredientsEncodePrompt",
+                       "inputs": {"t5": ["tiny_t5", 0], "prompt": prompt[key]["inputs"]["text"], "negative_prompt": ""}}
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and value[0] in encoders and value[1] == 0:
+                node["inputs"][name] = [value[0], 1]
+
+
 def _run_workflow(server: Server, definitions: dict, path: Path) -> None:
     """One example workflow (tiny sampler sizes) through /prompt to saved outputs."""
     workflow = json.loads(path.read_text())
     assert workflow_tools.check_workflow(workflow, definitions) == []
     prompt = workflow_tools.to_api(workflow, definitions)
+    _tiny_text(prompt)
     for node in prompt.values():
         if node["class_type"] == "IngredientsSampler":
             node["inputs"].update(TINY_SAMPLER)
+        if node["class_type"] == "IngredientsImageToVideo":
+            node["inputs"].update(TINY_VIDEO)
+        if node["class_type"] == "KSampler":
+            node["inputs"].update(steps=TINY_SAMPLER["steps"])
     status, answer = server.post_prompt(prompt)
     assert status == 200 and not answer.get("node_errors"), answer
     entry = server.wait_for(answer["prompt_id"])
@@ -289,6 +318,8 @@ def _run_workflow(server: Server, definitions: dict, path: Path) -> None:
     for saver in savers:
         images = entry["outputs"][saver]["images"]
         assert images and (server.base / "output" / images[0]["filename"]).stat().st_size > 0
+    if any(v["class_type"] == "LoraLoaderModelOnly" for v in prompt.values()):
+        assert "lora key not loaded" not in server.log(), server.log()[-4000:]  # every kohya key found a weight
     for check in (k for k, v in prompt.items() if v["class_type"] == "IngredientsIdentityCheck"):
         shown = entry["outputs"][check]  # the plot and the report table, shown on the node
         assert shown["images"] and shown["text"][0].startswith("Identity check"), shown
