@@ -9,7 +9,8 @@ One line per mode, each saying what produced it:
    forward (t = 999, 2 IDs, CFG batch) against the float32 forward (``parity.relative_error``), for
    ``default`` (bf16), ``fp8_e4m3fn``, ``fp8_e5m2`` (bf16 compute) and a partial load at half the
    weights. With COMFYUI_PATH: the path users get, in-process real ComfyUI with --cpu (``comfy.ops``
-   from ``host.transformer_layers``, the real patcher of the MODEL (``native_model.model_patcher``, which the pack's sampler loads too),
+   from ``host.transformer_layers``, the real patcher of the MODEL (``native_model.model_patcher``,
+   which the pack's sampler loads too),
    ``patcher.load(device, lowvram_model_memory=...)``; resident = ``loaded_size()`` of the
    transformer's patcher plus its q-former's). Without: the core path
    (``checkpoint.load_transformer(weight_dtype=...)`` + ``storage.enable_storage_casting``); the

@@ -154,6 +154,12 @@ class IDPatch:
     def num_ids(self) -> int:
         return int(self.tokens.shape[0])
 
+    def __deepcopy__(self, memo) -> "IDPatch":
+        """Shared, never copied: a host's model clone copies its options (ComfyUI 0.3.64 with
+        ``copy.deepcopy``; 0.33 shares objects), and every clone of a patched model must record into,
+        and be read from, the same patch (its tokens are not changed after Apply IDs)."""
+        return self
+
     # -- run lifetime ------------------------------------------------------------------------------
     def begin_run(self) -> None:
         self._run = {}

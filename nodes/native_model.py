@@ -105,6 +105,9 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
     def get_dtype(self):
         return self.model_config.unet_config["dtype"]
 
+    def get_dtype_inference(self):  # 0.33 has it; 0.3.64 reads manual_cast_dtype inline
+        return self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
+
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         """Denoised x0 (B, 16, F, H, W) for the sampler's x at sigma ``t``."""
         sigma = t
@@ -141,9 +144,7 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         ids = routing = order = None
         patch = transformer_options.get(IDS_KEY)
         if patch is not None:
-            ids, routing, order = patch.step_inputs(
-                transformer, hidden.shape, hidden.device, hidden.dtype, _position(self, transformer_options, timestep),
-                transformer_options.get("cond_or_uncond") or [])
+            ids, routing, order = _step_inputs(self, patch, hidden, transformer_options, timestep)
         if order is not None:  # official routing: the uncond rows first
             order = order.to(hidden.device)
             hidden, context, timestep = hidden[order], context[order], timestep[order]
@@ -192,6 +193,19 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         return transformer_activation_bytes(size, comfy.model_management.dtype_size(self.get_dtype_inference()))
 
 
+def _step_inputs(model: IngredientsBaseModel, patch, hidden: torch.Tensor, options: dict, timestep: torch.Tensor):
+    """The ID patch's inputs for this call; routing options that do not fit the video (a mask's frame
+    count) are refused naming the node to fix."""
+    from ..ingredients_core.routing import RoutingError
+
+    try:
+        return patch.step_inputs(model.diffusion_model, hidden.shape, hidden.device, hidden.dtype,
+                                 _position(model, options, timestep), options.get("cond_or_uncond") or [])
+    except RoutingError as error:
+        raise ValueError(f"Ingredients Apply IDs: {error} (mask_N of Ingredients Route IDs; the latent has "
+                         f"{hidden.shape[1]} frames)") from error
+
+
 def _position(model: IngredientsBaseModel, options: dict, timestep: torch.Tensor) -> tuple[int, int]:
     from ..ingredients_core.native_ids import step_position
 
@@ -205,7 +219,10 @@ def model_patcher(transformer, storage: torch.dtype, compute: torch.dtype, routi
     """The MODEL for a loaded transformer (kept on the offload device until ComfyUI loads it): a
     ``CoreModelPatcher`` where the host has it (``host.patcher_class``). The pack's sampler loads this
     same patcher, so ComfyUI's bookkeeping of the weights is one (its clones, such as Apply IDs'
-    output, are unloaded by ComfyUI before another clone loads)."""
+    output, are unloaded by ComfyUI before another clone loads). The q-former also has a patcher of
+    its own (Project IDs loads 0.15 B parameters, not 6.4 B); when this one has moved it away,
+    ``host.load_part`` loads it again. Under DynamicVRAM (0.33 on NVIDIA) both are
+    ``ModelPatcherDynamic``s over the q-former's layers: read from ComfyUI's code, not run on a GPU."""
     config = IngredientsModelConfig(storage, compute, routing_mode, folder)
     model = IngredientsBaseModel(config, transformer)
     load_device, offload_device = host.devices("diffusion")

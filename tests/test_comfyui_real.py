@@ -127,6 +127,7 @@ def _base_directory(base: Path) -> None:
     for sub in ("custom_nodes", "input", "output", "temp", "user"):
         (base / sub).mkdir(parents=True)
     (base / "custom_nodes" / "ComfyUI-Ingredients").symlink_to(harness.REPO, target_is_directory=True)
+    (base / "custom_nodes" / "ingredients_test_native_inputs.py").symlink_to(STUBS / "real_native_nodes.py")
     for i in (1, 2, 3):
         Image.fromarray(tiny_models.face_photo(i)).save(base / "input" / f"person_{i}.png")
 
@@ -185,9 +186,30 @@ def test_stand_ins_match_the_real_schema_api(tmp_path):
         if "id" in params:
             assert real[name].index("id") == params.index("id"), name
     for name, params in functions.items():
+        if name not in real and name in real_signatures.NEWER_ONLY:
+            continue  # this ComfyUI is older than the API (0.3.64 has no DynamicVRAM)
         skip = POSITIONAL.get(name, 0)
         found = real[name][:len(params)]
         assert len(found) == len(params) and found[skip:] == params[skip:], f"{name}: stand-in {params} vs real {real[name]}"
+
+
+def test_native_model_in_comfyuis_own_sampling(tmp_path):
+    """The MODEL on real ComfyUI (no server): its ModelSamplingDiscrete equals diffusers' CogVideoX alphas
+    (float32 sigmas: ~1e-7; terminal 4.9e-8 vs 0), one apply_model with IDs equals the pack transformer's
+    x0, and comfy.sample.sample (KSampler's path) runs it with euler/simple, batched and with cond and
+    uncond split into separate calls (uncond first), recording the routing and dropping the run state."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run([python, str(STUBS / "real_native_check.py"), COMFYUI, str(harness.REPO)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    schedule, forward, sample = report["schedule"], report["forward"], report["sample"]
+    assert schedule["max_relative"] < 2e-7 and schedule["terminal_diffusers"] == 0.0
+    assert abs(schedule["terminal_comfy"] - 4.8973451890853435e-08) < 1e-12
+    assert max(forward.values()) < 1e-5
+    assert sample["finite"] and sample["recorded"] and sample["dropped"] and sample["shape"] == [1, 16, 3, 8, 12]
+    assert sample["calls"]["batched"] == [[1, 0]] * 3 and sample["calls"]["split"] == [[1], [0]] * 3
+    assert sample["split_vs_batched"] < 1e-4  # three euler steps at cfg 6 over float rounding of one forward
 
 
 def test_clip_prompt_path_with_comfyuis_own_t5_tokenizers(tmp_path):
@@ -226,7 +248,7 @@ def test_native_conditioning_facts_with_comfyuis_own_tokenizers_and_vae(tmp_path
     and more for a long prompt (ComfyUI never truncates); ComfyUI's CogVideoX VAE (where it has one)
     gives Image to Video's comfy_vae the diffusers latent mean and decodes a LATENT to frames."""
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    result = subprocess.run([python, str(STUBS / "real_native_check.py"), COMFYUI, str(harness.REPO)],
+    result = subprocess.run([python, str(STUBS / "real_conditioning_check.py"), COMFYUI, str(harness.REPO)],
                             capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -256,6 +278,9 @@ def test_every_node_is_listed_and_nothing_failed_to_import(server, definitions):
     assert failed == [], "\n".join(failed)
     for node_id in expected:
         assert definitions[node_id]["category"].split("/")[0] == "Ingredients"  # or a subcategory of it
+    loader, apply_ids = definitions["IngredientsModelLoader"], definitions["IngredientsApplyIDs"]
+    assert loader["output"] == ["INGREDIENTS_MODEL", "MODEL"]  # the MODEL appended: saved links stay valid
+    assert apply_ids["input"]["required"]["model"][0] == "MODEL" and apply_ids["output"] == ["MODEL"]
 
 
 def test_core_node_table_matches_this_comfyui(definitions):
@@ -323,6 +348,42 @@ def _run_workflow(server: Server, definitions: dict, path: Path) -> None:
     for check in (k for k, v in prompt.items() if v["class_type"] == "IngredientsIdentityCheck"):
         shown = entry["outputs"][check]  # the plot and the report table, shown on the node
         assert shown["images"] and shown["text"][0].startswith("Identity check"), shown
+
+
+def _native_prompt() -> dict:
+    """Load Ingredients Model's MODEL -> Apply IDs (two people from photos) -> KSampler (euler/simple,
+    2 steps, cfg 6) -> MODEL Routing -> Routing Maps -> preview; CONDITIONING and LATENT from the
+    test-only node (the tiny model's 32-wide text)."""
+    folder = dict(model_folder="Ingredients")
+    prompt = {
+        "1": ("IngredientsModelLoader", dict(folder, dtype="auto", routing_mode="official")),
+        "2": ("IngredientsFaceEncoderLoader", dict(folder, provider="auto")),
+        "3": ("LoadImage", dict(image="person_1.png")), "4": ("LoadImage", dict(image="person_2.png")),
+        "5": ("IngredientsEncodeFace", dict(face_encoder=["2", 0], image=["3", 0], face_choice="best", face_index=0,
+                                            min_face_size=64)),
+        "6": ("IngredientsEncodeFace", dict(face_encoder=["2", 0], image=["4", 0], face_choice="best", face_index=0,
+                                            min_face_size=64)),
+        "7": ("IngredientsIDList", dict(face_1=["5", 0], face_2=["6", 0])),
+        "8": ("IngredientsProjectIDs", dict(model=["1", 0], ids=["7", 0])),
+        "9": ("IngredientsRouteIDs", dict(id_tokens=["8", 0], routing_mode="from model", strength=1.0)),
+        "10": ("IngredientsApplyIDs", dict(model=["1", 1], routed_ids=["9", 0])),
+        "11": ("IngredientsTestTinyNativeInputs", dict(seed=0)),
+        "12": ("KSampler", dict(model=["10", 0], seed=0, steps=2, cfg=6.0, sampler_name="euler", scheduler="simple",
+                                positive=["11", 0], negative=["11", 1], latent_image=["11", 2], denoise=1.0)),
+        "13": ("IngredientsModelRouting", dict(model=["10", 0], samples=["12", 0])),
+        "14": ("IngredientsRoutingMaps", dict(routing=["13", 0], steps="mean", layer=-1, opacity=0.55)),
+        "15": ("PreviewImage", dict(images=["14", 0])),
+    }
+    return {key: {"class_type": kind, "inputs": inputs} for key, (kind, inputs) in prompt.items()}
+
+
+def test_native_model_graph_runs_in_ksampler(server, definitions):
+    status, answer = server.post_prompt(_native_prompt())
+    assert status == 200 and not answer.get("node_errors"), answer
+    entry = server.wait_for(answer["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    assert entry["outputs"]["15"]["images"]  # the routing maps of the KSampler run
+    assert "IngredientsBaseModel" in server.log()  # ComfyUI loaded the MODEL ("Requested to load ...")
 
 
 @pytest.mark.parametrize("path", WORKFLOWS + FIXTURES, ids=lambda p: f"{p.parent.name}/{p.name}")

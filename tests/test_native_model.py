@@ -11,6 +11,7 @@ MODEL keeps nothing outside its parameters and buffers and runs on the fake GPU.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import sys
@@ -296,6 +297,7 @@ def test_apply_ids_twice_replaces_with_a_warning(nodes, loaded, caplog):
     assert native.ids_patch(second).num_ids == 3 and native.ids_patch(first).num_ids == 2
     assert native.ids_patch(model) is None  # Apply IDs works on a clone
     assert len(second.get_wrappers("outer_sample", native.WRAPPER_KEY)) == 1
+    assert copy.deepcopy(second.model_options)["transformer_options"][native.IDS_KEY] is native.ids_patch(second)
     x_t, image, text = _inputs(payload.transformer.config, seed=10)
     three = _apply(nodes, model, _routed(payload, 3, seed=3))
     assert torch.equal(native_x0(second, x_t, image, text, 300, cond_or_uncond=UNCOND_COND),
@@ -310,6 +312,14 @@ def test_loader_model_output_is_the_pack_transformer(loaded):
     assert "diffusion_model.local_facial_extractor.latents" in keys or any(
         k.startswith("diffusion_model.local_facial_extractor.") for k in keys)
     assert model.model.latent_format.scale_factor == 0.7 and model.model.latent_format.latent_channels == 16
+
+
+def test_a_mask_that_does_not_fit_the_video_names_the_node(nodes, loaded):
+    payload, model = loaded["payload"], loaded["model"]
+    patched = _apply(nodes, model, _routed(payload, 2, mask_1=torch.ones(7, 64, 96)))  # 9 frames fit, 7 do not
+    x_t, image, text = _inputs(payload.transformer.config)
+    with pytest.raises(ValueError, match="Ingredients Apply IDs: mask of ID 1: 7 mask frames.*Route IDs"):
+        native_x0(patched, x_t, image, text, 500, cond_or_uncond=UNCOND_COND)
 
 
 def test_text_width_mismatch_names_the_fix(loaded):
@@ -360,3 +370,38 @@ def native_model_for_gpu(payload):
     """A MODEL over the same transformer made while the fake GPU is ComfyUI's device."""
     native = harness.pack_module("nodes.native_model")
     return native.model_patcher(payload.transformer, torch.float32, torch.float32, "official", payload.folder)
+
+
+def test_every_pack_patcher_is_comfyuis_core_model_patcher_of_the_moment(nodes, loaded, monkeypatch):
+    """ComfyUI 0.33 swaps ``CoreModelPatcher`` for ``ModelPatcherDynamic`` at startup (DynamicVRAM on
+    NVIDIA): the pack looks it up when it builds each patcher, for every model; without the name
+    (0.3.64) it builds a ``ModelPatcher``."""
+    import comfy.model_patcher as mp
+
+    class Swapped(mp.ModelPatcher):
+        pass
+
+    monkeypatch.setattr(mp, "CoreModelPatcher", Swapped)
+    folder = dict(model_folder="Ingredients")
+    payload, model = nodes["IngredientsModelLoader"].execute(**folder, dtype="float32", routing_mode="official").args
+    vae, = nodes["IngredientsVAELoader"].execute(**folder, dtype="float32").args
+    assert type(model) is Swapped and type(payload.projector) is Swapped and type(vae.patcher) is Swapped
+    assert type(_apply(nodes, model, _routed(payload, 1))) is Swapped  # clones keep the class
+    monkeypatch.delattr(mp, "CoreModelPatcher")
+    assert type(harness.pack_module("nodes.host").manage("vae", vae=vae.vae)) is mp.ModelPatcher
+
+
+def test_memory_estimate_is_the_packs_and_fp8_weights_compute_in_the_compute_dtype(nodes, loaded):
+    from comfyui_ingredients_under_test.ingredients_core.memory import forward_size, transformer_activation_bytes
+
+    payload, model = loaded["payload"], loaded["model"]
+    config = payload.transformer.config
+    want = transformer_activation_bytes(forward_size(config, 2, 3, 8, 12, 4), 4)
+    assert model.model.memory_required([2, 16, 3, 8, 12]) == want > 0
+    fp8_payload, fp8 = nodes["IngredientsModelLoader"].execute(model_folder="Ingredients", dtype="float32",
+                                                               routing_mode="official",
+                                                               weight_dtype="fp8_e4m3fn").args
+    assert fp8.model.get_dtype() == torch.float8_e4m3fn and fp8.model.get_dtype_inference() == torch.float32
+    x_t, image, text = _inputs(config, seed=12)
+    out = native_x0(fp8, x_t, image, text, 500)
+    assert relative(out, pack_x0(fp8_payload, None, x_t, image, text, 500)) <= TOLERANCE

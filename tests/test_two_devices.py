@@ -97,8 +97,9 @@ def gpu(nodes, on_cpu):
 
 
 def _managed_modules(models: dict) -> dict:
-    """Every module ComfyUI manages for the pack, by name (the holders' children; the transformer's
-    q-former has a patcher of its own)."""
+    """Every module ComfyUI manages for the pack, by name (the holders' children; the transformer is
+    the MODEL's ``diffusion_model`` beside ComfyUI's ``model_sampling``; its q-former also has a patcher
+    of its own)."""
     patchers = {role: payload.patcher for role, payload in models.items()}
     patchers["projector"] = models["model"].projector
     return {f"{role}.{name}": module for role, patcher in patchers.items()
@@ -109,10 +110,9 @@ def test_nothing_a_managed_module_needs_lives_outside_its_parameters_and_buffers
     """After loading: no tensor attributes and no stored devices in any submodule of the VAE, T5,
     the face detector, EVA-CLIP and the transformer (ComfyUI would not move them)."""
     modules = _managed_modules(gpu)
-    transformer = [f"model.{name}" for name, _ in gpu["model"].transformer.named_children()
-                   if name != "local_facial_extractor"]
-    assert sorted(modules) == sorted(["encoder.detector", "encoder.eva", *transformer, "projector.projector",
-                                      "t5.t5", "vae.vae"])
+    assert modules["model.diffusion_model"] is gpu["model"].transformer
+    assert sorted(modules) == sorted(["encoder.detector", "encoder.eva", "model.diffusion_model",
+                                      "model.model_sampling", "projector.projector", "t5.t5", "vae.vae"])
     assert {name: fake_gpu.left_behind(module) for name, module in modules.items()} == {name: [] for name in modules}
 
 

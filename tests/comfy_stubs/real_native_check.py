@@ -1,107 +1,161 @@
-"""The native path's conditioning facts in a real ComfyUI, printed as JSON.
+"""The native MODEL inside real ComfyUI (its own comfy package, no server), as JSON.
 
-``tokens``: how many T5 tokens *CLIPTextEncode* gets from ComfyUI's own tokenizers: ``cogvideox``
-(where ComfyUI has it), ``sd3`` as loaded, and ``sd3`` after the core *T5TokenizerOptions* node
-(min_length 226), for a short and a long prompt. ``vae``: ComfyUI's real ``comfy.sd.VAE`` on a
-full-size CogVideoX VAE state dict (diffusers' default config, seeded random weights): whether the
-pack sees it as CogVideoX (``host.is_cogvideox_vae``), the largest relative difference between
-Image to Video's ``comfy_vae`` canvas latent and the diffusers latent mean, and the largest
-difference between ComfyUI's decode and the pack's of the same raw latents. ComfyUI 0.3.x has no
-CogVideoX VAE: ``cogvideox`` is false there (with the load error, if any).
+``python real_native_check.py COMFYUI_PATH PACK_DIR`` (ComfyUI's interpreter, ``--cpu``). Checks, on a
+tiny transformer built with the pack's code and ComfyUI's real ``comfy.ops``, ``ModelPatcher``/
+``CoreModelPatcher``, ``model_base``, ``model_sampling``, ``samplers``:
 
-``python real_native_check.py COMFYUI_PATH PACK_DIR`` (ComfyUI's interpreter).
+- the schedule: ComfyUI's ``ModelSamplingDiscrete`` from the pack's model config against diffusers'
+  CogVideoX DDIM alphas_cumprod (max relative error without the terminal step, the terminal alpha);
+- one ``apply_model`` with two people (per_sample and official) against the pack's transformer's
+  v-prediction turned into x0 (the stand-in test (a), here on real ComfyUI);
+- ``comfy.sample.sample`` (what KSampler calls) with euler/simple, cfg 6, on the MODEL with Apply IDs:
+  finite latents, the ID patch's run state dropped after the run and a routing recorded; and split
+  calls (ComfyUI's low-memory path, forced by a tiny free-memory figure) give the batched result.
 """
 
-import importlib
+import importlib.util
 import json
 import sys
 
-from real_tokenizer_check import load_pack
 
-HEIGHT, WIDTH = 64, 96
-
-
-def _relative(a, b) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
-
-
-class OptionsOnlyClip:
-    """What *T5TokenizerOptions* touches of ``comfy.sd.CLIP``: ``clone`` and ``set_tokenizer_option``."""
-
-    def __init__(self):
-        self.tokenizer_options = {}
-
-    def clone(self):
-        return OptionsOnlyClip()
-
-    def set_tokenizer_option(self, name, value):
-        self.tokenizer_options[name] = value
+def load_pack(pack_dir: str):
+    spec = importlib.util.spec_from_file_location("ComfyUI_Ingredients", f"{pack_dir}/__init__.py",
+                                                  submodule_search_locations=[pack_dir])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return spec.name
 
 
-def token_counts() -> dict:
-    """T5 tokens CLIPTextEncode's ``clip.tokenize(text)`` gives per tokenizer, short and long prompt."""
-    import importlib.util
+def _pack(name: str, module: str):
+    return importlib.import_module(f"{name}.{module}")
 
-    import comfy.text_encoders.sd3_clip as sd3
-    from comfy_extras.nodes_cond import T5TokenizerOptions
 
-    clip = T5TokenizerOptions.execute(OptionsOnlyClip(), 0, 226)
-    clip = clip.args[0] if hasattr(clip, "args") else clip[0]
-    setups = {"sd3": (sd3.SD3Tokenizer(), {}), "sd3+T5TokenizerOptions": (sd3.SD3Tokenizer(), clip.tokenizer_options)}
-    if importlib.util.find_spec("comfy.text_encoders.cogvideo") is not None:
-        from comfy.text_encoders.cogvideo import CogVideoXTokenizer
+def schedule_check(native) -> dict:
+    import torch
+    from diffusers import CogVideoXDDIMScheduler
 
-        setups["cogvideox"] = (CogVideoXTokenizer(), {})
+    config = native.IngredientsModelConfig(torch.float32, torch.float32, "official", None)
+    import comfy.model_base
+
+    sampling = comfy.model_base.model_sampling(config, comfy.model_base.ModelType.V_PREDICTION)
+    alphas = 1.0 / (sampling.sigmas.double() ** 2 + 1.0)
+    want = CogVideoXDDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                  rescale_betas_zero_snr=True, snr_shift_scale=1.0,
+                                  prediction_type="v_prediction").alphas_cumprod.double()
+    rel = float(((alphas[:-1] - want[:-1]).abs() / want[:-1]).max())
+    return dict(max_relative=rel, terminal_comfy=float(alphas[-1]), terminal_diffusers=float(want[-1]))
+
+
+def build(name: str):
+    import torch
+
+    host, native = _pack(name, "nodes.host"), _pack(name, "nodes.native_model")
+    tiny = _pack(name, "ingredients_core.testing.tiny_transformer")
+    transformer_mod = _pack(name, "ingredients_core.model.transformer")
+    config = tiny.tiny_config()
+    layers = host.transformer_layers(torch.float32, torch.float32)
+    transformer = transformer_mod.IngredientsTransformer(config, **layers)
+    transformer.load_state_dict(tiny.tiny_state_dict(config))
+    transformer.eval().requires_grad_(False)
+    return transformer, native.model_patcher(transformer, torch.float32, torch.float32, "official", None)
+
+
+def with_ids(name, model, transformer, mode: str):
+    import torch
+
+    native_ids, routing = _pack(name, "ingredients_core.native_ids"), _pack(name, "ingredients_core.routing")
+    ids = transformer.config.ids
+    tokens = torch.randn(2, ids.num_tokens, ids.token_dim, generator=torch.Generator().manual_seed(3))
+    patch = native_ids.IDPatch(tokens, routing.RoutingOptions(mode=mode))
+    return _pack(name, "nodes.native_model").apply_ids(model, patch), patch
+
+
+def forward_check(name, model, transformer) -> dict:
+    import torch
+
+    sampling_mod, routing = _pack(name, "ingredients_core.sampling"), _pack(name, "ingredients_core.routing")
+    config = transformer.config
+    g = torch.Generator().manual_seed(1)
+    x_t = torch.randn(2, 16, 3, config.sample_height, config.sample_width, generator=g)
+    image = torch.randn_like(x_t)
+    text = torch.randn(2, 226, config.text_embed_dim, generator=g)
     out = {}
-    for name, (tokenizer, options) in setups.items():
-        kwargs = {"tokenizer_options": options} if options else {}
-        out[name] = [sum(len(b) for b in tokenizer.tokenize_with_weights(text, **kwargs)["t5xxl"])
-                     for text in ("Two men are seated in a dimly lit room.", "a very long prompt " * 120)]
+    for mode in ("official", "per_sample"):
+        patched, patch = with_ids(name, model, transformer, mode)
+        sampling = patched.model.model_sampling
+        sigma = sampling.sigma(torch.tensor([500.0, 500.0]))
+        x = x_t * (sigma.view(-1, 1, 1, 1, 1) ** 2 + 1).sqrt()
+        options = dict(patched.model_options["transformer_options"], cond_or_uncond=[1, 0])
+        with torch.no_grad():
+            ours = patched.model.apply_model(x, sigma, c_concat=image, c_crossattn=text, transformer_options=options)
+            hidden = torch.cat([x_t, image], 1).permute(0, 2, 1, 3, 4)
+            state = transformer.prepare_ids(patch.tokens)
+            plan = routing.RoutingPlan(patch.options, 2, (3, 4, 6), config.local_face_scale, torch.device("cpu"))
+            rotary = sampling_mod.rotary_embeddings(config, 64, 96, 3, torch.device("cpu"))
+            v = transformer(hidden, text, torch.tensor([500.0, 500.0]), rotary, ids=state, routing=plan.step(0, 1))
+        a = 1.0 / (float(sigma[0]) ** 2 + 1.0)
+        want = a ** 0.5 * x_t - (1 - a) ** 0.5 * v.permute(0, 2, 1, 3, 4)
+        out[mode] = float((ours - want).abs().max() / want.abs().max())
+        if mode == "per_sample":  # the two halves in separate calls, as ComfyUI's low-memory path
+            with torch.no_grad():
+                halves = [patched.model.apply_model(x[i:i + 1], sigma[i:i + 1], c_concat=image[i:i + 1],
+                                                    c_crossattn=text[i:i + 1],
+                                                    transformer_options=dict(options, cond_or_uncond=[c]))
+                          for i, c in enumerate((1, 0))]
+            out["per_sample_split_vs_batched"] = float((torch.cat(halves) - ours).abs().max() / ours.abs().max())
     return out
 
 
+def sample_check(name, model, transformer) -> dict:
+    import comfy.sample
+    import torch
+
+    config = transformer.config
+    g = torch.Generator().manual_seed(2)
+    shape = (1, 16, 3, config.sample_height, config.sample_width)
+    image = torch.randn(shape, generator=g)
+    positive = [[torch.randn(1, 226, config.text_embed_dim, generator=g), {"concat_latent_image": image}]]
+    negative = [[torch.randn(1, 226, config.text_embed_dim, generator=g), {"concat_latent_image": image}]]
+    noise = torch.randn(shape, generator=g)
+    runs = {}
+    for label, split in (("batched", False), ("split", True)):
+        patched, patch = with_ids(name, model, transformer, "per_sample")
+        chunks = []
+        patched.add_wrapper_with_key("apply_model", "check", lambda executor, *a, **k: (
+            chunks.append(list(a[5]["cond_or_uncond"])), executor(*a, **k))[1])
+        if split:  # ComfyUI splits cond and uncond into two calls when the batch's estimate does not fit
+            patched.model.memory_required = lambda *args, **kwargs: 1e30
+        try:
+            samples = comfy.sample.sample(patched, noise, 3, 6.0, "euler", "simple", positive, negative,
+                                          torch.zeros(shape), seed=0, disable_pbar=True)
+        finally:
+            vars(patched.model).pop("memory_required", None)
+        runs[label] = dict(samples=samples, chunks=chunks, recorded=patch.recorder.finished is not None,
+                           dropped=patch._run is None)
+    batched, split = runs["batched"]["samples"], runs["split"]["samples"]
+    return dict(finite=bool(torch.isfinite(batched).all()), shape=list(batched.shape),
+                recorded=runs["batched"]["recorded"] and runs["split"]["recorded"],
+                dropped=runs["batched"]["dropped"] and runs["split"]["dropped"],
+                split_vs_batched=float((split - batched).abs().max() / batched.abs().max()),
+                calls=dict(batched=runs["batched"]["chunks"], split=runs["split"]["chunks"]),
+                patcher=type(model).__name__)
+
+
 def main(comfyui: str, pack_dir: str) -> dict:
-    sys.path[0] = comfyui  # not this folder: its comfy stand-ins would shadow the real ones
+    sys.path[0] = comfyui
+    sys.path.append(pack_dir)  # ingredients_core.testing imports itself absolutely
     from comfy.cli_args import args
 
     args.cpu = True
-    return {"tokens": token_counts(), "vae": vae_check(pack_dir)}
+    import comfy.model_management  # noqa: F401
 
-
-def vae_check(pack_dir: str) -> dict:
-    import comfy.sd
-    import numpy as np
-    import torch
-    from diffusers import AutoencoderKLCogVideoX
-
-    text_node = load_pack(pack_dir)
-    pack = text_node.__name__.removesuffix(".nodes.text")
-    host = importlib.import_module(f"{pack}.nodes.host")
-    to_video = importlib.import_module(f"{pack}.nodes.image_to_video")
-    core_vae = importlib.import_module(f"{pack}.ingredients_core.vae")
-    canvas = importlib.import_module(f"{pack}.ingredients_core.faces.canvas")
-
-    torch.manual_seed(0)
-    reference = AutoencoderKLCogVideoX().eval().requires_grad_(False)
-    try:
-        comfy_vae = comfy.sd.VAE(sd=reference.state_dict())
-    except Exception as error:  # noqa: BLE001 (reported: 0.3.x cannot build it)
-        return {"cogvideox": False, "error": type(error).__name__}
-    if not host.is_cogvideox_vae(comfy_vae):
-        return {"cogvideox": False}
-    rng = np.random.default_rng(0)
-    crops = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
-    image = canvas.make_canvas(crops)
-    ours, _ = to_video.encode_canvas_latent(image, HEIGHT, WIDTH, 1, "mean", 0, None, comfy_vae)
-    want = core_vae.encode_first_frame(reference, image, HEIGHT, WIDTH, torch.float32, sample=False)
-    latents = torch.randn(1, 16, 3, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(1))
-    frames = comfy_vae.decode(latents)                                          # (1, T, H, W, 3)
-    pack_frames = core_vae.decode_raw(reference, latents, tiling=False, slicing=False)
-    difference = (frames.reshape(pack_frames.shape).float() - pack_frames).abs()
-    return {"cogvideox": True, "latent_shape": list(ours.shape), "encode": _relative(ours, want),
-            "frames_shape": list(pack_frames.shape), "decode_max": float(difference.max()),
-            "decode_mean": float(difference.mean())}
+    name = load_pack(pack_dir)
+    native = _pack(name, "nodes.native_model")
+    transformer, model = build(name)
+    return dict(schedule=schedule_check(native), forward=forward_check(name, model, transformer),
+                sample=sample_check(name, model, transformer))
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(*sys.argv[1:3])))
+    print(json.dumps(main(sys.argv[1], sys.argv[2])))

@@ -19,10 +19,36 @@ HOST_FUNCTIONS = {
         "text_encoder_dtype", "vae_dtype", "should_use_fp16", "should_use_bf16", "supports_dtype",
         "supports_fp8_compute", "load_models_gpu", "free_memory", "unload_all_models", "loaded_models",
         "get_free_memory", "minimum_inference_memory", "extra_reserved_memory", "module_size", "cast_to",
-        "throw_exception_if_processing_interrupted"],
+        "throw_exception_if_processing_interrupted", "cast_to_device", "dtype_size"],
     "comfy.model_patcher": [
         "ModelPatcher.__init__", "ModelPatcher.model_size", "ModelPatcher.loaded_size", "ModelPatcher.load",
-        "ModelPatcher.partially_load", "ModelPatcher.partially_unload", "ModelPatcher.detach"],
+        "ModelPatcher.partially_load", "ModelPatcher.partially_unload", "ModelPatcher.detach",
+        "ModelPatcher.clone", "ModelPatcher.set_model_patch", "ModelPatcher.add_wrapper",
+        "ModelPatcher.add_wrapper_with_key", "ModelPatcher.remove_wrappers_with_key", "ModelPatcher.get_wrappers",
+        "ModelPatcher.get_all_wrappers", "ModelPatcher.set_additional_models", "ModelPatcher.pre_run",
+        "ModelPatcher.cleanup", "ModelPatcher.is_dynamic", "ModelPatcher.get_free_memory",
+        "CoreModelPatcher.__init__"],
+    "comfy.model_base": [
+        "model_sampling", "convert_tensor", "BaseModel.__init__", "BaseModel.apply_model", "BaseModel._apply_model",
+        "BaseModel.get_dtype", "BaseModel.get_dtype_inference", "BaseModel.concat_cond", "BaseModel.extra_conds",
+        "BaseModel.extra_conds_shapes", "BaseModel.process_latent_in", "BaseModel.process_latent_out",
+        "BaseModel.memory_required"],
+    "comfy.model_sampling": [
+        "rescale_zero_terminal_snr_sigmas", "reshape_sigma", "EPS.calculate_input", "EPS.calculate_denoised",
+        "EPS.noise_scaling", "EPS.inverse_noise_scaling", "V_PREDICTION.calculate_denoised",
+        "ModelSamplingDiscrete.__init__", "ModelSamplingDiscrete._register_schedule",
+        "ModelSamplingDiscrete.set_sigmas", "ModelSamplingDiscrete.timestep", "ModelSamplingDiscrete.sigma",
+        "ModelSamplingDiscrete.percent_to_sigma"],
+    "comfy.supported_models_base": ["BASE.__init__", "BASE.process_unet_state_dict",
+                                    "BASE.process_unet_state_dict_for_saving", "BASE.set_inference_dtype"],
+    "comfy.conds": ["CONDRegular.__init__", "CONDRegular.process_cond", "CONDRegular.can_concat",
+                    "CONDRegular.concat", "CONDRegular.size", "CONDNoiseShape.process_cond",
+                    "CONDCrossAttn.can_concat", "CONDCrossAttn.concat"],
+    "comfy.patcher_extension": [
+        "add_wrapper", "add_wrapper_with_key", "get_all_wrappers", "copy_nested_dicts", "merge_nested_dicts",
+        "WrapperExecutor.__init__", "WrapperExecutor.execute", "WrapperExecutor.new_executor",
+        "WrapperExecutor.new_class_executor"],
+    "comfy.utils": ["deepcopy_list_dict"],
     "comfy.ops": [
         "cast_bias_weight", "cast_to_input", "pick_operations",
         *(f"{ops}.{layer}.forward_comfy_cast_weights" for ops in ("disable_weight_init", "manual_cast")
@@ -57,15 +83,24 @@ def signatures(io, ui) -> dict:
     return out
 
 
+# present in ComfyUI 0.33.0, absent in 0.3.64 (the pack never needs them there): checked where they exist
+NEWER_ONLY = {"comfy.model_patcher:ModelPatcher.is_dynamic", "comfy.model_patcher:ModelPatcher.get_free_memory",
+              "comfy.model_patcher:CoreModelPatcher.__init__", "comfy.model_base:BaseModel.get_dtype_inference",
+              "comfy.utils:deepcopy_list_dict"}  # 0.3.64's clone deep-copies model_options with copy.deepcopy
+
+
 def host_signatures() -> dict:
-    """``"module:attr.path"`` -> positional parameter names (``*args``/``**kwargs`` left out)."""
+    """``"module:attr.path"`` -> positional parameter names (``*args``/``**kwargs`` left out); a
+    :data:`NEWER_ONLY` path the module lacks is left out."""
     out = {}
     for module_name, paths in HOST_FUNCTIONS.items():
         module = importlib.import_module(module_name)
         for path in paths:
             target = module
             for part in path.split("."):
-                target = getattr(target, part)
+                target = getattr(target, part, None) if target is not None else None
+            if target is None and f"{module_name}:{path}" in NEWER_ONLY:
+                continue
             parameters = inspect.signature(target).parameters.values()
             out[f"{module_name}:{path}"] = [p.name for p in parameters
                                             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]

@@ -68,7 +68,7 @@ class ModelPatcher:
                 setattr(self.model, name, default)
         comfy.model_management._patchers.add(self)
 
-    def clone(self, disable_dynamic=False, model_override=None, force_deepcopy=False):
+    def clone(self):  # 0.33 adds disable_dynamic, model_override, force_deepcopy; 0.3.64 has none
         n = self.__class__(self.model, self.load_device, self.offload_device, self.model_size(),
                            weight_inplace_update=self.weight_inplace_update)
         n.patches = {k: v[:] for k, v in self.patches.items()}

@@ -39,6 +39,6 @@ class BASE:
     def process_unet_state_dict_for_saving(self, state_dict):
         return {"model.diffusion_model." + k: v for k, v in state_dict.items()}
 
-    def set_inference_dtype(self, dtype, manual_cast_dtype, device=None):
+    def set_inference_dtype(self, dtype, manual_cast_dtype):  # 0.33 adds device=None
         self.unet_config["dtype"] = dtype
         self.manual_cast_dtype = manual_cast_dtype
