@@ -99,7 +99,7 @@ def plan_steps(model_sampling, sigmas: torch.Tensor, scheduler) -> StepPlan:
         raise ValueError("sigmas: at least two values are needed (a start and an end)")
     if any(b >= a for a, b in zip(values, values[1:])):
         raise ValueError(f"sigmas must decrease strictly; got {[round(s, 4) for s in values]}")
-    if values[-1] < 0 or (values[-1] == 0 and len(values) < 2):
+    if values[-1] < 0:
         raise ValueError("sigmas: the last value must be 0 or more")
     positive = sigmas[sigmas > 0]
     timesteps = [int(t) for t in model_sampling.timestep(positive.to(model_sampling.sigmas.device)).cpu()]
@@ -183,7 +183,6 @@ def sample_official(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, mo
     if dpm and seed is None:
         raise ValueError("the official DPM sampler needs the run's seed (SamplerCustomAdvanced and KSampler give it)")
     generator = torch.Generator(x.device).manual_seed(int(seed)) if dpm else None
-    scheduler.set_timesteps(len(plan.timesteps))  # the schedulers refuse to step before this
     sigmas = sigmas.to(x.device)
     s_in = x.new_ones([x.shape[0]])
     sample = _to_pack(x / (1 + sigmas[0] ** 2) ** 0.5)   # x_t, DDPM space, (B, F, C, h, w)

@@ -12,8 +12,7 @@ touches ComfyUI. What lives here:
   picks the attention kernel (``--use-sage-attention``, ...); its q-former has a patcher of its own;
 - devices and dtypes as ComfyUI chooses them, per role (``--cpu`` gives the CPU and float32):
   the transformer follows the diffusion-model flags, the VAE, T5 and face models their own;
-- the progress bar, latent previews (a CogVideoX latent format) and interrupts;
-- sampling a MODEL: the official DDIM/DPM as a ``KSAMPLER``, dynamic CFG as a post-CFG function.
+- the progress bar, latent previews (a CogVideoX latent format) and interrupts.
 
 Heavy work never happens at import: ComfyUI has already imported these modules when the pack loads.
 """
@@ -29,7 +28,6 @@ import comfy.latent_formats
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
-import comfy.samplers
 import comfy.utils
 import folder_paths
 import latent_preview
@@ -354,63 +352,6 @@ def step_reporter(total: int, device: torch.device, rgb_factors=None, rgb_bias=N
         bar.update_absolute(done, total, preview)
 
     return report
-
-
-# -- sampling a MODEL (issue 15, part 4) ---------------------------------------------------------
-def _official_sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                               scheduler: str = "dpm"):
-    """A k-diffusion sampler function (ComfyUI's protocol): ``model`` is ComfyUI's
-    ``KSamplerX0Inpaint`` around the guider, ``model(x, sigma * s_in, **extra_args)`` -> guided x0;
-    the guider's base model carries ``model_sampling``; ``extra_args["seed"]`` seeds the DPM."""
-    from ..ingredients_core.native_sampling import sample_official
-
-    extra_args = {} if extra_args is None else extra_args
-    model_sampling = model.inner_model.inner_model.model_sampling
-
-    def denoise(x_k: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return model(x_k, sigma, **extra_args)
-
-    def report(i: int, x0: torch.Tensor, x_k: torch.Tensor, sigma: torch.Tensor) -> None:
-        callback({"x": x_k, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
-
-    return sample_official(denoise, x, sigmas, model_sampling, scheduler, extra_args.get("seed"),
-                           report if callback is not None else None)
-
-
-def official_sampler(scheduler: str):
-    """A ComfyUI ``SAMPLER`` running the pack's official ``scheduler`` (``dpm`` or ``ddim``)."""
-    return comfy.samplers.KSAMPLER(_official_sampler_function, extra_options={"scheduler": scheduler})
-
-
-def model_sampling(model):
-    """The MODEL's ``model_sampling`` with its object patches applied (as BasicScheduler reads it)."""
-    return model.get_model_object("model_sampling")
-
-
-class DynamicCFG:
-    """ComfyUI ``sampler_post_cfg_function``: the official dynamic guidance. The scale at each step
-    comes from the step's timestep (its sigma on the model's schedule) and the number of steps of
-    the sigmas being sampled; without an unconditional pass (cfg 1) the result is left as it is."""
-
-    def __call__(self, args: dict) -> torch.Tensor:
-        from ..ingredients_core.native_sampling import dynamic_cfg_scale
-
-        cfg, uncond = args["cond_scale"], args["uncond_denoised"]
-        if args.get("uncond") is None or cfg <= 1.0:
-            return args["denoised"]
-        sample_sigmas = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
-        if sample_sigmas is None:
-            raise RuntimeError("Ingredients Dynamic CFG: the sampler gave no sample_sigmas (ComfyUI sets them in "
-                               "CFGGuider); use KSampler or SamplerCustomAdvanced with CFGGuider")
-        scale = dynamic_cfg_scale(cfg, len(sample_sigmas) - 1, args["model"].model_sampling, args["sigma"])
-        return uncond + scale * (args["cond_denoised"] - uncond)
-
-
-def with_dynamic_cfg(model):
-    """A clone of the MODEL whose guidance follows the official dynamic CFG."""
-    patched = model.clone()
-    patched.set_model_sampler_post_cfg_function(DynamicCFG())
-    return patched
 
 
 # -- conditioning and ComfyUI's VAE (the native MODEL path) -----------------------------------------

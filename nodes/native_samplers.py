@@ -8,11 +8,11 @@ import logging
 
 from comfy_api.latest import io
 
-from . import host
+from . import native_model
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients/native"
+CATEGORY = "Ingredients"
 SCHEDULERS = ["dpm", "ddim"]
 
 
@@ -41,7 +41,7 @@ class OfficialSampler(io.ComfyNode):
     def execute(cls, scheduler: str) -> io.NodeOutput:
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {scheduler!r}")
-        return io.NodeOutput(host.official_sampler(scheduler))
+        return io.NodeOutput(native_model.official_sampler(scheduler))
 
 
 class OfficialScheduler(io.ComfyNode):
@@ -68,7 +68,7 @@ class OfficialScheduler(io.ComfyNode):
 
         if steps < 1:
             raise ValueError(f"steps must be at least 1; got {steps}")
-        return io.NodeOutput(official_sigmas(host.model_sampling(model), steps))
+        return io.NodeOutput(official_sigmas(native_model.model_sampling(model), steps))
 
 
 class DynamicCFG(io.ComfyNode):
@@ -88,4 +88,4 @@ class DynamicCFG(io.ComfyNode):
 
     @classmethod
     def execute(cls, model) -> io.NodeOutput:
-        return io.NodeOutput(host.with_dynamic_cfg(model))
+        return io.NodeOutput(native_model.with_dynamic_cfg(model))

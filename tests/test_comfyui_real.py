@@ -526,3 +526,41 @@ def test_cancel_stops_the_sampler_between_steps(server, definitions):
     assert any(message[0] == "execution_interrupted" for message in entry["status"]["messages"])
     reached = max(p["value"] for p in _sampler_progress(messages, sampler))
     assert reached < steps
+
+
+def test_native_model_under_comfyuis_own_sampling_nodes(tmp_path):
+    """Issue 15 (b), (c), (e) in real ComfyUI: SamplerCustomAdvanced with the pack's DDIM/DPM SAMPLER
+    equals the pack's sampler (same noise, image latent, seed) within 1e-5, with and without IDs;
+    KSampler euler/simple and Dynamic CFG equal the pack's DDIM within 5e-4; EasyCache and LazyCache
+    (comfy_extras) skip steps with Apply IDs, the ID patch reaching every computed transformer call,
+    the result finite and ID-dependent; TorchCompileModel's wrapper (eager backend) leaves the per-step
+    ID routing as uncompiled (tiny model, real_sampling_check.py)."""
+    sys.path.insert(0, str(STUBS))
+    import tiny_models
+
+    sys.path.remove(str(STUBS))
+    tiny_models.make_tiny_model_folder(tmp_path / "models" / "ingredients" / "Ingredients")
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run([python, str(STUBS / "real_sampling_check.py"), COMFYUI, str(harness.REPO),
+                             str(tmp_path / "models")], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for name in ("custom_advanced.ddim.4", "custom_advanced.dpm.4", "custom_advanced.dpm.3",
+                 "custom_advanced.dpm.3.ids"):
+        assert report[name] <= 1e-5, (name, report[name])
+    assert report["ids_change_pack_result"] > 1e-3
+    for name in ("ksampler.euler_simple.4", "ksampler.euler_simple.10", "ksampler.dynamic_cfg.4"):
+        assert report[name] <= 5e-4, (name, report[name])
+    assert report["simple_equals_official.50"] and not report["simple_equals_official.30"]
+    caches = report["caches"]
+    assert "missing" not in caches, caches
+    skipping = set()
+    for name, run in caches.items():
+        skipped = int(run["log"][-1].split("skipped ")[1].split("/")[0])
+        assert run["transformer_calls"] == run["steps"] - skipped, (name, run)  # one cond+uncond call a step
+        assert run["ids_at_every_call"] and run["finite"] and run["ids_change_result"] > 1e-3, (name, run)
+        if skipped:
+            skipping.add(name.split(".")[0])
+    assert skipping == {"EasyCache", "LazyCache"}, caches
+    compiled = report["compile"]  # TorchCompileModel's wrapper keeps the per-step ID routing right
+    assert compiled["graphs"] > 0 and compiled["relative_to_uncompiled"] <= 1e-5, compiled

@@ -231,3 +231,72 @@ def test_node_schemas(nodes):
         assert all(i.tooltip for i in schema.inputs)
     with pytest.raises(ValueError, match="dpm, ddim"):
         nodes["IngredientsOfficialSampler"].execute(scheduler="euler")
+
+
+# -- (e) a step cache with Apply IDs -----------------------------------------------------------------
+class StepCacheStandIn:
+    """A stand-in for comfy_extras' EasyCache *mechanics*, not its heuristic (the real EasyCache and
+    LazyCache run in test_comfyui_real): registered as EasyCache registers (a clone with its state in
+    ``transformer_options["easycache"]`` and OUTER_SAMPLE, CALC_COND_BATCH and DIFFUSION_MODEL wrappers
+    under the key "easycache"); its DIFFUSION_MODEL wrapper reads x as ``args[0][:, :16]`` and the
+    options as ``args[-1]``, and on a skipped step returns x plus the (output - x) cached per uuid at the
+    last computed step without calling the model, as EasyCache's ``apply_cache_diff`` does. It skips
+    every second step after the first."""
+
+    def __init__(self):
+        self.step = -1
+        self.diffs = {}
+        self.skipped = 0
+
+    @staticmethod
+    def apply(model):
+        patcher_extension = comfy("comfy.patcher_extension")
+        cached = model.clone()
+        cached.model_options["transformer_options"]["easycache"] = StepCacheStandIn()
+        cached.add_wrapper_with_key(patcher_extension.WrappersMP.OUTER_SAMPLE, "easycache", StepCacheStandIn.outer)
+        cached.add_wrapper_with_key(patcher_extension.WrappersMP.CALC_COND_BATCH, "easycache", StepCacheStandIn.step_start)
+        cached.add_wrapper_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, "easycache", StepCacheStandIn.forward)
+        return cached
+
+    @staticmethod
+    def outer(executor, *args, **kwargs):
+        executor.class_obj.model_options["transformer_options"]["easycache"].__init__()  # fresh per run
+        return executor(*args, **kwargs)
+
+    @staticmethod
+    def step_start(executor, *args, **kwargs):
+        args[-1]["transformer_options"]["easycache"].step += 1
+        return executor(*args, **kwargs)
+
+    @staticmethod
+    def forward(executor, *args, **kwargs):
+        options = args[-1]
+        cache, x, key = options["easycache"], args[0][:, :16], tuple(options["uuids"])
+        if cache.step % 2 == 1 and key in cache.diffs:
+            cache.skipped += 1
+            return x + cache.diffs[key]
+        out = executor(*args, **kwargs)
+        cache.diffs[key] = out - x
+        return out
+
+
+def test_step_cache_with_ids_skips_steps_and_applies_ids_at_every_computed_step(nodes, loaded, case):
+    payload, model = loaded["payload"], loaded["model"]
+    with_ids = nodes["IngredientsApplyIDs"].execute(model=model, routed_ids=_routed(payload, 2, "official")).args[0]
+    calls = []
+
+    def count(executor, *args, **kwargs):
+        calls.append("ingredients_ids" in args[-1])
+        return executor(*args, **kwargs)
+
+    results = []
+    for base in (with_ids, model):
+        cached = StepCacheStandIn.apply(base)
+        cached.add_wrapper_with_key(comfy("comfy.patcher_extension").WrappersMP.DIFFUSION_MODEL, "count", count)
+        calls.clear()
+        results.append((ksampler(cached, case, 6), list(calls)))
+    (ours, seen), (plain, _) = results
+    assert seen == [True] * 3  # steps 0, 2, 4 computed (cond + uncond in one call), each with the IDs
+    assert torch.isfinite(ours).all() and relative(plain, ours) > 1e-3
+    uncached = ksampler(with_ids, case, 6)
+    assert relative(ours, uncached) > 1e-6  # the skipped steps changed the run: the cache acted

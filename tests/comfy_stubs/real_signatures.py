@@ -56,6 +56,7 @@ HOST_FUNCTIONS = {
     "comfy.ldm.modules.attention": ["optimized_attention"],
     "node_helpers": ["conditioning_set_values"],
 }
+
 # sampling a MODEL (issue 15, part 4): the guider, samplers and schedulers the stand-ins imitate
 HOST_FUNCTIONS.update({
     "comfy.samplers": [
