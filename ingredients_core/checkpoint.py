@@ -111,7 +111,8 @@ def _iter_tensors(files: tuple[Path, ...], meta_only: bool = False) -> Iterator[
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
+                       "U8": torch.uint8, "BOOL": torch.bool,
+                       "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 def _read_safetensors(file: Path, meta_only: bool) -> Iterator[tuple[str, object]]:
@@ -272,7 +273,8 @@ def _interval_from_keys(data: dict, shapes: dict[str, tuple[int, ...]], where: P
 # -- 4. loading ----------------------------------------------------------------------------------
 def load_transformer(path: PathLike, dtype: torch.dtype = torch.bfloat16,
                      device: Union[str, torch.device] = "cpu", strict: bool = True,
-                     weight_dtype: Optional[torch.dtype] = None, operations=None, attention=None):
+                     weight_dtype: Optional[torch.dtype] = None, operations=None, attention=None,
+                     keep_fp8: bool = False, config_file: Optional[PathLike] = None):
     """Load an Ingredients transformer from any supported layout (see module doc).
 
     ``dtype`` is the compute dtype; ``weight_dtype`` (None: the same) the storage dtype of the large
@@ -281,13 +283,23 @@ def load_transformer(path: PathLike, dtype: torch.dtype = torch.bfloat16,
     in the checkpoint's dtype ever exists. ``operations``/``attention``: the layer namespace and
     attention function the model is built with (:mod:`ingredients_core.model.layers`); a stored
     weight dtype other than the compute dtype needs operations that cast per call.
+    ``keep_fp8``: tensors of those large layers that the file stores in fp8 keep their fp8 dtype
+    (an fp8 file stays fp8; its other tensors, norms and embeddings, come in the compute dtype).
+    ``config_file``: the config.json for a single file that has none beside it (else inferred).
+    Single files written by ComfyUI's ModelSave or repacked with a ``diffusion_model.`` prefix
+    load as they are (:mod:`ingredients_core.checkpoint_keys`).
     Raises :class:`CheckpointError` naming missing keys, unexpected keys and shape mismatches.
     """
-    from .model.storage import convert, storage_module_names, tensor_dtype
+    from .checkpoint_keys import detect
+    from .model.storage import FP8_DTYPES, convert, storage_module_names, tensor_dtype
     from .model.transformer import IngredientsTransformer
 
     files = resolve(path)
+    if config_file is not None and files.config is None:
+        files = CheckpointFiles(files.weights, Path(config_file))
     shapes = _tensor_shapes(files.weights)
+    layout = detect(shapes, str(files.weights[0]))
+    shapes = layout.shapes(shapes)
     config = read_config(files, shapes)
     with torch.device("meta"):
         reference = IngredientsTransformer(config)  # plain layers: the key layout, whatever the operations
@@ -295,11 +307,14 @@ def load_transformer(path: PathLike, dtype: torch.dtype = torch.bfloat16,
             config, operations=operations, attention=attention)
     check_keys(reference, shapes, where=str(files.weights[0].parent), strict=strict)
     expected = reference.state_dict()
-    storage = storage_module_names(reference) if weight_dtype not in (None, dtype) else set()
+    large = storage_module_names(reference) if keep_fp8 or weight_dtype not in (None, dtype) else set()
+    storage = large if weight_dtype not in (None, dtype) else set()
     params = {}
-    for key, tensor in _iter_tensors(files.weights):
+    for key, tensor in layout.tensors(_iter_tensors(files.weights)):
         if key in expected:
             target = tensor_dtype(key, storage, dtype, weight_dtype) if tensor.is_floating_point() else tensor.dtype
+            if keep_fp8 and tensor.dtype in FP8_DTYPES and key.rpartition(".")[0] in large:
+                target = tensor.dtype
             params[key] = convert(tensor, target, device)
             del tensor
     model.load_state_dict(params, strict=False, assign=True)

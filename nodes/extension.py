@@ -13,6 +13,7 @@ from .identity import IdentityCheck
 from .image_to_video import ImageToVideo
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
+from .lora import LoraLoader
 from .native_samplers import DynamicCFG, OfficialSampler, OfficialScheduler
 from .routing_maps import RoutingMaps
 from .sampling import Decode, DecodeLatent, Sampler
@@ -43,6 +44,7 @@ NODES: list[type[io.ComfyNode]] = [
     DynamicCFG,
     ImageToVideo,
     DecodeLatent,
+    LoraLoader,
 ]
 
 

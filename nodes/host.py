@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import comfy.latent_formats
+import comfy.lora
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
@@ -62,6 +63,33 @@ def model_roots(kind: str) -> list[Path]:
         return [Path(p) for p in folder_paths.get_folder_paths(kind)]
     except KeyError:
         return []
+
+
+#: ComfyUI's folders of single-file diffusion models, where ModelSave writes and fp8 repacks go.
+SINGLE_FILE_FOLDERS = ("diffusion_models", "checkpoints")
+
+
+def single_file_names() -> list[str]:
+    """``folder/name`` for every ``.safetensors`` file ComfyUI lists in :data:`SINGLE_FILE_FOLDERS`."""
+    names = []
+    for folder in SINGLE_FILE_FOLDERS:
+        try:
+            files = folder_paths.get_filename_list(folder)
+        except KeyError:  # a host without that folder kind
+            continue
+        names.extend(f"{folder}/{name}" for name in files if name.lower().endswith(".safetensors"))
+    return names
+
+
+def single_file_path(name: str, input_name: str) -> Path:
+    """The file for a :func:`single_file_names` value, or FileNotFoundError naming the input."""
+    folder, _, rest = name.partition("/")
+    path = folder_paths.get_full_path(folder, rest) if folder in SINGLE_FILE_FOLDERS else None
+    if path is None:
+        folders = " or ".join(SINGLE_FILE_FOLDERS)
+        raise FileNotFoundError(f"{input_name}: no file {name!r} in ComfyUI's models/{folders} folders (or their "
+                                "extra_model_paths.yaml entries); pick one from the list")
+    return Path(path)
 
 
 # -- devices -------------------------------------------------------------------------------------
@@ -310,6 +338,45 @@ def load_device(patcher) -> torch.device:
 def output_device() -> torch.device:
     """Where node outputs (IMAGE, cached tensors) live: ComfyUI's intermediate device."""
     return comfy.model_management.intermediate_device()
+
+
+# -- LoRAs on a MODEL -----------------------------------------------------------------------------
+LORAS_FOLDER = "loras"
+
+
+def lora_names() -> list[str]:
+    """The files of ComfyUI's ``models/loras`` (and its extra_model_paths.yaml entries)."""
+    try:
+        return folder_paths.get_filename_list(LORAS_FOLDER)
+    except KeyError:
+        return []
+
+
+def load_lora_file(name: str, input_name: str) -> dict:
+    """{key: tensor} of a LoRA file, read as ComfyUI reads them (safetensors; torch files weights-only)."""
+    path = folder_paths.get_full_path(LORAS_FOLDER, name)
+    if path is None:
+        raise FileNotFoundError(f"{input_name}: no LoRA {name!r} in ComfyUI's models/loras folders; pick one "
+                                "from the list (press R to refresh it after adding files)")
+    return comfy.utils.load_torch_file(path, safe_load=True)
+
+
+def model_weight_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Shapes of a MODEL's state-dict keys (``diffusion_model.<key>``) without copying weights."""
+    return {key: tuple(tensor.shape) for key, tensor in model.model.state_dict().items()}
+
+
+def host_lora_key_map(model) -> dict:
+    """ComfyUI's own LoRA key map of the MODEL (what LoraLoaderModelOnly understands)."""
+    return comfy.lora.model_lora_keys_unet(model.model, {})
+
+
+def apply_lora(model, lora: dict, key_map: dict, strength: float):
+    """(a clone of the MODEL with the LoRA's weight patches at ``strength``, the number of weights
+    patched), through ComfyUI's ``load_lora`` and ``add_patches`` as LoraLoaderModelOnly does."""
+    patches = comfy.lora.load_lora(lora, key_map, log_missing=False)
+    patched = model.clone()
+    return patched, len(patched.add_patches(patches, strength))
 
 
 # -- interrupts, progress, previews --------------------------------------------------------------

@@ -74,12 +74,14 @@ WEIGHT_DTYPE_TOOLTIP = ("Storage of the transformer's large weights. default = t
 def transformer_dtypes(folder, choice: str, weight_choice: str = "default") -> tuple[torch.dtype, torch.dtype]:
     """(storage dtype, compute dtype) of the transformer: ComfyUI's picks for it
     (``host.diffusion_dtypes``: the node's dtype or auto, with the --*-unet flags); with an fp8
-    ``weight_dtype`` the weights are stored in it and computed in what the node's dtype computes in
-    (auto: what ComfyUI computes fp8 weights in, bf16 on capable GPUs)."""
+    ``weight_dtype``, or ``default`` and weights stored in fp8 (:func:`stored_fp8`), the weights are
+    stored in it and computed in what the node's dtype computes in (auto: what ComfyUI computes fp8
+    weights in, bf16 on capable GPUs). ``folder``: the checkpoint folder or single file."""
     params = _parameter_count(folder)
     weight, compute = host.diffusion_dtypes(choice, model_params=params)
-    if STORAGE_DTYPES.get(weight_choice) is not None:  # fp8 weights, computed in the dtype above (auto: ComfyUI's)
-        weight = STORAGE_DTYPES[weight_choice]
+    fp8 = STORAGE_DTYPES.get(weight_choice) or stored_fp8(folder, weight_choice)
+    if fp8 is not None:  # fp8 weights, computed in the dtype above (auto: ComfyUI's)
+        weight = fp8
         if choice == "auto":
             compute = host.diffusion_dtypes(host.dtype_name(weight), model_params=params)[1]
     if weight != compute:
@@ -93,6 +95,33 @@ def transformer_dtypes(folder, choice: str, weight_choice: str = "default") -> t
         logger.warning("Ingredients transformer: %s asks for fp8 matrix multiplies, which this GPU does not have; "
                        "the fp8 weights are cast to %s per layer instead.", weight_choice, host.dtype_name(compute))
     return weight, compute
+
+
+def stored_fp8(weights, weight_choice: str):
+    """The fp8 dtype of weights stored in fp8 (a ModelSave file of an fp8 model, an fp8 repack) when
+    ``weight_dtype`` is ``default``: kept as stored, as users of fp8 files expect; else None."""
+    from ..ingredients_core.checkpoint_keys import stored_dtype
+    from ..ingredients_core.model.storage import FP8_DTYPES
+
+    stored = stored_dtype(weights) if weight_choice == "default" else None
+    return stored if stored in FP8_DTYPES else None
+
+
+FOLDER_OWN = "folder's own"
+TRANSFORMER_FILE_TOOLTIP = (
+    "Transformer weights from one .safetensors file in ComfyUI's models/diffusion_models or models/checkpoints "
+    "instead of the folder's transformer/: a file written by ModelSave from this pack's MODEL, or an fp8 repack "
+    "(keys with or without the model.diffusion_model. prefix). An fp8 file stays fp8 with weight_dtype default. "
+    "The scheduler and transformer configs still come from model_folder.")
+
+
+def transformer_source(folder, transformer_file: str):
+    """(weights: the folder or the chosen file, config.json for a file: the folder's transformer config)."""
+    if transformer_file == FOLDER_OWN:
+        return folder, None
+    from ..ingredients_core.checkpoint import resolve
+
+    return host.single_file_path(transformer_file, "transformer_file"), resolve(folder).config
 
 
 class ModelLoader(io.ComfyNode):
@@ -115,6 +144,8 @@ class ModelLoader(io.ComfyNode):
                                         "per_sample: each half is routed on its own. Route IDs can override it.")),
                 io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default", optional=True,
                                tooltip=WEIGHT_DTYPE_TOOLTIP),
+                io.Combo.Input("transformer_file", options=[FOLDER_OWN, *host.single_file_names()],
+                               default=FOLDER_OWN, optional=True, tooltip=TRANSFORMER_FILE_TOOLTIP),
             ],
             outputs=[ModelType.Output("model", display_name="model",
                                       tooltip="The Ingredients transformer, managed by ComfyUI, for the pack's sampler "
@@ -130,7 +161,8 @@ class ModelLoader(io.ComfyNode):
         return model_files.validate_name(MODEL, model_folder, "model_folder")
 
     @classmethod
-    def execute(cls, model_folder: str, dtype: str, routing_mode: str, weight_dtype: str = "default") -> io.NodeOutput:
+    def execute(cls, model_folder: str, dtype: str, routing_mode: str, weight_dtype: str = "default",
+                transformer_file: str = FOLDER_OWN) -> io.NodeOutput:
         from ..ingredients_core.checkpoint import load_transformer
 
         folder = model_files.resolve(MODEL, model_folder, "model_folder")
@@ -138,9 +170,12 @@ class ModelLoader(io.ComfyNode):
                                                "scheduler config", folder / "scheduler")
         scheduler_config = json.loads(config_file.read_text(encoding="utf-8"))
         _, offload = host.devices("diffusion")
-        storage, compute = transformer_dtypes(folder, dtype, weight_dtype)
+        weights, transformer_config = transformer_source(folder, transformer_file)
+        storage, compute = transformer_dtypes(weights, dtype, weight_dtype)
         layers = host.transformer_layers(storage, compute, fast_fp8=weight_dtype.endswith("_fast"))
-        transformer = load_transformer(folder, dtype=compute, weight_dtype=storage, device=offload, **layers)
+        keep = stored_fp8(weights, weight_dtype) is not None  # fp8 tensors as stored, the others in compute
+        transformer = load_transformer(weights, dtype=compute, weight_dtype=None if keep else storage, device=offload,
+                                       keep_fp8=keep, config_file=transformer_config, **layers)
         patcher = native_model.model_patcher(transformer, storage, compute, routing_mode, folder)
         projector = host.manage_projector(transformer)
         return io.NodeOutput(IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder, projector),

@@ -47,8 +47,8 @@ def tensor_dtype(key: str, storage_modules: set[str], compute: torch.dtype,
 
 def convert(tensor: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
     """``tensor`` in ``dtype`` on ``device``; fp8 targets are clamped to their finite range first
-    (a plain cast turns values beyond it into NaN)."""
-    if dtype in FP8_DTYPES and tensor.dtype not in FP8_DTYPES:
+    (a plain cast turns values beyond it into NaN; e5m2 reaches beyond e4m3fn's 448 too)."""
+    if dtype in FP8_DTYPES and tensor.dtype != dtype:
         limit = torch.finfo(dtype).max
         tensor = tensor.float().clamp_(-limit, limit) if tensor.dtype != torch.float32 else tensor.clamp(-limit, limit)
     return tensor.to(device=device, dtype=dtype)

@@ -27,7 +27,7 @@ HOST_FUNCTIONS = {
         "ModelPatcher.add_wrapper_with_key", "ModelPatcher.remove_wrappers_with_key", "ModelPatcher.get_wrappers",
         "ModelPatcher.get_all_wrappers", "ModelPatcher.set_additional_models", "ModelPatcher.pre_run",
         "ModelPatcher.cleanup", "ModelPatcher.is_dynamic", "ModelPatcher.get_free_memory",
-        "CoreModelPatcher.__init__"],
+        "ModelPatcher.add_patches", "ModelPatcher.patch_weight_to_device", "CoreModelPatcher.__init__"],
     "comfy.model_base": [
         "model_sampling", "convert_tensor", "BaseModel.__init__", "BaseModel.apply_model", "BaseModel._apply_model",
         "BaseModel.get_dtype", "BaseModel.get_dtype_inference", "BaseModel.concat_cond", "BaseModel.extra_conds",
@@ -48,7 +48,10 @@ HOST_FUNCTIONS = {
         "add_wrapper", "add_wrapper_with_key", "get_all_wrappers", "copy_nested_dicts", "merge_nested_dicts",
         "WrapperExecutor.__init__", "WrapperExecutor.execute", "WrapperExecutor.new_executor",
         "WrapperExecutor.new_class_executor"],
-    "comfy.utils": ["deepcopy_list_dict"],
+    "comfy.utils": ["deepcopy_list_dict", "load_torch_file"],
+    "comfy.lora": ["model_lora_keys_unet", "load_lora", "calculate_weight"],
+    "folder_paths": ["add_model_folder_path", "get_folder_paths", "get_filename_list", "get_full_path",
+                     "get_full_path_or_raise"],
     "comfy.ops": [
         "cast_bias_weight", "cast_to_input", "pick_operations",
         *(f"{ops}.{layer}.forward_comfy_cast_weights" for ops in ("disable_weight_init", "manual_cast")

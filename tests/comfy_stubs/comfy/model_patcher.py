@@ -1,6 +1,6 @@
 """Stand-in for ``comfy.model_patcher.ModelPatcher``: ComfyUI's loading and offloading of weights.
 
-What the pack meets in ComfyUI, without weight patches (LoRA), hooks or clones:
+What the pack meets in ComfyUI, without hooks:
 
 - the constructor writes ``model.device`` (which fails on modules whose ``device`` is a property);
 - ``load`` follows ComfyUI's lowvram rules (``_load_list``): only modules whose parameters are all
@@ -15,15 +15,22 @@ What the pack meets in ComfyUI, without weight patches (LoRA), hooks or clones:
   kept on the patcher (``add_wrapper_with_key``) and merged into ``transformer_options`` by the
   sampler; ``pre_run``/``cleanup`` set and clear ``model.current_patcher``; ``get_model_object`` and
   the sampler CFG functions (``set_model_sampler_cfg_function``, ``..._post_cfg_function``) as in ComfyUI;
-- ``CoreModelPatcher`` is ``ModelPatcher`` (0.33.0 has the alias; its DynamicVRAM swap is GPU-only).
+- ``CoreModelPatcher`` is ``ModelPatcher`` (0.33.0 has the alias; its DynamicVRAM swap is GPU-only);
+- weight patches (LoRA): ``add_patches`` records them, ``load`` applies them to a float32 copy of each
+  weight (``comfy.lora.calculate_weight``) keeping the original, ``unpatch_model`` puts the originals
+  back, and a clone with other patches that loads after another repatches (the real
+  ``current_weight_patches_uuid`` rule; the real one patches offloaded layers per cast instead).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 
+import comfy.lora
 import comfy.model_management
 import comfy.utils
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +79,7 @@ class ModelPatcher:
         n = self.__class__(self.model, self.load_device, self.offload_device, self.model_size(),
                            weight_inplace_update=self.weight_inplace_update)
         n.patches = {k: v[:] for k, v in self.patches.items()}
+        n.patches_uuid = self._patches_uuid()
         n.model_options = comfy.utils.deepcopy_list_dict(self.model_options)
         n.parent = self
         n.force_cast_weights = self.force_cast_weights
@@ -175,6 +183,7 @@ class ModelPatcher:
         return loading
 
     def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False) -> None:
+        self._patch_weights()
         mem_counter, lowvram_counter, load_completely = 0, 0, []
         for module_mem, name, m, params in sorted(self._load_list(), key=lambda x: (x[0], x[1]), reverse=True):
             lowvram_weight = False
@@ -217,6 +226,7 @@ class ModelPatcher:
     def unpatch_model(self, device_to=None, unpatch_weights=True) -> None:
         if not unpatch_weights:
             return
+        self._restore_weights()
         if self.model.model_lowvram:
             for m in self.model.modules():
                 wipe_lowvram_weight(m)
@@ -247,6 +257,8 @@ class ModelPatcher:
         return freed
 
     def partially_load(self, device_to, extra_memory=0, force_patch_weights=False) -> int:
+        if self.model.current_weight_patches_uuid not in (None, self._patches_uuid()):  # another clone's weights
+            self.unpatch_model(self.offload_device)
         if not self.model.model_lowvram and self.model.model_loaded_weight_memory > 0:
             return 0
         current_used = self.model.model_loaded_weight_memory
@@ -259,6 +271,55 @@ class ModelPatcher:
         if unpatch_all:
             self.unpatch_model(self.offload_device, unpatch_weights=unpatch_all)
         return self.model
+
+    # -- weight patches (LoRA, issue 15 part 5) --------------------------------------------------
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        model_sd = self.model.state_dict()
+        added = []
+        for k in patches:
+            key, offset, function = (k, None, None) if isinstance(k, str) else (k[0], k[1], (k[2:] or (None,))[0])
+            if key in model_sd:
+                added.append(k)
+                self.patches.setdefault(key, []).append((strength_patch, patches[k], strength_model, offset, function))
+        self.patches_uuid = uuid.uuid4()
+        return added
+
+    def patch_weight_to_device(self, key, device_to=None, inplace_update=False):
+        if key not in self.patches:
+            return
+        module_name, _, name = key.rpartition(".")
+        module = self.model.get_submodule(module_name)
+        weight = getattr(module, name)
+        backup = self._weight_backup()
+        if key not in backup:
+            backup[key] = weight
+        temp = weight.to(device=device_to or weight.device, dtype=torch.float32, copy=True)
+        out = comfy.lora.calculate_weight(self.patches[key], temp, key)
+        setattr(module, name, torch.nn.Parameter(out.to(weight.dtype), requires_grad=False))
+
+    def _patches_uuid(self):
+        if not hasattr(self, "patches_uuid"):  # the real constructor draws one
+            self.patches_uuid = uuid.uuid4()
+        return self.patches_uuid
+
+    def _weight_backup(self) -> dict:
+        if not hasattr(self.model, "lora_weight_backup"):
+            self.model.lora_weight_backup = {}  # shared by every clone of the model, as the real backup
+        return self.model.lora_weight_backup
+
+    def _patch_weights(self) -> None:
+        for key in self.patches:
+            if key not in self._weight_backup():
+                self.patch_weight_to_device(key)
+        self.model.current_weight_patches_uuid = self._patches_uuid()
+
+    def _restore_weights(self) -> None:
+        backup = self._weight_backup()
+        for key, weight in backup.items():
+            module_name, _, name = key.rpartition(".")
+            setattr(self.model.get_submodule(module_name), name, weight)
+        backup.clear()
+        self.model.current_weight_patches_uuid = None
 
 
 CoreModelPatcher = ModelPatcher

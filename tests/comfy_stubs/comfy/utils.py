@@ -1,5 +1,8 @@
-"""Stand-in for ``comfy.utils``: ``ProgressBar`` (records every update: value, total, preview) and
-``deepcopy_list_dict`` (copies dicts and lists, shares every other object, as ComfyUI's clone does)."""
+"""Stand-in for ``comfy.utils``: ``ProgressBar`` (records every update: value, total, preview),
+``deepcopy_list_dict`` (copies dicts and lists, shares every other object, as ComfyUI's clone does)
+and ``load_torch_file`` (a safetensors or weights-only torch file, as the real one reads it)."""
+
+import torch
 
 updates: list[tuple] = []
 
@@ -32,3 +35,18 @@ def deepcopy_list_dict(obj, memo=None):
         res = obj
     memo[id(obj)] = res
     return res
+
+
+def load_torch_file(ckpt, safe_load=False, device=None, return_metadata=False):
+    device = torch.device("cpu") if device is None else device
+    metadata = None
+    if str(ckpt).lower().endswith((".safetensors", ".sft")):
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt), framework="pt", device=str(device)) as f:
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() if return_metadata else None
+    else:
+        sd = torch.load(ckpt, map_location=device, weights_only=True)
+        sd = sd.get("state_dict", sd)
+    return (sd, metadata) if return_metadata else sd
