@@ -2,8 +2,10 @@
 
 ``encode_canvas`` reproduces the official image-latent arithmetic (diffusers ``VideoProcessor``
 preprocessing into [-1, 1], one-frame encode, a latent *sample* drawn with the run's generator,
-``scaling_factor``, zero latent frames up to the video length). ``decode`` undoes the scaling and
-maps the VAE output from [-1, 1] to [0, 1] frames.
+``scaling_factor``, zero latent frames up to the video length). ``encode_first_frame`` gives the
+canvas latent in raw VAE units (sampled or the mean), as ComfyUI's LATENT and conditioning carry
+it. ``decode`` undoes the scaling (``decode_raw`` takes raw latents in ComfyUI's (B, C, F, h, w)
+layout) and maps the VAE output from [-1, 1] to [0, 1] frames.
 
 Tiling and slicing are per-call arguments: the VAE may be shared (ComfyUI caches models), so each
 call sets both modes explicitly and restores the VAE's previous modes afterwards.
@@ -78,8 +80,9 @@ def vae_modes(vae, tiling: bool, slicing: bool) -> Iterator[None]:
         apply(*previous)
 
 
-def _canvas_pixels(vae, canvas: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """(1, 3, H, W) float in [-1, 1]: the official ``VideoProcessor.preprocess`` of the canvas."""
+def canvas_pixels(canvas: np.ndarray, height: int, width: int, spatial: int = 8) -> torch.Tensor:
+    """(1, 3, H, W) float in [-1, 1]: the official ``VideoProcessor.preprocess`` of the canvas
+    (``spatial``: the VAE's pixels per latent cell, :func:`spatial_factor`)."""
     import numpy as np
     from diffusers.video_processor import VideoProcessor
     from PIL import Image
@@ -90,8 +93,27 @@ def _canvas_pixels(vae, canvas: np.ndarray, height: int, width: int) -> torch.Te
             f"canvas: expected an (H, W, 3) uint8 RGB array, found shape {array.shape} "
             f"dtype {array.dtype}."
         )
-    processor = VideoProcessor(vae_scale_factor=spatial_factor(vae))
+    processor = VideoProcessor(vae_scale_factor=spatial)
     return processor.preprocess(Image.fromarray(array), height=height, width=width)
+
+
+def encode_first_frame(vae, canvas: np.ndarray, height: int, width: int, dtype: torch.dtype,
+                       generator: torch.Generator | None = None, sample: bool = True,
+                       count: int = 1) -> torch.Tensor:
+    """The canvas latent in raw VAE units (unscaled), (count, C, 1, h, w) in ``dtype``.
+
+    ``sample``: ``count`` latent samples drawn in turn from ``generator`` (the first is the official
+    pipeline's first draw); otherwise the latent mean (what ComfyUI's VAE encode gives), repeated.
+    Encoding never tiles, as in the official pipeline.
+    """
+    import torch
+
+    pixels = canvas_pixels(canvas, height, width, spatial_factor(vae)).to(device=vae.device, dtype=dtype)
+    with torch.no_grad(), vae_modes(vae, tiling=False, slicing=False):
+        posterior = vae.encode(pixels.unsqueeze(2).to(vae.dtype)).latent_dist
+    if not sample:
+        return posterior.mode().to(dtype).expand(count, -1, -1, -1, -1).contiguous()
+    return torch.cat([posterior.sample(generator) for _ in range(count)]).to(dtype)  # (count, C, 1, h, w)
 
 
 def encode_canvas(
@@ -103,19 +125,15 @@ def encode_canvas(
     generator: torch.Generator | None,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Image latents (1, F_lat, 16, h, w): the encoded canvas as frame 0, zeros after it.
+    """Image latents (1, F_lat, 16, h, w), scaled: the encoded canvas as frame 0, zeros after it.
 
     Draws one latent sample from ``generator`` (the first use of the run's generator in the
-    official pipeline). Encoding never tiles, as in the official pipeline.
+    official pipeline).
     """
     import torch
 
-    device = vae.device
-    pixels = _canvas_pixels(vae, canvas, height, width).to(device=device, dtype=dtype)
-    with torch.no_grad(), vae_modes(vae, tiling=False, slicing=False):
-        posterior = vae.encode(pixels.unsqueeze(2).to(vae.dtype)).latent_dist
-    first = posterior.sample(generator)  # (1, C, 1, h, w)
-    first = first.to(dtype).permute(0, 2, 1, 3, 4) * vae.config.scaling_factor
+    first = encode_first_frame(vae, canvas, height, width, dtype, generator, sample=True)
+    first = first.permute(0, 2, 1, 3, 4) * vae.config.scaling_factor
     frames = latent_frame_count(num_frames, temporal_factor(vae))
     padding = torch.zeros(
         (first.shape[0], frames - 1, *first.shape[2:]), device=first.device, dtype=dtype
@@ -140,16 +158,28 @@ def start_latents(vae, canvas: np.ndarray, height: int, width: int, num_frames: 
 
 
 def decode(vae, latents: torch.Tensor, tiling: bool, slicing: bool) -> torch.Tensor:
-    """Decode latents (B, F, C, h, w) to frames (B*T, H, W, 3), float32 in [0, 1] on the CPU."""
-    import torch
-
+    """Decode scaled latents (B, F, C, h, w) (the pack's sampler's) to frames (B*T, H, W, 3),
+    float32 in [0, 1] on the CPU."""
     if latents.ndim != 5 or latents.shape[2] != vae.config.latent_channels:
         raise ValueError(
             f"latents: expected shape (B, F, {vae.config.latent_channels}, h, w), "
             f"found {tuple(latents.shape)}."
         )
-    scaled = (1 / vae.config.scaling_factor) * latents.permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
+    raw = (1 / vae.config.scaling_factor) * latents.permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
+    return decode_raw(vae, raw, tiling, slicing)
+
+
+def decode_raw(vae, latents: torch.Tensor, tiling: bool, slicing: bool) -> torch.Tensor:
+    """Decode raw (unscaled) latents (B, C, F, h, w), ComfyUI's LATENT layout, to frames
+    (B*T, H, W, 3), float32 in [0, 1] on the CPU."""
+    import torch
+
+    if latents.ndim != 5 or latents.shape[1] != vae.config.latent_channels:
+        raise ValueError(
+            f"latents: expected shape (B, {vae.config.latent_channels}, F, h, w), "
+            f"found {tuple(latents.shape)}."
+        )
     with torch.no_grad(), vae_modes(vae, tiling=tiling, slicing=slicing):
-        video = vae.decode(scaled.to(device=vae.device, dtype=vae.dtype)).sample
+        video = vae.decode(latents.to(device=vae.device, dtype=vae.dtype)).sample
     video = (video.float() / 2 + 0.5).clamp(0, 1)  # (B, 3, T, H, W)
     return video.permute(0, 2, 3, 4, 1).flatten(0, 1).cpu()

@@ -11,12 +11,13 @@ from .apply_ids import ApplyIDs, ModelRouting
 from .doctor import CheckInstall
 from .faces import EncodeFace, FaceCanvas, IDList
 from .identity import IdentityCheck
+from .image_to_video import ImageToVideo
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
 from .lora import LoraLoader
 from .native_samplers import DynamicCFG, OfficialSampler, OfficialScheduler
 from .routing_maps import RoutingMaps
-from .sampling import Decode, Sampler
+from .sampling import Decode, DecodeLatent, Sampler
 from .text import EncodePrompt, EncodePromptCLIP
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ NODES: list[type[io.ComfyNode]] = [
     OfficialSampler,
     OfficialScheduler,
     DynamicCFG,
+    ImageToVideo,
+    DecodeLatent,
 ]
 
 

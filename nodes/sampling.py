@@ -218,20 +218,66 @@ class Decode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae: IngredientsVAE, latents: IngredientsLatents, tiling: bool) -> io.NodeOutput:
-        from ..ingredients_core.memory import vae_decode_bytes
-        from ..ingredients_core.vae import decode
+        raw = (1 / vae.vae.config.scaling_factor) * latents.latents.permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
+        return io.NodeOutput(decode_video(vae, raw, tiling, "Ingredients Decode"))
 
-        _, frames, _, height, width = latents.latents.shape
-        element = torch.finfo(vae.vae.dtype).bits // 8
-        host.load(vae.patcher, memory_required=vae_decode_bytes(frames, height, width, element, tiling))
-        try:
-            video = decode(vae.vae, latents.latents, tiling=tiling, slicing=False)
-        except host.OUT_OF_MEMORY:
-            if tiling:
-                raise
-            video = None  # leave the except block first, so the failed attempt's tensors are freed
-        if video is None:
-            logger.warning("Ingredients Decode: out of GPU memory decoding untiled; retrying with tiling")
-            host.free_cache()
-            video = decode(vae.vae, latents.latents, tiling=True, slicing=False)
-        return io.NodeOutput(video.to(host.output_device()))
+
+def decode_video(vae: IngredientsVAE, raw: torch.Tensor, tiling: bool, node: str) -> torch.Tensor:
+    """Frames (B*T, H, W, 3) on the output device from raw latents (B, 16, F, h, w): ComfyUI loads
+    the VAE with room for the decode; an untiled decode that runs out of memory is retried tiled."""
+    from ..ingredients_core.memory import vae_decode_bytes
+    from ..ingredients_core.vae import decode_raw
+
+    batch, _, frames, height, width = raw.shape
+    sliced = batch > 1  # one video at a time: the memory estimate is per video, the frames the same
+    element = torch.finfo(vae.vae.dtype).bits // 8
+    host.load(vae.patcher, memory_required=vae_decode_bytes(frames, height, width, element, tiling))
+    try:
+        video = decode_raw(vae.vae, raw, tiling=tiling, slicing=sliced)
+    except host.OUT_OF_MEMORY:
+        if tiling:
+            raise
+        video = None  # leave the except block first, so the failed attempt's tensors are freed
+    if video is None:
+        logger.warning("%s: out of GPU memory decoding untiled; retrying with tiling", node)
+        host.free_cache()
+        video = decode_raw(vae.vae, raw, tiling=True, slicing=sliced)
+    return video.to(host.output_device())
+
+
+def _latent_samples(samples) -> torch.Tensor:
+    """The (B, 16, F, h, w) tensor of a ComfyUI LATENT, or an error that names the input."""
+    tensor = samples.get("samples") if isinstance(samples, dict) else None
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 5 or tensor.shape[1] != 16:
+        found = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(samples).__name__
+        raise ValueError(f"samples: expected a CogVideoX video LATENT (B, 16, frames, h, w), got {found}: connect "
+                         "the LATENT of a sampler that ran the Ingredients MODEL (or Ingredients Image to Video).")
+    return tensor
+
+
+class DecodeLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsDecodeLatent",
+            display_name="Ingredients Decode LATENT",
+            category=CATEGORY,
+            description=("Decodes a ComfyUI video LATENT (from KSampler or SamplerCustomAdvanced on the Ingredients "
+                         "MODEL) with the Ingredients VAE to IMAGE frames. ComfyUI's own VAE Decode with a "
+                         "CogVideoX VAE file (VAELoader, ComfyUI 0.21 and later) decodes the same LATENT."),
+            inputs=[
+                VAEType.Input("vae", tooltip="From Load Ingredients VAE."),
+                io.Latent.Input("samples", tooltip=("The sampled video LATENT (B, 16, frames, h, w), in raw VAE "
+                                                     "units as ComfyUI's samplers return it.")),
+                io.Boolean.Input("tiling", default=True,
+                                 tooltip=("Decode in tiles: much less memory, tiny seams at most. "
+                                          "Off = the official decode.")),
+            ],
+            outputs=[io.Image.Output("frames", display_name="frames",
+                                     tooltip=("The video frames as an IMAGE batch (videos x frames, height, width, "
+                                              "3), video after video."))],
+        )
+
+    @classmethod
+    def execute(cls, vae: IngredientsVAE, samples: dict, tiling: bool) -> io.NodeOutput:
+        return io.NodeOutput(decode_video(vae, _latent_samples(samples), tiling, "Ingredients Decode LATENT"))

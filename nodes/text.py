@@ -6,6 +6,9 @@ asks the tokenizer for 226 tokens per call (``tokenizer_options``), without Comf
 emphasis syntax (``disable_weights``: brackets stay text, as in the official pipeline; the token ids
 then equal the official tokenizer's), and encodes only the t5xxl part, so the shared CLIP object is
 never changed.
+
+Both nodes give the pack's prompt payload (output 0, for the pack's sampler) and the same
+embeddings as ComfyUI ``CONDITIONING`` (``positive``, ``negative``) for the native MODEL path.
 """
 
 from __future__ import annotations
@@ -26,6 +29,27 @@ PROMPT_TOOLTIP = ("What happens in the video. T5 reads at most 226 tokens; longe
                   "(a warning says how much). Brackets are plain text (no ComfyUI emphasis), as in the paper's code.")
 NEGATIVE_TOOLTIP = "What to avoid. The official default is empty."
 OUTPUT_TOOLTIP = "Prompt and negative prompt as T5 embeddings (226 tokens each), for the sampler."
+POSITIVE_TOOLTIP = ("The prompt as a ComfyUI CONDITIONING (1, 226, 4096), for Ingredients Image to Video and "
+                    "KSampler on the Ingredients MODEL.")
+NEGATIVE_OUTPUT_TOOLTIP = ("The negative prompt as a ComfyUI CONDITIONING (1, 226, 4096), for Ingredients Image "
+                           "to Video and KSampler on the Ingredients MODEL.")
+
+
+def _outputs() -> list:
+    """The pack's prompt payload (output 0), then the same embeddings as ComfyUI CONDITIONING."""
+    return [PromptType.Output("embeddings", display_name="prompt", tooltip=OUTPUT_TOOLTIP),
+            io.Conditioning.Output("positive", display_name="positive", tooltip=POSITIVE_TOOLTIP),
+            io.Conditioning.Output("negative", display_name="negative", tooltip=NEGATIVE_OUTPUT_TOOLTIP)]
+
+
+def conditioning(embeds) -> list:
+    """ComfyUI's CONDITIONING of T5 embeddings (1, 226, D): what CLIPTextEncode gives for a T5-only
+    CLIP (``pooled_output`` None: T5 has no pooled vector)."""
+    return [[embeds, {"pooled_output": None}]]
+
+
+def _node_output(prompt: IngredientsPrompt, ui=None) -> io.NodeOutput:
+    return io.NodeOutput(prompt, conditioning(prompt.positive), conditioning(prompt.negative), ui=ui)
 
 
 def _prompt_inputs() -> list:
@@ -45,7 +69,7 @@ class EncodePrompt(io.ComfyNode):
             description=("Encodes prompt and negative prompt with the T5 of the Ingredients folder, as the "
                          "official pipeline does."),
             inputs=[T5Type.Input("t5", tooltip="From Load Ingredients T5."), *_prompt_inputs()],
-            outputs=[PromptType.Output("embeddings", display_name="prompt", tooltip=OUTPUT_TOOLTIP)],
+            outputs=_outputs(),
         )
 
     @classmethod
@@ -57,8 +81,8 @@ class EncodePrompt(io.ComfyNode):
         embeds = host.run_t5(t5.patcher, t5.encoder, ids, t5_activation_bytes(t5.config, *ids.shape))
         lengths = prompt_lengths(t5.tokenizer, [prompt, negative_prompt])
         notice = "\n".join(length_notice(name, *found) for name, found in zip(("prompt", "negative_prompt"), lengths))
-        return io.NodeOutput(IngredientsPrompt(embeds[:1], embeds[1:], f"T5 of {t5.folder.name}"),
-                             ui=ui.PreviewText(notice))
+        return _node_output(IngredientsPrompt(embeds[:1], embeds[1:], f"T5 of {t5.folder.name}"),
+                            ui=ui.PreviewText(notice))
 
 
 def clip_t5_embeddings(clip, text: str, input_name: str, lengths: list | None = None):
@@ -114,7 +138,7 @@ class EncodePromptCLIP(io.ComfyNode):
             inputs=[io.Clip.Input("clip", tooltip=("A CLIP holding T5-XXL: CLIPLoader type sd3 (t5xxl file) "
                                                    "or cogvideox.")),
                     *_prompt_inputs()],
-            outputs=[PromptType.Output("embeddings", display_name="prompt", tooltip=OUTPUT_TOOLTIP)],
+            outputs=_outputs(),
         )
 
     @classmethod
@@ -125,4 +149,4 @@ class EncodePromptCLIP(io.ComfyNode):
         positive = clip_t5_embeddings(clip, prompt, "prompt", lengths)
         negative = clip_t5_embeddings(clip, negative_prompt, "negative_prompt", lengths)
         notice = "\n".join(length_notice(name, count) for name, count in zip(("prompt", "negative_prompt"), lengths))
-        return io.NodeOutput(IngredientsPrompt(positive, negative, "native CLIP (t5xxl)"), ui=ui.PreviewText(notice))
+        return _node_output(IngredientsPrompt(positive, negative, "native CLIP (t5xxl)"), ui=ui.PreviewText(notice))

@@ -29,6 +29,7 @@ STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 sys.path.insert(0, str(STUBS))
 import frontend  # noqa: E402
 import harness  # noqa: E402
+import native_workflows  # noqa: E402
 import workflow_tools  # noqa: E402
 
 sys.path.remove(str(STUBS))
@@ -41,6 +42,7 @@ WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
 FIXTURES = sorted((harness.REPO / "tests" / "fixtures" / "workflows").glob("*.json"))
 # The tiny transformer has learned positions for 9 frames of 64 x 96: the only override of the examples.
 TINY_SAMPLER = dict(width=96, height=64, frames=9, steps=2)
+TINY_VIDEO = dict(width=96, height=64, frames=9)  # Ingredients Image to Video in the native examples
 START_TIMEOUT, RUN_TIMEOUT = 240, 600
 CLIENT_ID = "ingredients-tests"
 
@@ -64,7 +66,8 @@ class Server:
 
     def start(self) -> None:
         yaml = self.root / "extra_model_paths.yaml"
-        yaml.write_text(f"ingredients_tests:\n    base_path: {self.root / 'models'}\n    ingredients: ingredients\n")
+        yaml.write_text(f"ingredients_tests:\n    base_path: {self.root / 'models'}\n    ingredients: ingredients\n"
+                        "    loras: loras\n")
         command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", *self.flags, "--listen",
                    "127.0.0.1", "--port", str(self.port), "--base-directory", str(self.base), "--preview-method",
                    "auto", "--extra-model-paths-config", str(yaml)]
@@ -139,7 +142,8 @@ def models_root(tmp_path_factory) -> Path:
 
     sys.path.remove(str(STUBS))
     root = tmp_path_factory.mktemp("comfyui")
-    tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
+    folder = tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
+    tiny_models.write_tiny_kohya_lora(folder, root / "models" / "loras" / native_workflows.LORA_FILE)
     return root
 
 
@@ -241,6 +245,27 @@ def test_folder_t5_on_comfyuis_real_t5_gives_the_official_embeddings(tmp_path):
     assert errors["float32"] < 1e-5 and errors["float16"] < 1e-2 and errors["float8_e4m3fn"] < 0.2, errors
 
 
+def test_native_conditioning_facts_with_comfyuis_own_tokenizers_and_vae(tmp_path):
+    """What the README says of the native path's conditioning: CLIPTextEncode gets 226 T5 tokens from
+    CLIPLoader type cogvideox, 77 from sd3 until T5TokenizerOptions (min_length 226) makes them 226,
+    and more for a long prompt (ComfyUI never truncates); ComfyUI's CogVideoX VAE (where it has one)
+    gives Image to Video's comfy_vae the diffusers latent mean and decodes a LATENT to frames."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run([python, str(STUBS / "real_conditioning_check.py"), COMFYUI, str(harness.REPO)],
+                            capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    tokens, vae = report["tokens"], report["vae"]
+    assert tokens["sd3"][0] == 77 and tokens["sd3+T5TokenizerOptions"][0] == 226
+    assert all(long > 226 for _, long in tokens.values())
+    has_cogvideox = (Path(COMFYUI) / "comfy" / "ldm" / "cogvideo").is_dir()
+    assert ("cogvideox" in tokens) == has_cogvideox == vae["cogvideox"], report
+    if has_cogvideox:
+        assert tokens["cogvideox"][0] == 226
+        assert vae["latent_shape"] == [1, 16, 1, 8, 12] and vae["encode"] < 1e-4, vae
+        assert vae["frames_shape"] == [9, 64, 96, 3], vae
+
+
 def _pack_node_ids() -> set[str]:
     harness.load_pack(Path("/nonexistent"))
     try:
@@ -255,7 +280,7 @@ def test_every_node_is_listed_and_nothing_failed_to_import(server, definitions):
     failed = [line for line in server.log().splitlines() if "IMPORT FAILED" in line]
     assert failed == [], "\n".join(failed)
     for node_id in expected:
-        assert definitions[node_id]["category"] == "Ingredients"
+        assert definitions[node_id]["category"].split("/")[0] == "Ingredients"  # or a subcategory of it
     loader, apply_ids = definitions["IngredientsModelLoader"], definitions["IngredientsApplyIDs"]
     assert loader["output"] == ["INGREDIENTS_MODEL", "MODEL"]  # the MODEL appended: saved links stay valid
     assert apply_ids["input"]["required"]["model"][0] == "MODEL" and apply_ids["output"] == ["MODEL"]
@@ -280,14 +305,39 @@ def test_missing_model_folder_is_refused_on_the_node(server, definitions):
     assert "NotDownloaded" in message and "feizhengcong/Ingredients" in message and "models" in message
 
 
+def _tiny_text(prompt: dict) -> None:
+    """The native examples read T5-XXL through CLIPLoader and CLIPTextEncode; ComfyUI's T5-XXL has a
+    fixed 4096-wide config no tiny file fits, and the tiny model reads the tiny T5's width. So here
+    each CLIPTextEncode becomes Ingredients Encode Prompt (T5) on the tiny folder's T5 (its positive
+    CONDITIONING output, the same CONDITIONING format), and the CLIP loaders leave the prompt."""
+    encoders = [k for k, v in prompt.items() if v["class_type"] == "CLIPTextEncode"]
+    if not encoders:
+        return
+    for key in [k for k, v in prompt.items() if v["class_type"] in ("CLIPLoader", "T5TokenizerOptions")]:
+        del prompt[key]
+    prompt["tiny_t5"] = {"class_type": "IngredientsT5Loader", "inputs": {"model_folder": "Ingredients", "dtype": "auto"}}
+    for key in encoders:
+        prompt[key] = {"class_type": "IngredientsEncodePrompt",
+                       "inputs": {"t5": ["tiny_t5", 0], "prompt": prompt[key]["inputs"]["text"], "negative_prompt": ""}}
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and value[0] in encoders and value[1] == 0:
+                node["inputs"][name] = [value[0], 1]
+
+
 def _run_workflow(server: Server, definitions: dict, path: Path) -> None:
     """One example workflow (tiny sampler sizes) through /prompt to saved outputs."""
     workflow = json.loads(path.read_text())
     assert workflow_tools.check_workflow(workflow, definitions) == []
     prompt = workflow_tools.to_api(workflow, definitions)
+    _tiny_text(prompt)
     for node in prompt.values():
         if node["class_type"] == "IngredientsSampler":
             node["inputs"].update(TINY_SAMPLER)
+        if node["class_type"] == "IngredientsImageToVideo":
+            node["inputs"].update(TINY_VIDEO)
+        if node["class_type"] == "KSampler":
+            node["inputs"].update(steps=TINY_SAMPLER["steps"])
     status, answer = server.post_prompt(prompt)
     assert status == 200 and not answer.get("node_errors"), answer
     entry = server.wait_for(answer["prompt_id"])
@@ -296,6 +346,8 @@ def _run_workflow(server: Server, definitions: dict, path: Path) -> None:
     for saver in savers:
         images = entry["outputs"][saver]["images"]
         assert images and (server.base / "output" / images[0]["filename"]).stat().st_size > 0
+    if any(v["class_type"] == "LoraLoaderModelOnly" for v in prompt.values()):
+        assert "lora key not loaded" not in server.log(), server.log()[-4000:]  # every kohya key found a weight
     for check in (k for k, v in prompt.items() if v["class_type"] == "IngredientsIdentityCheck"):
         shown = entry["outputs"][check]  # the plot and the report table, shown on the node
         assert shown["images"] and shown["text"][0].startswith("Identity check"), shown

@@ -161,7 +161,7 @@ def on_gpu(pack):
         models = _load(nodes, ("model", "vae", "t5", "encoder"), dtype="float32")
         with fake_gpu.computing():
             face = _encode_face(nodes, models)
-            prompt, = run(nodes["IngredientsEncodePrompt"], t5=models["t5"], prompt="a person", negative_prompt="")
+            prompt, _, _ = run(nodes["IngredientsEncodePrompt"], t5=models["t5"], prompt="a person", negative_prompt="")
         yield nodes, models, face, prompt
 
 
@@ -204,7 +204,7 @@ def test_every_dtype_flag_gives_a_working_run(on_gpu, flag):
             if flag == "fp8_e4m3fn_unet":  # the flag that broke Encode Face: face models never take it
                 assert torch.equal(_encode_face(nodes, models).id_cond, face.id_cond)
             if role == "t5":
-                prompt, = run(nodes["IngredientsEncodePrompt"], t5=models["t5"], prompt="a person", negative_prompt="")
+                prompt, _, _ = run(nodes["IngredientsEncodePrompt"], t5=models["t5"], prompt="a person", negative_prompt="")
                 assert prompt.positive.shape == (1, 226, prompt.width) and torch.isfinite(prompt.positive).all()
             if role == "model":
                 _sample(nodes, models, face, prompt)

@@ -224,7 +224,7 @@ def test_decode_falls_back_to_tiles_when_the_untiled_decode_runs_out_of_memory(n
     with fake_gpu.computing():
         latents, _ = run(nodes["IngredientsSampler"], **sampler_inputs(nodes, graph["models"], graph["faces"]))
         tiled, = run(nodes["IngredientsDecode"], vae=graph["models"]["vae"], latents=latents, tiling=True)
-    original, tries = vae_module.decode, []
+    original, tries = vae_module.decode_raw, []
 
     def decode(vae, x, tiling, slicing):
         tries.append(tiling)
@@ -232,7 +232,7 @@ def test_decode_falls_back_to_tiles_when_the_untiled_decode_runs_out_of_memory(n
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(vae, x, tiling=tiling, slicing=slicing)
 
-    monkeypatch.setattr(vae_module, "decode", decode)
+    monkeypatch.setattr(vae_module, "decode_raw", decode)
     with caplog.at_level(logging.WARNING), fake_gpu.computing():
         frames, = run(nodes["IngredientsDecode"], vae=graph["models"]["vae"], latents=latents, tiling=False)
     assert tries == [False, True] and torch.equal(frames, tiled)
@@ -246,14 +246,14 @@ def test_t5_loads_partially_and_streams_the_rest_with_the_same_embeddings(nodes,
     t5, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="float32")
     encode = nodes["IngredientsEncodePrompt"]
     with fake_gpu.computing():
-        full, = run(encode, t5=t5, prompt="two people", negative_prompt="")
+        full, _, _ = run(encode, t5=t5, prompt="two people", negative_prompt="")
     ids = pack_module("ingredients_core.text").tokenize_prompts(t5.tokenizer, ["two people", ""])
     needed = pack_module("ingredients_core.memory").t5_activation_bytes(t5.config, *ids.shape)
     size = t5.patcher.model_size()
     _gpu_with(int(max(mm.minimum_inference_memory(), needed + mm.extra_reserved_memory()) + 0.3 * size))
     try:
         with fake_gpu.computing():
-            partial, = run(encode, t5=t5, prompt="two people", negative_prompt="")
+            partial, _, _ = run(encode, t5=t5, prompt="two people", negative_prompt="")
             loaded = t5.patcher.loaded_size()
     finally:
         _gpu_with(16 * GiB)
@@ -262,7 +262,7 @@ def test_t5_loads_partially_and_streams_the_rest_with_the_same_embeddings(nodes,
     fp8, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="float8_e4m3fn")
     assert fp8.encoder.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float8_e4m3fn
     with fake_gpu.computing():
-        small, = run(encode, t5=fp8, prompt="two people", negative_prompt="")
+        small, _, _ = run(encode, t5=fp8, prompt="two people", negative_prompt="")
     assert torch.isfinite(small.positive).all() and small.positive.shape == full.positive.shape
 
 

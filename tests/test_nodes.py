@@ -56,7 +56,7 @@ def graph(nodes):
     model, _ = run(nodes["IngredientsModelLoader"], model_folder="Ingredients", dtype="auto", routing_mode="official")
     vae, = run(nodes["IngredientsVAELoader"], model_folder="Ingredients", dtype="auto")
     t5, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="auto")
-    prompt, = run(nodes["IngredientsEncodePrompt"], t5=t5, prompt=PROMPT, negative_prompt="")
+    prompt, _, _ = run(nodes["IngredientsEncodePrompt"], t5=t5, prompt=PROMPT, negative_prompt="")
     encoder, = run(nodes["IngredientsFaceEncoderLoader"], model_folder="Ingredients", provider="auto")
     encode = nodes["IngredientsEncodeFace"]
     face_1, crop_1 = run(encode, face_encoder=encoder, image=image_batch(1, 2), face_choice="best", face_index=0,
@@ -95,13 +95,13 @@ def test_entrypoint_returns_extension_with_all_nodes(pack, nodes):
 
     extension = asyncio.run(pack.comfy_entrypoint())
     assert isinstance(extension, ComfyExtension)
-    assert len(asyncio.run(extension.get_node_list())) == len(nodes) == 22
+    assert len(asyncio.run(extension.get_node_list())) == len(nodes) == 24
 
 
 def test_every_node_documents_every_input_and_output(nodes):
     for node_id, cls in nodes.items():
         schema = cls.define_schema()
-        assert node_id.startswith("Ingredients") and schema.category == "Ingredients"
+        assert node_id.startswith("Ingredients") and schema.category.split("/")[0] == "Ingredients"
         assert schema.display_name and len(schema.description) > 30, node_id
         for item in [*schema.inputs, *schema.outputs]:
             assert item.tooltip and len(item.tooltip) > 10, f"{node_id}.{item.id} has no tooltip"
@@ -110,8 +110,8 @@ def test_every_node_documents_every_input_and_output(nodes):
 
 
 def test_payload_types_are_the_packs_own(nodes):
-    builtin = {"IMAGE", "MASK", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "MODEL", "LATENT", "SAMPLER",
-               "SIGMAS"}
+    builtin = {"IMAGE", "MASK", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "MODEL", "LATENT", "CONDITIONING",
+               "VAE", "SAMPLER", "SIGMAS"}
     for cls in nodes.values():
         schema = cls.define_schema()
         for item in [*schema.inputs, *schema.outputs]:
@@ -235,7 +235,7 @@ def test_t5_loader_runs_the_folders_t5_on_comfyuis_t5_with_the_official_embeddin
     t5, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="float32")
     linears = [m for m in t5.encoder.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m, comfy.ops.manual_cast.Linear) for m in linears)
-    prompt, = run(nodes["IngredientsEncodePrompt"], t5=t5, prompt=PROMPT, negative_prompt="")
+    prompt, _, _ = run(nodes["IngredientsEncodePrompt"], t5=t5, prompt=PROMPT, negative_prompt="")
     folder = models_dir / "ingredients" / "Ingredients"
     official = text.encode_prompts(text.load_tokenizer(folder), text.load_text_encoder(folder, torch.float32, "cpu"),
                                    [PROMPT, ""], "cpu", torch.float32)
@@ -303,9 +303,9 @@ class FakeT5Clip:
 
 def test_clip_prompt_gives_226_t5_tokens_and_leaves_clip_alone(nodes):
     clip = FakeT5Clip()
-    prompt, = run(nodes["IngredientsEncodePromptCLIP"], clip=clip, prompt=PROMPT, negative_prompt="")
+    prompt, _, _ = run(nodes["IngredientsEncodePromptCLIP"], clip=clip, prompt=PROMPT, negative_prompt="")
     assert prompt.positive.shape == prompt.negative.shape == (1, 226, 4096)
-    long_prompt, = run(nodes["IngredientsEncodePromptCLIP"], clip=clip, prompt="word " * 400, negative_prompt="")
+    long_prompt, _, _ = run(nodes["IngredientsEncodePromptCLIP"], clip=clip, prompt="word " * 400, negative_prompt="")
     last = clip.encoded[-2]["t5xxl"][0]
     assert long_prompt.positive.shape == (1, 226, 4096) and len(last) == 226 and last[-1][0] == 1
 

@@ -141,7 +141,7 @@ def _option_appended(nodes):
 
 
 def _node_added(nodes):
-    nodes["IngredientsApplyIDs"] = {"inputs": [], "outputs": [{"name": "MODEL", "type": "MODEL"}], "deprecated": False}
+    nodes["IngredientsExampleNode"] = {"inputs": [], "outputs": [{"name": "MODEL", "type": "MODEL"}], "deprecated": False}
 
 
 def _deprecated(nodes):
@@ -152,7 +152,7 @@ def _deprecated(nodes):
     (_optional_appended, "IngredientsSampler.eta: optional input appended"),
     (_output_appended, "IngredientsSampler output 2 (MODEL: MODEL) appended"),
     (_option_appended, "IngredientsSampler.scheduler: options ['ddpm'] appended"),
-    (_node_added, "IngredientsApplyIDs: new node"),
+    (_node_added, "IngredientsExampleNode: new node"),
     (_deprecated, "IngredientsSampler: deprecated False -> True"),
 ])
 def test_allowed_changes_pass_and_are_reported(now, change, expected):

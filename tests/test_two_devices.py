@@ -63,7 +63,7 @@ def encode_faces(nodes, models) -> list:
 
 
 def sampler_inputs(nodes, models, faces) -> dict:
-    prompt, = run(nodes["IngredientsEncodePrompt"], t5=models["t5"], prompt=PROMPT, negative_prompt="")
+    prompt, _, _ = run(nodes["IngredientsEncodePrompt"], t5=models["t5"], prompt=PROMPT, negative_prompt="")
     ids, = run(nodes["IngredientsIDList"], face_1=faces[0], face_2=faces[1])
     tokens, = run(nodes["IngredientsProjectIDs"], model=models["model"], ids=ids)
     routed, = run(nodes["IngredientsRouteIDs"], id_tokens=tokens, routing_mode="from model", strength=1.0)

@@ -52,7 +52,11 @@ def test_workflow_matches_node_definitions(path, definitions):
     assert workflow["last_link_id"] >= max(link[0] for link in workflow["links"])
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+PACK_SAMPLER = [p for p in WORKFLOWS if "ksampler" not in p.name and "easycache" not in p.name]
+NATIVE = [p for p in WORKFLOWS if p not in PACK_SAMPLER]
+
+
+@pytest.mark.parametrize("path", PACK_SAMPLER, ids=lambda p: p.name)
 def test_workflow_converts_to_api_format(path, definitions):
     workflow = load(path)
     prompt = workflow_tools.to_api(workflow, definitions)
@@ -67,6 +71,46 @@ def test_workflow_converts_to_api_format(path, definitions):
     assert all(set(n["inputs"]) == {"image"} for n in loads)  # the upload button value is not an input
     assert any(v["class_type"] == "IngredientsDecode" and v["inputs"]["latents"] == [sampler_id, 0]
                for v in prompt.values())
+
+
+def test_native_examples_exist():
+    assert {p.name for p in NATIVE} == {"ingredients_two_ids_ksampler.json", "ingredients_two_ids_lora_easycache.json"}
+
+
+def _source(prompt: dict, link: list) -> str:
+    return prompt[link[0]]["class_type"]
+
+
+@pytest.mark.parametrize("path", NATIVE, ids=lambda p: p.name)
+def test_native_example_runs_the_model_through_apply_ids_in_ksampler(path, definitions):
+    """CLIPLoader (sd3) -> T5TokenizerOptions (226) -> CLIPTextEncode for the text; Image to Video for the
+    canvas latent and the empty LATENT at the official size; the MODEL through Apply IDs (and, in the
+    LoRA example, LoraLoaderModelOnly before it and EasyCache after it) into KSampler euler/simple."""
+    prompt = workflow_tools.to_api(load(path), definitions)
+    nodes = {v["class_type"]: (k, v) for k, v in prompt.items()}
+    _, ksampler = nodes["KSampler"]
+    assert {k: ksampler["inputs"][k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")} == dict(
+        seed=42, steps=50, cfg=6.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    to_video_id, to_video = nodes["IngredientsImageToVideo"]
+    assert {k: to_video["inputs"][k] for k in ("width", "height", "frames", "encoding")} == dict(
+        width=720, height=480, frames=49, encoding="mean")
+    assert [ksampler["inputs"][k] for k in ("positive", "negative", "latent_image")] == [
+        [to_video_id, 0], [to_video_id, 1], [to_video_id, 2]]
+    texts = [prompt[to_video["inputs"][k][0]] for k in ("positive", "negative")]
+    assert [t["class_type"] for t in texts] == ["CLIPTextEncode"] * 2
+    assert texts[0]["inputs"]["text"] == OFFICIAL_TWO_ID_PROMPT and texts[1]["inputs"]["text"] == ""
+    options = prompt[texts[0]["inputs"]["clip"][0]]
+    assert options["class_type"] == "T5TokenizerOptions" and options["inputs"]["min_length"] == 226
+    assert prompt[options["inputs"]["clip"][0]]["inputs"]["type"] == "sd3"
+    chain, link = [], ksampler["inputs"]["model"]
+    while _source(prompt, link) != "IngredientsModelLoader":
+        chain.append(_source(prompt, link))
+        link = prompt[link[0]]["inputs"]["model"]
+    assert link[1] == 1  # the loader's MODEL output
+    lora = "easycache" in path.name
+    assert chain == (["EasyCache", "IngredientsApplyIDs", "LoraLoaderModelOnly"] if lora else ["IngredientsApplyIDs"])
+    decode = nodes["IngredientsDecodeLatent"][1]
+    assert decode["inputs"]["samples"] == [nodes["KSampler"][0], 0]
 
 
 def test_two_id_example_uses_the_official_prompt_and_two_slots():

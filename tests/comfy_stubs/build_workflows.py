@@ -25,6 +25,7 @@ from pathlib import Path
 
 import frontend
 import registry_metadata
+from native_workflows import ksampler_spec, lora_easycache_spec
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 TWO_MEN = ("Two men in half bodies, are seated in a dimly lit room, possibly an office or meeting room, "
@@ -130,6 +131,8 @@ EXAMPLES = {
     "ingredients_two_ids.json": _spec(2, TWO_MEN),
     "ingredients_two_ids_identity_check.json": _two_ids_checked(),
     "ingredients_three_ids_masks.json": _three_ids_masks(),
+    "ingredients_two_ids_ksampler.json": ksampler_spec(TWO_MEN),
+    "ingredients_two_ids_lora_easycache.json": lora_easycache_spec(TWO_MEN),
 }
 
 

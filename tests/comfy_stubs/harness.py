@@ -17,7 +17,7 @@ from pathlib import Path
 STUBS = Path(__file__).resolve().parent
 REPO = STUBS.parents[1]
 PACK = "comfyui_ingredients_under_test"
-STUB_MODULES = ("comfy_api", "comfy", "folder_paths", "latent_preview")
+STUB_MODULES = ("comfy_api", "comfy", "folder_paths", "latent_preview", "node_helpers")
 
 
 def load_pack(models_dir: Path):

@@ -57,6 +57,7 @@ HOST_FUNCTIONS = {
         *(f"{ops}.{layer}.forward_comfy_cast_weights" for ops in ("disable_weight_init", "manual_cast")
           for layer in ("Linear", "Conv2d", "Conv3d", "GroupNorm", "LayerNorm", "RMSNorm", "Embedding"))],
     "comfy.ldm.modules.attention": ["optimized_attention"],
+    "node_helpers": ["conditioning_set_values"],
 }
 
 # sampling a MODEL (issue 15, part 4): the guider, samplers and schedulers the stand-ins imitate

@@ -65,3 +65,28 @@ def face_photo(seed: int = 0, size: int = 512) -> np.ndarray:
     image = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], size=(size, size),
                                             mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
     return image.clamp(0, 255).round().to(torch.uint8).numpy()
+
+
+def write_tiny_kohya_lora(model_folder: Path, path: Path, rank: int = 2, scale: float = 0.5) -> Path:
+    """A kohya-format LoRA (``lora_unet_<key with _>.lora_down/lora_up/alpha``) for the q and v
+    projections of every block of the tiny transformer in ``model_folder``, seeded: what ComfyUI's
+    *LoraLoaderModelOnly* applies to the Ingredients MODEL through its own key map."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for weights in sorted((model_folder / "transformer").glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():
+                if key.startswith("transformer_blocks.") and key.endswith((".attn1.to_q.weight", ".attn1.to_v.weight")):
+                    out_features, in_features = f.get_slice(key).get_shape()
+                    name = "lora_unet_" + key.removesuffix(".weight").replace(".", "_")
+                    tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * scale
+                    tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+                    tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    if not tensors:
+        raise ValueError(f"{model_folder}: no transformer_blocks.N.attn1.to_q/to_v weights to make a LoRA for")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path

@@ -22,7 +22,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 CORE_NODES = Path(__file__).with_name("core_nodes.json")
 # Combos whose options are files on disk: any string is a valid value in a shared workflow.
-DISK_COMBOS = {"model_folder"}
+DISK_COMBOS = {"model_folder", "clip_name", "lora_name"}
 
 
 def _schema_definition(cls) -> dict:
