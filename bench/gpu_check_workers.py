@@ -99,7 +99,7 @@ def _chain(env: dict, torch, fullsize, mode: str) -> tuple[dict, dict]:
     vae, = _run(nodes["IngredientsVAELoader"], **folder, dtype="auto")
     t5, = _run(nodes["IngredientsT5Loader"], **folder, dtype="auto")
     encoder, = _run(nodes["IngredientsFaceEncoderLoader"], **folder, provider="auto")
-    prompt, = _run(nodes["IngredientsEncodePrompt"], t5=t5, prompt="Two women at a table.", negative_prompt="")
+    prompt, _, _ = _run(nodes["IngredientsEncodePrompt"], t5=t5, prompt="Two women at a table.", negative_prompt="")
     faces = [_run(nodes["IngredientsEncodeFace"], face_encoder=encoder, image=_photos(torch, tiny, seed),
                   face_choice="best", face_index=0, min_face_size=64)[0] for seed in (1, 3)]
     ids, = _run(nodes["IngredientsIDList"], face_1=faces[0], face_2=faces[1])

@@ -222,6 +222,8 @@ def test_shared_constants_have_one_definition():
 
 
 def test_read_transformer_config_without_config_json_is_none(tmp_path):
-    (tmp_path / "transformer").mkdir()
-    (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    from safetensors.torch import save_file
+
+    (tmp_path / "transformer").mkdir()  # a whole weights file (resolve checks it is not truncated), no config.json
+    save_file({"proj_out.weight": torch.zeros(2, 2)}, str(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert P.read_transformer_config(tmp_path) is None
