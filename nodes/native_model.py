@@ -196,8 +196,29 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         out = {"c_concat": comfy.conds.CONDNoiseShape(self.concat_cond(**kwargs))}
         cross_attn = kwargs.get("cross_attn")
         if cross_attn is not None:
-            out["c_crossattn"] = comfy.conds.CONDCrossAttn(cross_attn)
+            out["c_crossattn"] = comfy.conds.CONDCrossAttn(self._text_tokens(cross_attn))
         return out
+
+    def _text_tokens(self, text: torch.Tensor) -> torch.Tensor:
+        """The prompt's T5 tokens (B, 226, D) as the model reads them (its learned positions cover
+        exactly 226). Fewer (CLIPLoader ``sd3`` gives 77) is refused with the fixes: padding after the
+        encoder is not what T5 gives for pad tokens. More (CLIPTextEncode never truncates) keeps the
+        first 226 with a warning: near the official text, whose tokenizer cuts before T5 and keeps the
+        end token (the pack's Encode Prompt nodes do exactly that). Called once per sampling run."""
+        tokens = self.diffusion_model.config.max_text_seq_length
+        if text.shape[-2] < tokens:
+            raise ValueError(
+                f"Ingredients MODEL: the text conditioning has {text.shape[-2]} tokens, the model reads {tokens} "
+                f"(padded T5 tokens, as the official pipeline): put ComfyUI's T5TokenizerOptions (min_length {tokens}) "
+                "between CLIPLoader and CLIPTextEncode, use CLIPLoader type cogvideox, or take the positive/"
+                "negative outputs of the pack's Encode Prompt nodes.")
+        if text.shape[-2] > tokens:
+            logger.warning("Ingredients MODEL: the text conditioning has %d tokens (a prompt over %d T5 tokens; "
+                           "CLIPTextEncode does not truncate); the model reads the first %d. The pack's Encode "
+                           "Prompt nodes truncate as the official pipeline does (end token kept).",
+                           text.shape[-2], tokens - 1, tokens)
+            text = text[..., :tokens, :]
+        return text
 
     def memory_required(self, input_shape, cond_shapes={}):
         """Activation bytes of one forward on ``input_shape`` (B, 16, F, H, W) (the pack's estimate)."""

@@ -326,6 +326,18 @@ def test_text_width_mismatch_names_the_fix(loaded):
         native_x0(model, x_t, image, torch.zeros(2, 226, 4096), 500)
 
 
+def test_text_of_other_lengths_is_refused_or_cut_to_226_tokens(loaded, caplog):
+    model = loaded["model"]
+    noise = torch.zeros(1, 16, 3, 8, 12)
+    with pytest.raises(ValueError, match="77 tokens, the model reads 226.*T5TokenizerOptions"):
+        model.model.extra_conds(noise=noise, cross_attn=torch.zeros(1, 77, 32), device=torch.device("cpu"))
+    long = torch.randn(1, 301, 32)
+    with caplog.at_level(logging.WARNING):
+        conds = model.model.extra_conds(noise=noise, cross_attn=long, device=torch.device("cpu"))
+    assert torch.equal(conds["c_crossattn"].cond, long[:, :226])
+    assert "301 tokens" in caplog.text and "the first 226" in caplog.text
+
+
 def test_extra_conds_scale_and_pad_the_image_latent(loaded):
     model = loaded["model"]
     noise = torch.zeros(2, 16, 3, 8, 12)
