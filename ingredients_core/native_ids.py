@@ -166,6 +166,12 @@ class IDPatch:
             self.recorder.start()
 
     def end_run(self) -> None:
+        split = self._run is not None and {(COND,), (UNCOND,)} <= self._run.get("call kinds", set())
+        if split and self.options.mode == "official":
+            logger.warning("Ingredients Apply IDs: ComfyUI ran the cond and uncond halves as separate calls (not "
+                           "enough free memory for both in one); in official routing the cond half was then routed "
+                           "on itself (as per_sample), so this run differs from a batched one. Free memory, or use "
+                           "routing mode per_sample, which gives the same result either way.")
         self._run = None
         if self.recorder is not None:
             self.recorder.finish()
@@ -188,6 +194,8 @@ class IDPatch:
         plan = self._cached(("plan", grid, device), lambda: RoutingPlan(
             self.options, self.num_ids, grid, config.local_face_scale, device))
         chunks = list(chunks)
+        if self._run is not None:  # which halves each call held: a split run is named at end_run
+            self._run.setdefault("call kinds", set()).add(tuple(sorted(set(chunks))))
         order = official_order(chunks, batch) if self.options.mode == "official" else None
         if order is not None:
             first = chunks.index(UNCOND)

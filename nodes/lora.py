@@ -15,7 +15,7 @@ import logging
 from comfy_api.latest import io, ui
 
 from ..ingredients_core import lora_keys
-from . import host
+from . import host, native_model
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class LoraLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name: str, strength_model: float) -> io.NodeOutput:
+        native_model.transformer_of(model)  # another model family's MODEL is refused, naming the fix
         if strength_model == 0:
             return io.NodeOutput(model, ui=ui.PreviewText(f"LoRA {lora_name}: strength 0, not applied"))
         lora = host.load_lora_file(lora_name, "lora_name")

@@ -33,6 +33,7 @@ import comfy.samplers
 import comfy.supported_models_base
 import torch
 
+from ..ingredients_core.settings import FF_CHUNK  # the feed-forward chunk the pack's sampler runs with
 from . import host
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
             order = order.to(hidden.device)
             hidden, context, timestep = hidden[order], context[order], timestep[order]
         v = transformer(hidden, context, timestep, rotary, ids=ids, routing=routing,
-                        ff_chunk=transformer_options.get(FF_CHUNK_KEY))
+                        ff_chunk=transformer_options.get(FF_CHUNK_KEY, FF_CHUNK))
         if order is not None:
             v = v[torch.argsort(order)]
         return v.permute(0, 2, 1, 3, 4)                                          # (B, 16, F, H, W)
@@ -227,7 +228,8 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
 
         batch, _, frames, height, width = input_shape
         size = forward_size(self.diffusion_model.config, batch, frames, height, width, MAX_IDS)
-        return transformer_activation_bytes(size, comfy.model_management.dtype_size(self.get_dtype_inference()))
+        return transformer_activation_bytes(size, comfy.model_management.dtype_size(self.get_dtype_inference()),
+                                            FF_CHUNK)
 
 
 def _step_inputs(model: IngredientsBaseModel, patch, hidden: torch.Tensor, options: dict, timestep: torch.Tensor):

@@ -177,3 +177,12 @@ def test_a_lora_for_another_model_is_an_error_naming_the_formats(setup, model):
 def test_strength_zero_returns_the_model_itself(setup, model):
     same, text = apply(setup, model, "kohya", strength=0.0)
     assert same is model and "not applied" in text
+
+
+def test_a_model_of_another_family_is_refused_naming_the_fix(setup, model):
+    import comfy.model_patcher
+
+    other = comfy.model_patcher.ModelPatcher(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="not the Ingredients model: connect the MODEL output of Load Ingredients"):
+        setup["nodes"]["IngredientsLoraLoader"].execute(model=other, lora_name="cogvideox/kohya.safetensors",
+                                                        strength_model=1.0)

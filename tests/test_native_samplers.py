@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -222,6 +223,22 @@ def test_cond_and_uncond_split_under_low_memory_give_the_batched_result(nodes, l
     split = sampler_custom_advanced(model, case, sampler, sigmas)
     assert calls == [[1], [0]] * 2  # uncond first, then cond
     assert relative(split, batched) <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["official", "per_sample"])
+def test_a_split_run_in_official_routing_is_named_in_the_log(nodes, loaded, case, monkeypatch, caplog, mode):
+    """Split cond/uncond calls route the cond half on itself in official mode: the run says so once."""
+    patched = nodes["IngredientsApplyIDs"].execute(model=loaded["model"],
+                                                   routed_ids=_routed(loaded["payload"], 2, mode)).args[0]
+    sampler, sigmas = official(nodes, "ddim"), official_sigmas(nodes, patched, 2)
+    with caplog.at_level(logging.WARNING):
+        sampler_custom_advanced(patched, case, sampler, sigmas)
+    assert "separate calls" not in caplog.text  # batched: nothing to say
+    monkeypatch.setattr(type(patched.model), "memory_required", lambda self, shape, cond_shapes={}: 1e30)
+    with caplog.at_level(logging.WARNING):
+        sampler_custom_advanced(patched, case, sampler, sigmas)
+    named = caplog.text.count("ran the cond and uncond halves as separate calls")
+    assert named == (1 if mode == "official" else 0)  # once per run; per_sample is exact when split
 
 
 def test_node_schemas(nodes):
