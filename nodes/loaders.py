@@ -168,23 +168,38 @@ class ModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_folder: str, dtype: str, routing_mode: str, weight_dtype: str = "default",
                 transformer_file: str = FOLDER_OWN) -> io.NodeOutput:
-        from ..ingredients_core.checkpoint import load_transformer
+        settings = (model_folder, dtype, routing_mode, weight_dtype, transformer_file)
+        payload = load_model(*settings)
+        # how ComfyUI 0.33 rebuilds a MODEL as a plain ModelPatcher (its non-dynamic delegates under
+        # DynamicVRAM: hooks, multi-GPU), as its own loaders register it
+        payload.patcher.cached_patcher_init = (reload_model_patcher, settings)
+        return io.NodeOutput(payload, payload.patcher)
 
-        folder = model_files.resolve(MODEL, model_folder, "model_folder")
-        config_file = model_files.require_file(folder / "scheduler" / "scheduler_config.json",
-                                               "scheduler config", folder / "scheduler")
-        scheduler_config = json.loads(config_file.read_text(encoding="utf-8"))
-        _, offload = host.devices("diffusion")
-        weights, transformer_config = transformer_source(folder, transformer_file)
-        storage, compute = transformer_dtypes(weights, dtype, weight_dtype)
-        layers = host.transformer_layers(storage, compute, fast_fp8=weight_dtype.endswith("_fast"))
-        keep = stored_fp8(weights, weight_dtype) is not None  # fp8 tensors as stored, the others in compute
-        transformer = load_transformer(weights, dtype=compute, weight_dtype=None if keep else storage, device=offload,
-                                       keep_fp8=keep, config_file=transformer_config, **layers)
-        patcher = native_model.model_patcher(transformer, storage, compute, routing_mode, folder)
-        projector = host.manage_projector(transformer)
-        return io.NodeOutput(IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder, projector),
-                             patcher)
+
+def load_model(model_folder: str, dtype: str, routing_mode: str, weight_dtype: str = "default",
+               transformer_file: str = FOLDER_OWN, disable_dynamic: bool = False) -> IngredientsModel:
+    """The INGREDIENTS_MODEL payload (its ``patcher`` is the MODEL) for the loader's inputs."""
+    from ..ingredients_core.checkpoint import load_transformer
+
+    folder = model_files.resolve(MODEL, model_folder, "model_folder")
+    config_file = model_files.require_file(folder / "scheduler" / "scheduler_config.json",
+                                           "scheduler config", folder / "scheduler")
+    scheduler_config = json.loads(config_file.read_text(encoding="utf-8"))
+    _, offload = host.devices("diffusion")
+    weights, transformer_config = transformer_source(folder, transformer_file)
+    storage, compute = transformer_dtypes(weights, dtype, weight_dtype)
+    layers = host.transformer_layers(storage, compute, fast_fp8=weight_dtype.endswith("_fast"))
+    keep = stored_fp8(weights, weight_dtype) is not None  # fp8 tensors as stored, the others in compute
+    transformer = load_transformer(weights, dtype=compute, weight_dtype=None if keep else storage, device=offload,
+                                   keep_fp8=keep, config_file=transformer_config, **layers)
+    patcher = native_model.model_patcher(transformer, storage, compute, routing_mode, folder, disable_dynamic)
+    projector = host.manage_projector(transformer)
+    return IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder, projector)
+
+
+def reload_model_patcher(*settings, disable_dynamic: bool = False):
+    """The MODEL loaded afresh from the loader's inputs (ComfyUI's ``cached_patcher_init`` factory)."""
+    return load_model(*settings, disable_dynamic=disable_dynamic).patcher
 
 
 class VAELoader(io.ComfyNode):

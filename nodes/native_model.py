@@ -254,18 +254,21 @@ def _position(model: IngredientsBaseModel, options: dict, timestep: torch.Tensor
 
 # -- 4. the MODEL ------------------------------------------------------------------------------------
 def model_patcher(transformer, storage: torch.dtype, compute: torch.dtype, routing_mode: str,
-                  folder: Optional[Path] = None):
+                  folder: Optional[Path] = None, disable_dynamic: bool = False):
     """The MODEL for a loaded transformer (kept on the offload device until ComfyUI loads it): a
     ``CoreModelPatcher`` where the host has it (``host.patcher_class``). The pack's sampler loads this
     same patcher, so ComfyUI's bookkeeping of the weights is one (its clones, such as Apply IDs'
     output, are unloaded by ComfyUI before another clone loads). The q-former also has a patcher of
     its own (Project IDs loads 0.15 B parameters, not 6.4 B); when this one has moved it away,
     ``host.load_part`` loads it again. Under DynamicVRAM (0.33 on NVIDIA) both are
-    ``ModelPatcherDynamic``s over the q-former's layers: read from ComfyUI's code, not run on a GPU."""
+    ``ModelPatcherDynamic``s over the q-former's layers: read from ComfyUI's code, not run on a GPU.
+    ``disable_dynamic``: a plain ``ModelPatcher`` (what ComfyUI asks of a loader's
+    ``cached_patcher_init`` factory for its non-dynamic delegates)."""
     config = IngredientsModelConfig(storage, compute, routing_mode, folder)
     model = IngredientsBaseModel(config, transformer)
     load_device, offload_device = host.devices("diffusion")
-    return host.patcher_class()(model, load_device=load_device, offload_device=offload_device)
+    patcher_cls = comfy.model_patcher.ModelPatcher if disable_dynamic else host.patcher_class()
+    return patcher_cls(model, load_device=load_device, offload_device=offload_device)
 
 
 def transformer_of(model) -> Any:

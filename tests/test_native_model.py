@@ -412,3 +412,17 @@ def test_memory_estimate_is_the_packs_and_fp8_weights_compute_in_the_compute_dty
     x_t, image, text = _inputs(config, seed=12)
     out = native_x0(fp8, x_t, image, text, 500)
     assert relative(out, pack_x0(fp8_payload, None, x_t, image, text, 500)) <= TOLERANCE
+
+
+def test_the_model_registers_comfyuis_reload_factory_for_non_dynamic_delegates(loaded):
+    """ComfyUI 0.33 under DynamicVRAM rebuilds a loader's MODEL as a plain ModelPatcher from
+    ``cached_patcher_init`` (hooks, multi-GPU); without it those paths raise a RuntimeError."""
+    import comfy.model_patcher
+
+    model = loaded["model"]
+    factory, settings = model.cached_patcher_init
+    again = factory(*settings, disable_dynamic=True)
+    assert type(again) is comfy.model_patcher.ModelPatcher and isinstance(again.model, type(model.model))
+    assert again.model is not model.model and again.model.model_config.routing_mode == "official"
+    mine, theirs = model.model.state_dict(), again.model.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
