@@ -5,7 +5,6 @@ over 226 tokens says so on the Encode Prompt node."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 from pathlib import Path
@@ -52,10 +51,8 @@ def models(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def nodes(models):
-    module = harness.load_pack(models / "models")
-    asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-    yield {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
-    harness.unload_pack()
+    with harness.pack_nodes(models / "models") as nodes:
+        yield nodes
 
 
 def cut_copy(models: Path, name: str, cut: str, where: Path) -> tuple[Path, Path]:

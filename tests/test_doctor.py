@@ -3,7 +3,6 @@ whole, cut, nested antelopev2 layouts, ComfyUI folders with extra_model_paths.ya
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 from pathlib import Path
@@ -224,11 +223,8 @@ def test_gpu_lines(monkeypatch):
 def check_install_node(tiny):
     models = tiny.parent / "comfy_models"
     shutil.copytree(tiny, models / "ingredients" / "Ingredients")
-    module = harness.load_pack(models)
-    asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-    nodes = {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
-    yield nodes["IngredientsCheckInstall"], models
-    harness.unload_pack()
+    with harness.pack_nodes(models) as nodes:
+        yield nodes["IngredientsCheckInstall"], models
 
 
 def test_the_node_shows_the_report_for_comfyuis_folders(check_install_node):

@@ -4,7 +4,6 @@ W + strength * alpha / rank * B @ A; foreign and misshapen layers are counted an
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -80,11 +79,8 @@ def setup(tmp_path_factory):
     (root / "loras" / "cogvideox").mkdir(parents=True)
     for name, tensors in files.items():
         save_file({k: v.clone() for k, v in tensors.items()}, str(root / "loras" / "cogvideox" / f"{name}.safetensors"))
-    module = harness.load_pack(root)
-    asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-    nodes = {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
-    yield dict(nodes=nodes, files=files)
-    harness.unload_pack()
+    with harness.pack_nodes(root) as nodes:
+        yield dict(nodes=nodes, files=files)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ MODEL keeps nothing outside its parameters and buffers and runs on the fake GPU.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import logging
@@ -34,17 +33,13 @@ UNCOND_COND = [1, 0]  # ComfyUI's row order with both CFG halves in one call
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    module = harness.load_pack(tiny_models.shared_models_dir(tmp_path_factory))
-    asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-    yield {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
-    harness.unload_pack()
+    with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="module")
 def loaded(nodes):
-    payload, model = nodes["IngredientsModelLoader"].execute(model_folder="Ingredients", dtype="float32",
-                                                             routing_mode="official").args
-    return dict(payload=payload, model=model)
+    return harness.model_outputs(nodes, "official")
 
 
 def _alphas(payload) -> torch.Tensor:

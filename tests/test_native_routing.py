@@ -9,7 +9,6 @@ payload the Ingredients Sampler gives, and Routing Maps must draw it.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import types
 from pathlib import Path
@@ -29,17 +28,13 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    module = harness.load_pack(tiny_models.shared_models_dir(tmp_path_factory))
-    asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-    yield {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
-    harness.unload_pack()
+    with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="module")
 def loaded(nodes):
-    payload, model = nodes["IngredientsModelLoader"].execute(model_folder="Ingredients", dtype="float32",
-                                                             routing_mode="per_sample").args
-    return dict(payload=payload, model=model)
+    return harness.model_outputs(nodes, "per_sample")
 
 
 def _routed(payload, mode: str):

@@ -5,7 +5,6 @@ equals the pack's; the SAMPLER, SIGMAS and MODEL nodes; ComfyUI's batching of co
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import logging
@@ -28,17 +27,13 @@ SEED = 123
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    module = harness.load_pack(tiny_models.shared_models_dir(tmp_path_factory))
-    asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-    yield {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
-    harness.unload_pack()
+    with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="module")
 def loaded(nodes):
-    payload, model = nodes["IngredientsModelLoader"].execute(model_folder="Ingredients", dtype="float32",
-                                                             routing_mode="official").args
-    return dict(payload=payload, model=model)
+    return harness.model_outputs(nodes, "official")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ in ComfyUI's diffusion_models or checkpoints folder, loads back with the weights
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -33,11 +32,8 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loader(models_dir):
-    module = harness.load_pack(models_dir)
-    asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-    nodes = {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
-    yield nodes["IngredientsModelLoader"]
-    harness.unload_pack()
+    with harness.pack_nodes(models_dir) as nodes:
+        yield nodes["IngredientsModelLoader"]
 
 
 def modelsave_state(model) -> dict:

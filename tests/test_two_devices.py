@@ -9,7 +9,6 @@ float rounding where torch picks another attention kernel for another device).
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -30,10 +29,8 @@ PROMPT = "Two women at a table."
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    module = harness.load_pack(tiny_models.shared_models_dir(tmp_path_factory))
-    asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-    yield {cls.GET_SCHEMA().node_id: cls for cls in harness.pack_module("nodes.extension").NODES}
-    harness.unload_pack()
+    with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as nodes:
+        yield nodes
 
 
 def run(node, **inputs):

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -45,3 +47,22 @@ def unload_pack() -> None:
 def pack_module(name: str):
     """A submodule of the loaded pack, e.g. ``pack_module("nodes.loaders")``."""
     return importlib.import_module(f"{PACK}.{name}")
+
+
+@contextlib.contextmanager
+def pack_nodes(models_dir: Path):
+    """The pack loaded on the stand-ins, its extension asked for its nodes (as ComfyUI does, which
+    registers the model folders), yielding {node id: node class}; unloaded afterwards."""
+    module = load_pack(models_dir)
+    try:
+        asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
+        yield {cls.GET_SCHEMA().node_id: cls for cls in pack_module("nodes.extension").NODES}
+    finally:
+        unload_pack()
+
+
+def model_outputs(nodes: dict, routing_mode: str = "official", **inputs) -> dict:
+    """Load Ingredients Model on the tiny folder in float32: {"payload": INGREDIENTS_MODEL, "model": MODEL}."""
+    payload, model = nodes["IngredientsModelLoader"].execute(
+        **({"model_folder": "Ingredients", "dtype": "float32", "routing_mode": routing_mode} | inputs)).args
+    return dict(payload=payload, model=model)
