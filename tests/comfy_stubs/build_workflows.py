@@ -25,7 +25,7 @@ from pathlib import Path
 
 import frontend
 import registry_metadata
-from native_workflows import ksampler_spec, lora_easycache_spec
+from native_workflows import ksampler_spec, lora_easycache_spec, people_nodes
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 TWO_MEN = ("Two men in half bodies, are seated in a dimly lit room, possibly an office or meeting room, "
@@ -74,14 +74,7 @@ def _spec(people: int, prompt: str) -> dict:
         ("vae", "vae", "decode", "vae"), ("sampler", "latents", "decode", "latents"),
         ("decode", "frames", "save", "images"),
     ]
-    for i in range(1, people + 1):
-        row = 520 + (i - 1) * 420
-        nodes.append(dict(key=f"photo_{i}", type="LoadImage", pos=[COLUMNS[0], row + 130],
-                          widgets=dict(image=f"person_{i}.png"), title=f"Photo(s) of person {i}"))
-        nodes.append(dict(key=f"face_{i}", type="IngredientsEncodeFace", pos=[COLUMNS[1], row],
-                          widgets=dict(face_choice="best", face_index=0, min_face_size=64)))
-        links += [("faces", "face_encoder", f"face_{i}", "face_encoder"), (f"photo_{i}", "IMAGE", f"face_{i}", "image"),
-                  (f"face_{i}", "face", "ids", f"face_{i}")]
+    people_nodes(nodes, links, people, first_row=520)
     return dict(nodes=nodes, links=links)
 
 

@@ -14,9 +14,11 @@ T5_FILE = "t5xxl_fp16.safetensors"
 LORA_FILE = "cogvideox_5b_lora.safetensors"
 
 
-def _people(nodes: list, links: list, people: int) -> None:
+def people_nodes(nodes: list, links: list, people: int, first_row: int = 640) -> None:
+    """A photo and an Encode Face node per person, linked to the face encoder and to Ingredients IDs
+    (every example workflow's people, also ``build_workflows``')."""
     for i in range(1, people + 1):
-        row = 640 + (i - 1) * 420
+        row = first_row + (i - 1) * 420
         nodes.append(dict(key=f"photo_{i}", type="LoadImage", pos=[COLUMNS[0], row + 130],
                           widgets=dict(image=f"person_{i}.png"), title=f"Photo(s) of person {i}"))
         nodes.append(dict(key=f"face_{i}", type="IngredientsEncodeFace", pos=[COLUMNS[1], row],
@@ -73,7 +75,7 @@ def ksampler_spec(prompt: str, people: int = 2) -> dict:
         ("vae", "vae", "decode", "vae"), ("ksampler", "LATENT", "decode", "samples"),
         ("decode", "frames", "save", "images"),
     ]
-    _people(nodes, links, people)
+    people_nodes(nodes, links, people)
     return dict(nodes=nodes, links=links)
 
 
