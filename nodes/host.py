@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import comfy.latent_formats
-import comfy.lora
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
@@ -361,24 +360,6 @@ def load_lora_file(name: str, input_name: str) -> dict:
     return comfy.utils.load_torch_file(path, safe_load=True)
 
 
-def model_weight_shapes(model) -> dict[str, tuple[int, ...]]:
-    """Shapes of a MODEL's state-dict keys (``diffusion_model.<key>``) without copying weights."""
-    return {key: tuple(tensor.shape) for key, tensor in model.model.state_dict().items()}
-
-
-def host_lora_key_map(model) -> dict:
-    """ComfyUI's own LoRA key map of the MODEL (what LoraLoaderModelOnly understands)."""
-    return comfy.lora.model_lora_keys_unet(model.model, {})
-
-
-def apply_lora(model, lora: dict, key_map: dict, strength: float):
-    """(a clone of the MODEL with the LoRA's weight patches at ``strength``, the number of weights
-    patched), through ComfyUI's ``load_lora`` and ``add_patches`` as LoraLoaderModelOnly does."""
-    patches = comfy.lora.load_lora(lora, key_map, log_missing=False)
-    patched = model.clone()
-    return patched, len(patched.add_patches(patches, strength))
-
-
 # -- interrupts, progress, previews --------------------------------------------------------------
 def check_interrupt() -> None:
     """Raise ComfyUI's interrupt exception when the user pressed Cancel."""
@@ -419,24 +400,3 @@ def step_reporter(total: int, device: torch.device, rgb_factors=None, rgb_bias=N
         bar.update_absolute(done, total, preview)
 
     return report
-
-
-# -- conditioning and ComfyUI's VAE (the native MODEL path) -----------------------------------------
-def conditioning_with(conditioning: list, values: dict) -> list:
-    """A copy of a CONDITIONING with ``values`` set in every entry's dict (ComfyUI's own
-    ``node_helpers.conditioning_set_values``: the input, cached by ComfyUI, stays unchanged)."""
-    import node_helpers
-
-    return node_helpers.conditioning_set_values(conditioning, values)
-
-
-def is_cogvideox_vae(vae) -> bool:
-    """Whether a ComfyUI ``VAE`` (VAELoader) holds ComfyUI's CogVideoX VAE (0.21 and later)."""
-    model = getattr(vae, "first_stage_model", None)
-    return type(model).__name__ == "AutoencoderKLCogVideoX" and getattr(vae, "latent_channels", None) == 16
-
-
-def comfy_vae_encode(vae, image: torch.Tensor) -> torch.Tensor:
-    """ComfyUI's VAE encode of an IMAGE (frames, H, W, 3) in [0, 1]: the raw latent mean
-    (1, 16, latent frames, h, w) on the output device; ComfyUI loads the VAE and tiles on OOM."""
-    return vae.encode(image).float().to(output_device())

@@ -13,7 +13,10 @@ MODEL patches), beside the pack's own sampler. The one module besides ``host.py`
 - :func:`model_patcher`: the ``MODEL`` (a ``CoreModelPatcher`` where the host has one);
 - :func:`apply_ids`: a clone of a MODEL carrying an ``IDPatch`` (``ingredients_core.native_ids``);
 - sampling the MODEL (section 5): the official DDIM/DPM as a ``KSAMPLER``, dynamic CFG as a
-  ``sampler_post_cfg_function`` (the maths in ``ingredients_core.native_sampling``).
+  ``sampler_post_cfg_function`` (the maths in ``ingredients_core.native_sampling``);
+- LoRAs on the MODEL (section 6: ComfyUI's key map, ``load_lora``, ``add_patches``; the pack's key
+  map is ``ingredients_core.lora_keys``) and the conditioning/ComfyUI-VAE helpers of Image to Video
+  (section 7).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Optional
 
 import comfy.conds
 import comfy.latent_formats
+import comfy.lora
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -370,3 +374,43 @@ def with_dynamic_cfg(model):
     patched = model.clone()
     patched.set_model_sampler_post_cfg_function(DynamicCFG())
     return patched
+
+
+# -- 6. LoRAs on the MODEL (ComfyUI's load_lora and add_patches) ----------------------------------
+def model_weight_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Shapes of a MODEL's state-dict keys (``diffusion_model.<key>``) without copying weights."""
+    return {key: tuple(tensor.shape) for key, tensor in model.model.state_dict().items()}
+
+
+def host_lora_key_map(model) -> dict:
+    """ComfyUI's own LoRA key map of the MODEL (what LoraLoaderModelOnly understands)."""
+    return comfy.lora.model_lora_keys_unet(model.model, {})
+
+
+def apply_lora(model, lora: dict, key_map: dict, strength: float):
+    """(a clone of the MODEL with the LoRA's weight patches at ``strength``, the number of weights
+    patched), through ComfyUI's ``load_lora`` and ``add_patches`` as LoraLoaderModelOnly does."""
+    patches = comfy.lora.load_lora(lora, key_map, log_missing=False)
+    patched = model.clone()
+    return patched, len(patched.add_patches(patches, strength))
+
+
+# -- 7. conditioning and ComfyUI's VAE (Image to Video) ----------------------------------------------
+def conditioning_with(conditioning: list, values: dict) -> list:
+    """A copy of a CONDITIONING with ``values`` set in every entry's dict (ComfyUI's own
+    ``node_helpers.conditioning_set_values``: the input, cached by ComfyUI, stays unchanged)."""
+    import node_helpers
+
+    return node_helpers.conditioning_set_values(conditioning, values)
+
+
+def is_cogvideox_vae(vae) -> bool:
+    """Whether a ComfyUI ``VAE`` (VAELoader) holds ComfyUI's CogVideoX VAE (0.21 and later)."""
+    model = getattr(vae, "first_stage_model", None)
+    return type(model).__name__ == "AutoencoderKLCogVideoX" and getattr(vae, "latent_channels", None) == 16
+
+
+def comfy_vae_encode(vae, image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's VAE encode of an IMAGE (frames, H, W, 3) in [0, 1]: the raw latent mean
+    (1, 16, latent frames, h, w) on the output device; ComfyUI loads the VAE and tiles on OOM."""
+    return vae.encode(image).float().to(host.output_device())
