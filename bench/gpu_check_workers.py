@@ -115,7 +115,8 @@ def _chain(env: dict, torch, fullsize, mode: str) -> tuple[dict, dict]:
     finite = bool(torch.isfinite(latents.latents).all())
     shape = tuple(frames.shape)
     ok = finite and shape == (TINY["frames"], TINY["height"], TINY["width"], 3)
-    patchers = {"transformer": type(model.patcher).__name__, "q-former": type(model.projector).__name__,
+    q_former = type(model.projector).__name__ if model.projector is not None else "the MODEL's (DynamicVRAM)"
+    patchers = {"transformer": type(model.patcher).__name__, "q-former": q_former,
                 "VAE": type(vae.patcher).__name__, "T5": type(t5.patcher).__name__,
                 "faces": type(encoder.patcher).__name__}
     return dict(ok=ok, error=None if ok else f"latents finite={finite}, frames {shape}",

@@ -318,13 +318,18 @@ def manage_projector(transformer: torch.nn.Module):
     return manage("projector", projector=getattr(transformer, PROJECTOR))
 
 
+def is_dynamic(patcher) -> bool:
+    """Whether ComfyUI streams this patcher's weights itself (0.33's ``ModelPatcherDynamic``,
+    DynamicVRAM on NVIDIA): its per-layer state must then belong to this one patcher alone."""
+    return bool(getattr(patcher, "is_dynamic", lambda: False)())
+
+
 def load_part(patcher) -> None:
     """Load a patcher whose modules are also part of another patcher's model (the q-former in the
     MODEL). When the other one has moved them off the load device ComfyUI still counts this one as
     loaded; it is then detached and loaded again, so its modules are where it says."""
     load(patcher)
-    dynamic = getattr(patcher, "is_dynamic", lambda: False)()
-    if not dynamic and any(p.device != patcher.load_device for p in patcher.model.parameters()):
+    if not is_dynamic(patcher) and any(p.device != patcher.load_device for p in patcher.model.parameters()):
         logger.debug("the q-former was moved by the MODEL's patcher; loading it again")
         patcher.detach()
         load(patcher)

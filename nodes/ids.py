@@ -50,9 +50,12 @@ class ProjectIDs(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: IngredientsModel, ids: IngredientsIDs) -> io.NodeOutput:
-        host.load_part(model.projector)  # the q-former alone, not the whole transformer
+        # the q-former alone, not the whole transformer; under DynamicVRAM the MODEL's patcher, which
+        # ComfyUI streams per layer (only the q-former's weights are then read)
+        patcher = model.projector if model.projector is not None else model.patcher
+        host.load_part(patcher)
         with torch.no_grad():
-            tokens = model.transformer.project_ids(list(ids.faces), host.load_device(model.projector),
+            tokens = model.transformer.project_ids(list(ids.faces), host.load_device(patcher),
                                                    model.transformer.placement()[1])
         return io.NodeOutput(IngredientsIDTokens(tokens.to(host.output_device()), ids, model.folder))
 

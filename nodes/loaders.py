@@ -193,7 +193,9 @@ def load_model(model_folder: str, dtype: str, routing_mode: str, weight_dtype: s
     transformer = load_transformer(weights, dtype=compute, weight_dtype=None if keep else storage, device=offload,
                                    keep_fp8=keep, config_file=transformer_config, **layers)
     patcher = native_model.model_patcher(transformer, storage, compute, routing_mode, folder, disable_dynamic)
-    projector = host.manage_projector(transformer)
+    # the q-former's own patcher (Project IDs loads 0.15 B parameters, not 6.4 B); none under DynamicVRAM,
+    # where ComfyUI keeps per-layer state on the modules and streams them itself: one patcher per layer
+    projector = None if host.is_dynamic(patcher) else host.manage_projector(transformer)
     return IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder, projector)
 
 

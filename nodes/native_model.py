@@ -264,8 +264,9 @@ def model_patcher(transformer, storage: torch.dtype, compute: torch.dtype, routi
     same patcher, so ComfyUI's bookkeeping of the weights is one (its clones, such as Apply IDs'
     output, are unloaded by ComfyUI before another clone loads). The q-former also has a patcher of
     its own (Project IDs loads 0.15 B parameters, not 6.4 B); when this one has moved it away,
-    ``host.load_part`` loads it again. Under DynamicVRAM (0.33 on NVIDIA) both are
-    ``ModelPatcherDynamic``s over the q-former's layers: read from ComfyUI's code, not run on a GPU.
+    ``host.load_part`` loads it again. Under DynamicVRAM (0.33 on NVIDIA, a ``ModelPatcherDynamic``
+    that keeps per-layer state on the modules) the q-former gets no second patcher and Project IDs
+    uses this one: read from ComfyUI's code, not run on a GPU.
     ``disable_dynamic``: a plain ``ModelPatcher`` (what ComfyUI asks of a loader's
     ``cached_patcher_init`` factory for its non-dynamic delegates)."""
     config = IngredientsModelConfig(storage, compute, routing_mode, folder)

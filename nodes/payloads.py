@@ -33,8 +33,9 @@ MASK_MODES = ("soft", "hard")
 
 @dataclass(frozen=True)
 class IngredientsModel:
-    """The transformer, its scheduler config and the default routing mode. ``patcher`` holds every
-    part but the q-former, ``projector`` the q-former (what Project IDs needs)."""
+    """The transformer, its scheduler config and the default routing mode. ``patcher`` is the MODEL
+    (the whole transformer), ``projector`` a patcher of the q-former alone (what Project IDs needs;
+    None under DynamicVRAM, where Project IDs uses ``patcher``)."""
 
     transformer: Any
     patcher: Any

@@ -421,3 +421,30 @@ def test_the_model_registers_comfyuis_reload_factory_for_non_dynamic_delegates(l
     assert again.model is not model.model and again.model.model_config.routing_mode == "official"
     mine, theirs = model.model.state_dict(), again.model.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_under_dynamic_vram_the_q_former_has_one_patcher_the_models(nodes, loaded, monkeypatch):
+    """ModelPatcherDynamic keeps per-layer state on the modules it streams: the q-former then gets no
+    patcher of its own and Project IDs uses the MODEL's, with the same ID tokens."""
+    import comfy.model_patcher as mp
+
+    class Dynamic(mp.ModelPatcher):
+        def is_dynamic(self):
+            return True
+
+    payloads = harness.pack_module("nodes.payloads")
+    ids = payloads.IngredientsIDs(tuple(tiny_faces(loaded["payload"].transformer.config, 2)))
+    want, = nodes["IngredientsProjectIDs"].execute(model=loaded["payload"], ids=ids).args
+    monkeypatch.setattr(mp, "CoreModelPatcher", Dynamic)
+    payload = harness.model_outputs(nodes, "official")["payload"]
+    assert payload.projector is None and type(payload.patcher) is Dynamic
+    tokens, = nodes["IngredientsProjectIDs"].execute(model=payload, ids=ids).args
+    assert torch.equal(tokens.tokens, want.tokens)
+
+
+def tiny_faces(config, people: int) -> list:
+    """Face features of ``people`` made-up persons for the q-former of ``config``: (id_cond, ViT scales)."""
+    ids, g = config.ids, torch.Generator().manual_seed(5)
+    return [(torch.randn(1, ids.id_cond_dim, generator=g),
+             [torch.randn(1, 17, ids.vit_dim, generator=g) for _ in range(ids.num_vit_scales)])
+            for _ in range(people)]
