@@ -23,11 +23,8 @@ OFFICIAL_TWO_ID_PROMPT = ("Two men in half bodies, are seated in a dimly lit roo
 
 @pytest.fixture(scope="module")
 def definitions(tmp_path_factory):
-    harness.load_pack(tmp_path_factory.mktemp("no_models"))
-    try:
-        yield workflow_tools.node_definitions(harness.pack_module("nodes.extension").NODES)
-    finally:
-        harness.unload_pack()
+    with harness.pack_nodes(tmp_path_factory.mktemp("no_models")) as nodes:
+        yield workflow_tools.node_definitions(list(nodes.values()))
 
 
 def load(path: Path) -> dict:

@@ -145,11 +145,7 @@ def main(url: str, names: list[str]) -> int:
             (WORKFLOWS / name).write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")
             counts = f"{len(workflow['nodes'])} nodes, {len(workflow['links'])} links"
             sys.stdout.write(f"wrote {WORKFLOWS / name}: {counts}\n")
-        problems = log.pack_errors()
-    if problems:
-        sys.stderr.write("console errors from the pack:\n" + "\n".join(problems) + "\n")
-        return 1
-    return 0
+    return log.exit_status()
 
 
 if __name__ == "__main__":

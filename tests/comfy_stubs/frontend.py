@@ -8,6 +8,7 @@ example workflow to the same API prompt as ``workflow_tools.to_api``.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -30,6 +31,13 @@ class PageLog:
         problems += [e for e in self.page_errors if PACK_WEB_PATH in e or "ngredients" in e]
         problems += [u for u in self.failed if PACK_WEB_PATH in u]
         return problems
+
+    def exit_status(self) -> int:
+        """For the dev tools that drive the frontend: 1 (the pack's console errors on stderr) or 0."""
+        problems = self.pack_errors()
+        if problems:
+            sys.stderr.write("console errors from the pack:\n" + "\n".join(problems) + "\n")
+        return 1 if problems else 0
 
 
 def available() -> bool:

@@ -87,11 +87,7 @@ def main(url: str, names: list[str]) -> int:
             thumbnail = path.with_suffix(".jpg")
             thumbnail.write_bytes(capture(page, json.loads(path.read_text(encoding="utf-8"))))
             sys.stdout.write(f"wrote {thumbnail} ({thumbnail.stat().st_size} bytes)\n")
-        problems = log.pack_errors()
-    if problems:
-        sys.stderr.write("console errors from the pack:\n" + "\n".join(problems) + "\n")
-        return 1
-    return 0
+    return log.exit_status()
 
 
 if __name__ == "__main__":
