@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import comfy.conds
-import comfy.latent_formats
 import comfy.lora
 import comfy.model_base
 import comfy.model_management
@@ -50,31 +49,26 @@ TEXT_FIX = ("encode the prompt with CLIPTextEncode on a CogVideoX/T5-XXL CLIP (C
 
 
 # -- 1. latent format and model config -----------------------------------------------------------
-class CogVideoXLatentFormat(comfy.latent_formats.LatentFormat):
-    """CogVideoX-5B latents: 16 channels, (B, 16, F, H/8, W/8), 4x temporal compression, scale 0.7.
+#: Linear CogVideoX latent-to-RGB coefficients (16 x 3) that kijai's CogVideoXWrapper publishes for its
+#: sampler previews, for model-space latents (as ComfyUI's previewer receives them).
+COGVIDEOX_RGB_FACTORS = [
+    [0.11946, 0.09919, -0.00483], [-0.00120, 0.05497, 0.02132], [-0.01409, -0.00870, -0.02099],
+    [0.03064, 0.12186, 0.01396], [0.09274, 0.03029, 0.05083], [0.03791, 0.04935, 0.05856],
+    [0.01775, 0.00884, 0.03601], [0.10610, 0.02340, 0.05715], [0.12736, -0.01096, 0.04327],
+    [-0.01874, 0.08221, 0.10613], [0.00843, 0.07624, 0.09296], [0.12938, 0.12360, 0.04479],
+    [0.04566, 0.04106, -0.01770], [0.00019, -0.01397, 0.05330], [0.08082, 0.11548, -0.02146],
+    [-0.01518, -0.00580, 0.07217],
+]
 
-    Previews: ComfyUI's Latent2RGB method with the linear CogVideoX latent-to-RGB coefficients that
-    kijai's CogVideoXWrapper publishes for its sampler previews (model-space latents, as ComfyUI's
-    previewer receives them; ComfyUI 0.33 ships none for CogVideoX). A rough colour sketch of the
-    denoised frame 0, as for every Latent2RGB preview; the pack's own sampler fits its factors to the
-    run's face canvas instead."""
 
-    latent_channels = 16
-    latent_dimensions = 3
-    spacial_downscale_ratio = 8
-    temporal_downscale_ratio = 4
-    latent_rgb_factors = [
-        [0.11946, 0.09919, -0.00483], [-0.00120, 0.05497, 0.02132], [-0.01409, -0.00870, -0.02099],
-        [0.03064, 0.12186, 0.01396], [0.09274, 0.03029, 0.05083], [0.03791, 0.04935, 0.05856],
-        [0.01775, 0.00884, 0.03601], [0.10610, 0.02340, 0.05715], [0.12736, -0.01096, 0.04327],
-        [-0.01874, 0.08221, 0.10613], [0.00843, 0.07624, 0.09296], [0.12938, 0.12360, 0.04479],
-        [0.04566, 0.04106, -0.01770], [0.00019, -0.01397, 0.05330], [0.08082, 0.11548, -0.02146],
-        [-0.01518, -0.00580, 0.07217],
-    ]
-    latent_rgb_factors_bias = None
+class CogVideoXLatentFormat(host.IngredientsLatentFormat):
+    """The MODEL's latent format: the pack sampler's CogVideoX format (16 channels, 3-D, scale 0.7)
+    with fixed preview colours, :data:`COGVIDEOX_RGB_FACTORS` (ComfyUI 0.33 ships none for
+    CogVideoX): a rough colour sketch of the denoised frame 0, as every Latent2RGB preview; the pack's
+    own sampler fits its factors to the run's face canvas instead."""
 
     def __init__(self, scale_factor: float = 0.7):
-        self.scale_factor = scale_factor
+        super().__init__(COGVIDEOX_RGB_FACTORS, None, scale_factor)
 
 
 class IngredientsModelConfig(comfy.supported_models_base.BASE):
