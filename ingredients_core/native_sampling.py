@@ -1,4 +1,5 @@
-"""The pack's DDIM and DPM (diffusers' CogVideoX schedulers) as a k-diffusion-style sampler loop.
+"""The official DDIM and DPM as a k-diffusion-style sampler (ComfyUI's SAMPLER protocol): the one
+official loop (:func:`ingredients_core.sampling.run_official`) seen from a host's sigmas.
 
 A host sampler loop (ComfyUI's ``KSAMPLER``) hands us ``x`` in k-diffusion space (``x = x0 + sigma *
 noise``, the initial noise scaled by ``sqrt(1 + sigma^2)``) and a ``denoise(x, sigma)`` that returns
@@ -8,16 +9,17 @@ the guided clean latent ``x0``. With ``a = 1 / (1 + sigma^2)`` (the host's alpha
 2. the raw v-prediction, recovered exactly from the host's own alphas, is
    ``v = (sqrt(a) * x_t - x0) / sqrt(1 - a)``, written as ComfyUI writes its denoised output;
 3. the scheduler's own alphas (diffusers' zero-terminal-SNR schedule: alpha 0 at timestep 999, where
-   ComfyUI keeps 4.9e-8) step ``x_t`` with ``v``, so the run equals the pack's sampler
-   (:func:`ingredients_core.sampling.denoise`) to float precision.
+   ComfyUI keeps 4.9e-8) step ``x_t`` with ``v`` in the same loop and steps as the CLI's
+   (:func:`ingredients_core.sampling.denoise`), so both agree to float precision.
 
 The sigmas decide the steps: each must be one of the model's discrete noise levels (timestep =
 ``model_sampling.timestep(sigma)``); a step lands on the next sigma's timestep, or on the clean
 sample for a final sigma of 0. When the sigmas are exactly the official trailing schedule for their
 step count, the official landing rule is kept (``t - 1000 // steps``, diffusers' own; it differs from
 the next timestep when the step count does not divide 1000). The DPM scheduler draws its noise from
-one ``torch.Generator`` seeded with the run's seed on the latents' device, in the official order
-(one draw at the first and last step, two in between), in the pack's latent layout (B, F, C, H, W).
+the run's generator (the Ingredients Sampler passes the one its canvas and noise came from) or one
+seeded with the run's seed on the latents' device, in the official order (one draw at the first and
+last step, two in between), in the pack's latent layout (B, F, C, H, W).
 
 No host imports here: ``model_sampling`` is duck-typed (``sigmas``, ``timestep(sigma)``).
 """
@@ -30,7 +32,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .sampling import dynamic_guidance, make_scheduler
+from .sampling import StepCallback, StepInfo, StepPlan, dynamic_guidance, make_scheduler, trailing_plan
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +48,14 @@ SIGMA_TOLERANCE = 1e-4
 SCHEDULE_TOLERANCE = 1e-3
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x in k-space, sigma) -> x0
-StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]  # (i, x0, x, sigma)
 
 
 @dataclass(frozen=True)
-class StepPlan:
-    """Per step: the model timestep, where the step lands (-1: the clean sample) and the timestep of
-    the step before (DPM's second-order term; None at the first step)."""
+class SigmaPlan(StepPlan):
+    """The core's step plan for a host's sigmas, and whether they are the official trailing
+    schedule for their step count (then the official landing rule is kept)."""
 
-    timesteps: tuple[int, ...]
-    targets: tuple[int, ...]
-    official: bool  # the sigmas are the official trailing schedule for their step count
+    official: bool = False
 
 
 # -- 1. schedules --------------------------------------------------------------------------------
@@ -91,7 +90,7 @@ def check_model_schedule(model_sampling, scheduler) -> None:
                          "the ModelSampling node between the loader and the sampler, or use KSampler's samplers")
 
 
-def plan_steps(model_sampling, sigmas: torch.Tensor, scheduler) -> StepPlan:
+def plan_steps(model_sampling, sigmas: torch.Tensor, scheduler) -> SigmaPlan:
     """Timesteps of ``sigmas`` on the model's discrete schedule, checked, and where each step lands."""
     sigmas = sigmas.detach().float().cpu().flatten()
     values = sigmas.tolist()
@@ -112,54 +111,22 @@ def plan_steps(model_sampling, sigmas: torch.Tensor, scheduler) -> StepPlan:
                 "or BasicScheduler (simple, ddim_uniform, normal, sgm_uniform)")
     final_zero = values[-1] == 0
     steps = timesteps if final_zero else timesteps[:-1]
-    official = final_zero and steps == official_timesteps(len(steps), scheduler)
+    trailing = trailing_plan(scheduler, len(steps)) if final_zero else None
+    official = trailing is not None and list(trailing.timesteps) == steps
     if official:
-        gap = scheduler.config.num_train_timesteps // len(steps)
-        targets = [max(t - gap, -1) for t in steps]
+        targets = list(trailing.targets)
     else:
         targets = steps[1:] + ([-1] if final_zero else [timesteps[-1]])
-    return StepPlan(tuple(steps), tuple(targets), official)
+    return SigmaPlan(tuple(steps), tuple(targets), official)
 
 
-# -- 2. one scheduler step with explicit timesteps -------------------------------------------------
-def _alpha(scheduler, t: Optional[int]):
-    if t is None:
-        return None
-    return scheduler.alphas_cumprod[t] if t >= 0 else scheduler.final_alpha_cumprod
+# -- 2. the loop: the one official loop (``sampling.run_official``) seen from k-diffusion space ----
+def _wide(tensor: torch.Tensor) -> torch.Tensor:
+    """float64 where the device has it (not MPS): the k-space scalings by sqrt(1 + sigma^2), up to
+    4519, then round once, at the end, and the official loop's x_t comes back as it went out."""
+    return tensor.double() if tensor.device.type != "mps" else tensor.float()
 
 
-def ddim_step(scheduler, v: torch.Tensor, t: int, target: int, sample: torch.Tensor):
-    """CogVideoXDDIMScheduler's step (eta 0) from timestep ``t`` to ``target`` -> (next sample, x0)."""
-    a, a_next = _alpha(scheduler, t), _alpha(scheduler, target)
-    x0 = a ** 0.5 * sample - (1 - a) ** 0.5 * v
-    keep = ((1 - a_next) / (1 - a)) ** 0.5
-    return keep * sample + (a_next ** 0.5 - a ** 0.5 * keep) * x0, x0
-
-
-def dpm_step(scheduler, v: torch.Tensor, old_x0: Optional[torch.Tensor], t: int, target: int,
-             back: Optional[int], sample: torch.Tensor, generator: torch.Generator):
-    """CogVideoXDPMScheduler's step (DPM-Solver++ 2M, stochastic) from ``t`` to ``target``, ``back``
-    the previous step's timestep -> (next sample, x0). Draws as diffusers does: once, and a second
-    time for the second-order update (not at the first step nor onto the clean sample)."""
-    from diffusers.utils.torch_utils import randn_tensor
-
-    a, a_next, a_back = _alpha(scheduler, t), _alpha(scheduler, target), _alpha(scheduler, back)
-    x0 = a ** 0.5 * sample - (1 - a) ** 0.5 * v
-    h, r, _, _ = scheduler.get_variables(a, a_next, a_back)
-    mult = scheduler.get_mult(h, r, a, a_next, a_back)
-    noise_scale = (1 - a_next) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5
-
-    def draw():
-        return randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-
-    first = mult[0] * sample - mult[1] * x0 + noise_scale * draw()
-    if old_x0 is None or target < 0:
-        return first, x0
-    second_order = mult[2] * x0 - mult[3] * old_x0
-    return mult[0] * sample - mult[1] * second_order + noise_scale * draw(), x0
-
-
-# -- 3. the loop ---------------------------------------------------------------------------------
 def _to_pack(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).contiguous()  # (B, C, F, h, w) <-> (B, F, C, h, w)
 
@@ -167,15 +134,23 @@ def _to_pack(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def sample_official(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, model_sampling, scheduler_name: str,
                     seed: Optional[int] = None, callback: Optional[StepCallback] = None,
-                    disable: Optional[bool] = True) -> torch.Tensor:
+                    disable: Optional[bool] = True, generator: Optional[torch.Generator] = None,
+                    dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Sample ``x`` (B, 16, F, h, w), k-diffusion space at ``sigmas[0]``, down ``sigmas`` with the
     official ``scheduler_name`` (``ddim`` or ``dpm``); returns x in k-diffusion space at ``sigmas[-1]``.
 
-    ``denoise(x, sigma)`` -> guided x0 (the host's model call); ``seed``: the DPM's generator seed;
-    ``callback(i, x0, x, sigma)`` after every model call (x0: the scheduler's estimate, for previews);
+    ``denoise(x, sigma)`` -> guided x0 (the host's model call); the DPM draws from ``generator``, or
+    from one seeded with ``seed`` on the latents' device; ``dtype``: the state's dtype between steps
+    (the model's compute dtype, as the official pipeline keeps its latents; default x's);
+    ``callback(StepInfo)`` after every step, as the CLI's loop calls it (DDPM-space latents after the
+    step and the scheduler's x0 estimate, in the pack's layout (B, F, C, h, w));
     ``disable``: no console progress bar (tqdm), as k-diffusion samplers take it.
     """
+    from functools import partial
+
     from tqdm.auto import trange
+
+    from .sampling import run_official
 
     scheduler = make_scheduler(scheduler_name, OFFICIAL_SCHEDULER_CONFIG)
     check_model_schedule(model_sampling, scheduler)
@@ -183,29 +158,29 @@ def sample_official(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, mo
     if not plan.official:
         logger.info("official %s sampler: %d steps on timesteps %s (not the official trailing schedule)",
                     scheduler_name, len(plan.timesteps), list(plan.timesteps))
-    dpm = scheduler_name == "dpm"
-    if dpm and seed is None:
-        raise ValueError("the official DPM sampler needs the run's seed (SamplerCustomAdvanced and KSampler give it)")
-    generator = torch.Generator(x.device).manual_seed(int(seed)) if dpm else None
+    if scheduler_name == "dpm" and generator is None:
+        if seed is None:
+            raise ValueError("the official DPM sampler needs the run's seed (SamplerCustomAdvanced and KSampler "
+                             "give it)")
+        generator = torch.Generator(x.device).manual_seed(int(seed))
     sigmas = sigmas.to(x.device)
     s_in = x.new_ones([x.shape[0]])
-    sample = _to_pack(x / (1 + sigmas[0] ** 2) ** 0.5)   # x_t, DDPM space, (B, F, C, h, w)
-    old_x0 = None
-    for i in trange(len(plan.timesteps), disable=disable):
-        t, sigma = plan.timesteps[i], sigmas[i]
-        x_k = x if i == 0 else _to_pack(sample) * (1 + sigma ** 2) ** 0.5
-        x0 = denoise(x_k, sigma * s_in)
+
+    def predict_v(i: int, sample: torch.Tensor) -> torch.Tensor:
+        sigma = _wide(sigmas[i])
+        x_k = x if i == 0 else (_to_pack(_wide(sample)) * (1 + sigma ** 2) ** 0.5).to(x.dtype)
+        x0 = denoise(x_k, sigmas[i] * s_in)
         # ComfyUI's V_PREDICTION: x0 = x_k / (s^2 + 1) - v * s / sqrt(s^2 + 1); solved for v
-        v = _to_pack((x_k / (sigma ** 2 + 1) - x0.float()) / (sigma / (sigma ** 2 + 1) ** 0.5))
-        if dpm:
-            back = plan.timesteps[i - 1] if i > 0 else None
-            sample, x0_step = dpm_step(scheduler, v, old_x0, t, plan.targets[i], back, sample, generator)
-            old_x0 = x0_step
-        else:
-            sample, x0_step = ddim_step(scheduler, v, t, plan.targets[i], sample)
-        if callback is not None:
-            callback(i, _to_pack(x0_step), x_k, sigma)
-    return _to_pack(sample) * (1 + sigmas[-1] ** 2) ** 0.5
+        v = (_wide(x_k) / (sigma ** 2 + 1) - _wide(x0)) / (sigma / (sigma ** 2 + 1) ** 0.5)
+        return _to_pack(v.float())
+
+    def report(i: int, sample: torch.Tensor, x0: torch.Tensor) -> None:
+        callback(StepInfo(step=i, total=len(plan.timesteps), timestep=plan.timesteps[i], latents=sample, denoised=x0))
+
+    start = _to_pack(_wide(x) / (1 + _wide(sigmas[0]) ** 2) ** 0.5)     # x_t, DDPM space, (B, F, C, h, w)
+    sample = run_official(predict_v, start, plan, scheduler, generator, dtype or x.dtype,
+                          report if callback is not None else None, partial(trange, disable=disable))
+    return (_to_pack(_wide(sample)) * (1 + _wide(sigmas[-1]) ** 2) ** 0.5).to(x.dtype)
 
 
 # -- 4. dynamic CFG ------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ Progress, previews and interruption go through one callback, called after every 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -86,14 +85,95 @@ def dynamic_guidance(cfg: float, steps: int, timestep: int) -> float:
     return 1 + cfg * (1 - math.cos(math.pi * ((steps - timestep) / steps) ** 5.0)) / 2
 
 
-def _step_kwargs(scheduler, generator: Optional[torch.Generator], eta: float) -> dict[str, Any]:
-    accepted = set(inspect.signature(scheduler.step).parameters)
-    kwargs: dict[str, Any] = {}
-    if "eta" in accepted:
-        kwargs["eta"] = eta
-    if "generator" in accepted:
-        kwargs["generator"] = generator
-    return kwargs
+# -- the official steps and loop (the one loop: the CLI, the Ingredients Sampler and the SAMPLER) --
+@dataclass(frozen=True)
+class StepPlan:
+    """Per step: the model timestep and where the step lands (-1: the clean sample)."""
+
+    timesteps: tuple[int, ...]
+    targets: tuple[int, ...]
+
+
+def trailing_plan(scheduler, steps: int) -> StepPlan:
+    """The official plan: the scheduler's (trailing) timesteps, each step landing ``1000 // steps``
+    lower (diffusers' own rule; below 0 is the clean sample)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1; got {steps}")
+    scheduler.set_timesteps(steps)
+    timesteps = tuple(int(t) for t in scheduler.timesteps)
+    gap = scheduler.config.num_train_timesteps // steps
+    return StepPlan(timesteps, tuple(max(t - gap, -1) for t in timesteps))
+
+
+def _alpha(scheduler, t: Optional[int]):
+    if t is None:
+        return None
+    return scheduler.alphas_cumprod[t] if t >= 0 else scheduler.final_alpha_cumprod
+
+
+def ddim_step(scheduler, v: torch.Tensor, t: int, target: int, sample: torch.Tensor):
+    """CogVideoXDDIMScheduler's step (eta 0) from timestep ``t`` to ``target`` -> (next sample, x0)."""
+    a, a_next = _alpha(scheduler, t), _alpha(scheduler, target)
+    x0 = a ** 0.5 * sample - (1 - a) ** 0.5 * v
+    keep = ((1 - a_next) / (1 - a)) ** 0.5
+    return keep * sample + (a_next ** 0.5 - a ** 0.5 * keep) * x0, x0
+
+
+def dpm_step(scheduler, v: torch.Tensor, old_x0: Optional[torch.Tensor], t: int, target: int,
+             back: Optional[int], sample: torch.Tensor, generator: Optional[torch.Generator]):
+    """CogVideoXDPMScheduler's step (DPM-Solver++ 2M, stochastic) from ``t`` to ``target``, ``back``
+    the previous step's timestep -> (next sample, x0). Draws as diffusers does, in the sample's
+    dtype: once, and a second time for the second-order update (not at the first step nor onto the
+    clean sample)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    a, a_next, a_back = _alpha(scheduler, t), _alpha(scheduler, target), _alpha(scheduler, back)
+    x0 = a ** 0.5 * sample - (1 - a) ** 0.5 * v
+    h, r, _, _ = scheduler.get_variables(a, a_next, a_back)
+    mult = scheduler.get_mult(h, r, a, a_next, a_back)
+    noise_scale = (1 - a_next) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5
+
+    def draw():
+        return randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+
+    first = mult[0] * sample - mult[1] * x0 + noise_scale * draw()
+    if old_x0 is None or target < 0:
+        return first, x0
+    second_order = mult[2] * x0 - mult[3] * old_x0
+    return mult[0] * sample - mult[1] * second_order + noise_scale * draw(), x0
+
+
+VPredictor = Callable[[int, torch.Tensor], torch.Tensor]      # (step index, x_t (B, F, C, h, w)) -> guided v
+LoopCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step index, next x_t, x0 estimate)
+
+
+def run_official(predict_v: VPredictor, sample: torch.Tensor, plan: StepPlan, scheduler,
+                 generator: Optional[torch.Generator], dtype: torch.dtype,
+                 callback: Optional[LoopCallback] = None, progress=range) -> torch.Tensor:
+    """The official DDIM/DPM loop in DDPM space: ``sample`` x_t (B, F, C, h, w) at ``plan.timesteps[0]``
+    stepped down the plan; the state is kept in ``dtype`` after every step (the official pipeline's
+    latents dtype) and the DPM draws from ``generator`` in it. ``progress``: a ``range``-like
+    iterator (a console bar). Returns x_t at the plan's end."""
+    from diffusers import CogVideoXDPMScheduler
+
+    dpm = isinstance(scheduler, CogVideoXDPMScheduler)
+    if dpm and generator is None:
+        raise ValueError("the official DPM scheduler is stochastic: it needs the run's random generator")
+    sample = sample.to(dtype)
+    old_x0 = None
+    for i in progress(len(plan.timesteps)):
+        t, target = plan.timesteps[i], plan.targets[i]
+        v = predict_v(i, sample)
+        if dpm:
+            back = plan.timesteps[i - 1] if i > 0 else None
+            step, old_x0 = dpm_step(scheduler, v, old_x0, t, target, back, sample, generator)
+            x0 = old_x0
+        else:
+            step, x0 = ddim_step(scheduler, v, t, target, sample)
+        sample = step.to(dtype)
+        if callback is not None:
+            callback(i, sample, x0)
+    return sample
 
 
 @torch.no_grad()
@@ -102,7 +182,7 @@ def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.
             id_tokens: Optional[torch.Tensor], *, steps: int, cfg: float, dynamic_cfg: bool = False,
             generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None,
             routing: Optional[RoutingOptions] = None, recorder: Optional[RoutingRecorder] = None,
-            height: Optional[int] = None, width: Optional[int] = None, eta: float = 0.0,
+            height: Optional[int] = None, width: Optional[int] = None,
             device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
             cache: Optional[TeaCache] = None, ff_chunk: Optional[int] = None) -> torch.Tensor:
     """Run the sampling loop; returns the denoised latents (B, F, C, H, W) in ``dtype``.
@@ -128,34 +208,35 @@ def denoise(transformer, scheduler, latents: torch.Tensor, image_latents: torch.
     frames, h, w = latents.shape[1], latents.shape[3], latents.shape[4]
     rotary = (rotary_embeddings(config, height or h * 8, width or w * 8, frames, device)
               if config.use_rotary_positional_embeddings else None)
-    scheduler.set_timesteps(steps, device=device)
-    timesteps = scheduler.timesteps
-    ids = plan = None
+    ids = route = None
     if id_tokens is not None:
         ids = transformer.prepare_ids(id_tokens, device, dtype)
         grid = (frames, h // config.patch_size, w // config.patch_size)
-        plan = RoutingPlan(routing or RoutingOptions(), ids.num_ids, grid, config.local_face_scale, device,
-                           recorder)
-    step_kwargs = _step_kwargs(scheduler, generator, eta)
-    dpm = _is_dpm(scheduler)
+        route = RoutingPlan(routing or RoutingOptions(), ids.num_ids, grid, config.local_face_scale, device,
+                            recorder)
+    plan = trailing_plan(scheduler, steps)
+    timesteps = scheduler.timesteps.to(device)
     image_input = torch.cat([image_latents] * 2) if guided else image_latents
-    old_x0 = None
-    for i, t in enumerate(timesteps):
-        model_input = torch.cat([latents] * 2) if guided else latents
+
+    def predict_v(i: int, sample: torch.Tensor) -> torch.Tensor:
+        t = timesteps[i]
+        model_input = torch.cat([sample] * 2) if guided else sample
         model_input = torch.cat([scheduler.scale_model_input(model_input, t), image_input], dim=2)
         pred = transformer(model_input, text, t.expand(model_input.shape[0]), rotary, ids=ids,
-                           routing=plan.step(i, len(timesteps)) if plan is not None else None,
+                           routing=route.step(i, len(plan.timesteps)) if route is not None else None,
                            cache=cache, ff_chunk=ff_chunk).float()
-        if guided:
-            scale = dynamic_guidance(cfg, steps, t.item()) if dynamic_cfg else cfg
-            uncond, cond = pred.chunk(2)
-            pred = uncond + scale * (cond - uncond)
-        latents, x0 = _scheduler_step(scheduler, dpm, pred, old_x0, timesteps, i, latents, step_kwargs)
-        old_x0 = x0 if dpm else None
-        latents = latents.to(dtype)
+        if not guided:
+            return pred
+        scale = dynamic_guidance(cfg, steps, int(t)) if dynamic_cfg else cfg
+        uncond, cond = pred.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    def report(i: int, sample: torch.Tensor, x0: torch.Tensor) -> None:
         if callback is not None:
-            callback(StepInfo(step=i, total=len(timesteps), timestep=int(t), latents=latents, denoised=x0))
-    return latents
+            callback(StepInfo(step=i, total=len(plan.timesteps), timestep=plan.timesteps[i], latents=sample,
+                              denoised=x0))
+
+    return run_official(predict_v, latents, plan, scheduler, generator, dtype, report)
 
 
 def _placement(transformer) -> tuple[torch.device, torch.dtype]:
@@ -163,17 +244,3 @@ def _placement(transformer) -> tuple[torch.device, torch.dtype]:
     if placement is not None:
         return placement()
     return transformer.device, transformer.dtype
-
-
-def _is_dpm(scheduler) -> bool:
-    from diffusers import CogVideoXDPMScheduler
-
-    return isinstance(scheduler, CogVideoXDPMScheduler)
-
-
-def _scheduler_step(scheduler, dpm: bool, pred, old_x0, timesteps, i, latents, kwargs):
-    """One scheduler step -> (next latents, predicted clean latents x0)."""
-    if dpm:
-        back = timesteps[i - 1] if i > 0 else None
-        return scheduler.step(pred, old_x0, timesteps[i], back, latents, **kwargs, return_dict=False)
-    return scheduler.step(pred, timesteps[i], latents, **kwargs, return_dict=False)

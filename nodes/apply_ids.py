@@ -9,7 +9,6 @@ run after it) and gives what the router recorded during that run, for Routing Ma
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from comfy_api.latest import io
@@ -56,21 +55,25 @@ class ApplyIDs(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, routed_ids: IngredientsRoutedIDs) -> io.NodeOutput:
-        from ..ingredients_core.native_ids import IDPatch
-        from ..ingredients_core.routing import RoutingError
+        return io.NodeOutput(put_ids(model, routed_ids))
 
-        transformer = native_model.transformer_of(model)
-        config = model.model.model_config
-        _check_tokens(routed_ids, transformer, config)
-        options = routed_ids.routing
-        if routed_ids.follow_model_mode:
-            options = dataclasses.replace(options, mode=config.routing_mode)
-        try:
-            options.check(len(routed_ids.tokens.ids))
-        except RoutingError as error:
-            raise ValueError(f"routed_ids: {error}") from error
-        patch = IDPatch(routed_ids.tokens.tokens, options, routed_ids.tokens.model_folder)
-        return io.NodeOutput(native_model.apply_ids(model, patch))
+
+def put_ids(model, routed_ids: IngredientsRoutedIDs):
+    """A clone of the Ingredients MODEL ``model`` carrying the routed IDs (Apply IDs, and the
+    Ingredients Sampler on its MODEL); the "from model" routing mode is the loader's."""
+    from ..ingredients_core.native_ids import IDPatch
+    from ..ingredients_core.routing import RoutingError
+
+    transformer = native_model.transformer_of(model)
+    config = model.model.model_config
+    _check_tokens(routed_ids, transformer, config)
+    options = routed_ids.routing_for(config.routing_mode)
+    try:
+        options.check(len(routed_ids.tokens.ids))
+    except RoutingError as error:
+        raise ValueError(f"routed_ids: {error}") from error
+    patch = IDPatch(routed_ids.tokens.tokens, options, routed_ids.tokens.model_folder)
+    return native_model.apply_ids(model, patch)
 
 
 class ModelRouting(io.ComfyNode):
@@ -102,13 +105,14 @@ class ModelRouting(io.ComfyNode):
         if recorded is None:
             raise ValueError("model: no routing was recorded with this MODEL yet (no sampler has run it, or every "
                              "person had strength 0 or was outside its start/end range at every step).")
-        return io.NodeOutput(routing_payload(recorded, transformer.config.patch_size))
+        frames, rows, cols = recorded.grid
+        unit = transformer.config.patch_size * 8
+        return io.NodeOutput(routing_payload(recorded, rows * unit, cols * unit, (frames - 1) * 4 + 1))
 
 
-def routing_payload(recorded, patch_size: int) -> IngredientsRouting:
-    """The recorded maps (CPU) per routed layer with the video size the token grid stands for."""
-    frames, rows, cols = recorded.grid
-    layers = tuple(sorted(recorded.last))
+def routing_payload(recorded, height: int, width: int, frames: int) -> IngredientsRouting:
+    """What a run's router recorded (a core ``RoutingRecorder``, maps on the CPU) per routed layer, for
+    a video of ``height x width x frames``; no layers when nothing was recorded (nobody routed)."""
+    layers = tuple(sorted(recorded.last)) if recorded is not None else ()
     return IngredientsRouting(layers, tuple(recorded.maps("last", k) for k in layers),
-                              tuple(recorded.maps("mean", k) for k in layers),
-                              rows * patch_size * 8, cols * patch_size * 8, (frames - 1) * 4 + 1)
+                              tuple(recorded.maps("mean", k) for k in layers), height, width, frames)

@@ -1,7 +1,7 @@
 """The Ingredients transformer as a native ComfyUI ``MODEL`` (KSampler, SamplerCustomAdvanced, LoRAs,
 MODEL patches), beside the pack's own sampler. The one module besides ``host.py`` that meets ComfyUI.
 
-- :class:`CogVideoXLatentFormat`: 16 channels, 3-D, scaled by 0.7 (the 5B VAE's ``scaling_factor``);
+- the latent format: ``host.IngredientsLatentFormat`` (16 channels, 3-D, scaled by 0.7, the 5B VAE's);
 - :class:`IngredientsModelConfig`: a ``supported_models_base.BASE`` with no UNet of ComfyUI's own
   (``disable_unet_model_creation``), V-prediction on ``ModelSamplingDiscrete`` over the scaled-linear
   betas 0.00085..0.012, 1000 steps, zero terminal SNR: diffusers' CogVideoX schedule (ComfyUI's
@@ -49,28 +49,6 @@ TEXT_FIX = ("encode the prompt with CLIPTextEncode on a CogVideoX/T5-XXL CLIP (C
 
 
 # -- 1. latent format and model config -----------------------------------------------------------
-#: Linear CogVideoX latent-to-RGB coefficients (16 x 3) that kijai's CogVideoXWrapper publishes for its
-#: sampler previews, for model-space latents (as ComfyUI's previewer receives them).
-COGVIDEOX_RGB_FACTORS = [
-    [0.11946, 0.09919, -0.00483], [-0.00120, 0.05497, 0.02132], [-0.01409, -0.00870, -0.02099],
-    [0.03064, 0.12186, 0.01396], [0.09274, 0.03029, 0.05083], [0.03791, 0.04935, 0.05856],
-    [0.01775, 0.00884, 0.03601], [0.10610, 0.02340, 0.05715], [0.12736, -0.01096, 0.04327],
-    [-0.01874, 0.08221, 0.10613], [0.00843, 0.07624, 0.09296], [0.12938, 0.12360, 0.04479],
-    [0.04566, 0.04106, -0.01770], [0.00019, -0.01397, 0.05330], [0.08082, 0.11548, -0.02146],
-    [-0.01518, -0.00580, 0.07217],
-]
-
-
-class CogVideoXLatentFormat(host.IngredientsLatentFormat):
-    """The MODEL's latent format: the pack sampler's CogVideoX format (16 channels, 3-D, scale 0.7)
-    with fixed preview colours, :data:`COGVIDEOX_RGB_FACTORS` (ComfyUI 0.33 ships none for
-    CogVideoX): a rough colour sketch of the denoised frame 0, as every Latent2RGB preview; the pack's
-    own sampler fits its factors to the run's face canvas instead."""
-
-    def __init__(self, scale_factor: float = 0.7):
-        super().__init__(COGVIDEOX_RGB_FACTORS, None, scale_factor)
-
-
 class IngredientsModelConfig(comfy.supported_models_base.BASE):
     """The model family config ComfyUI's sampling reads (``sampling_settings``, ``latent_format``,
     dtypes), plus what the pack needs to check its own inputs against the MODEL."""
@@ -79,7 +57,7 @@ class IngredientsModelConfig(comfy.supported_models_base.BASE):
     unet_extra_config = {}
     sampling_settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012,
                          "timesteps": 1000, "zsnr": True}
-    latent_format = CogVideoXLatentFormat
+    latent_format = host.IngredientsLatentFormat  # fixed preview colours (host.COGVIDEOX_RGB_FACTORS)
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
     memory_usage_factor = 2.0  # only ComfyUI's generic estimate; memory_required below uses the pack's
 
@@ -107,6 +85,13 @@ def rotary_for(config, frames: int, height: int, width: int, device: torch.devic
     return cos.to(device), sin.to(device)
 
 
+def _wide(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float64 where the device has it (not MPS): the k-diffusion scalings (x / sqrt(1 +
+    sigma^2) at sigma up to 4519, x0 from v) then lose no bits beyond the final float32 rounding, so
+    the transformer sees the x_t the official loop holds."""
+    return tensor.double() if tensor.device.type != "mps" else tensor.float()
+
+
 # -- 3. the BaseModel ----------------------------------------------------------------------------
 class IngredientsBaseModel(comfy.model_base.BaseModel):
     """ComfyUI's view of the Ingredients transformer (V-prediction, CogVideoX latents, image latent
@@ -126,7 +111,7 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         """Denoised x0 (B, 16, F, H, W) for the sampler's x at sigma ``t``."""
         sigma = t
-        xc = self.model_sampling.calculate_input(sigma, x)                      # x_t, (B, 16, F, H, W)
+        xc = self.model_sampling.calculate_input(_wide(sigma), _wide(x))        # x_t, (B, 16, F, H, W)
         if c_concat is not None:                                                # + image latent: (B, 32, F, H, W)
             xc = torch.cat([xc, comfy.model_management.cast_to_device(c_concat, xc.device, xc.dtype)], dim=1)
         dtype = self.get_dtype_inference()
@@ -139,7 +124,7 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
                                                             options)
         out = comfy.patcher_extension.WrapperExecutor.new_class_executor(
             self._diffusion_forward, self.diffusion_model, wrappers).execute(xc, timestep, context, control, options)
-        return self.model_sampling.calculate_denoised(sigma, out.float(), x)
+        return self.model_sampling.calculate_denoised(_wide(sigma), _wide(out), _wide(x)).to(x.dtype)
 
     def _context(self, context, device, dtype):
         width = self.diffusion_model.config.text_embed_dim
@@ -316,28 +301,51 @@ def ids_patch(model):
 
 # -- 5. sampling the MODEL (issue 15, part 4) ------------------------------------------------------
 def _official_sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                               scheduler: str = "dpm"):
+                               scheduler: str = "dpm", generator: Optional[torch.Generator] = None):
     """A k-diffusion sampler function (ComfyUI's protocol): ``model`` is ComfyUI's
     ``KSamplerX0Inpaint`` around the guider, ``model(x, sigma * s_in, **extra_args)`` -> guided x0;
-    the guider's base model carries ``model_sampling``; ``extra_args["seed"]`` seeds the DPM."""
+    the guider's base model carries ``model_sampling`` and the compute dtype (the loop keeps its state
+    in it, as the official pipeline); ``extra_args["seed"]`` seeds the DPM unless ``generator`` (the
+    Ingredients Sampler's, which drew the canvas latent and the noise) is given."""
     from ..ingredients_core.native_sampling import sample_official
 
     extra_args = {} if extra_args is None else extra_args
-    model_sampling = model.inner_model.inner_model.model_sampling
+    base = model.inner_model.inner_model
 
     def denoise(x_k: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return model(x_k, sigma, **extra_args)
 
-    def report(i: int, x0: torch.Tensor, x_k: torch.Tensor, sigma: torch.Tensor) -> None:
-        callback({"x": x_k, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
+    def report(info) -> None:  # the core's StepInfo -> ComfyUI's callback dict (x at the next sigma, x0)
+        i, sigma = info.step, sigmas[info.step]
+        x_next = info.latents.transpose(1, 2).float() * (1 + sigmas[i + 1].float() ** 2) ** 0.5
+        callback({"x": x_next, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": info.denoised.transpose(1, 2)})
 
-    return sample_official(denoise, x, sigmas, model_sampling, scheduler, extra_args.get("seed"),
-                           report if callback is not None else None, disable=disable)
+    dtype = base.get_dtype_inference() if hasattr(base, "get_dtype_inference") else x.dtype
+    return sample_official(denoise, x, sigmas, base.model_sampling, scheduler, extra_args.get("seed"),
+                           report if callback is not None else None, disable=disable, generator=generator,
+                           dtype=dtype)
 
 
-def official_sampler(scheduler: str):
-    """A ComfyUI ``SAMPLER`` running the pack's official ``scheduler`` (``dpm`` or ``ddim``)."""
-    return comfy.samplers.KSAMPLER(_official_sampler_function, extra_options={"scheduler": scheduler})
+def official_sampler(scheduler: str, generator: Optional[torch.Generator] = None):
+    """A ComfyUI ``SAMPLER`` running the pack's official ``scheduler`` (``dpm`` or ``ddim``); the DPM
+    draws from ``generator`` when given, else from one seeded with the run's seed."""
+    options = {"scheduler": scheduler}
+    if generator is not None:
+        options["generator"] = generator
+    return comfy.samplers.KSAMPLER(_official_sampler_function, extra_options=options)
+
+
+def sample(model, noise: torch.Tensor, cfg: float, sampler, sigmas: torch.Tensor, positive: list, negative: list,
+           callback, seed: int) -> torch.Tensor:
+    """ComfyUI's own sampling of a MODEL (``comfy.sample.sample_custom``, what SamplerCustomAdvanced runs)
+    from ``noise`` (B, 16, F, h, w) on an empty latent: raw VAE latents on the intermediate device.
+    ``callback(step, x0, x, total)`` after every step (ComfyUI's protocol)."""
+    import comfy.sample
+    import comfy.utils
+
+    latent = torch.zeros_like(noise)
+    return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
+                                      callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
 
 
 def model_sampling(model):

@@ -117,10 +117,12 @@ class IngredientsRoutedIDs:
     routing: Any
     follow_model_mode: bool = False
 
-    def routing_for(self, model: IngredientsModel):
+    def routing_for(self, loader_mode: str):
+        """The routing options to run: ``routing``, with the loader's ``loader_mode`` ("official" or
+        "per_sample") when Route IDs says "from model" (the one place this is resolved)."""
         if not self.follow_model_mode:
             return self.routing
-        return dataclasses.replace(self.routing, mode=model.routing_mode)
+        return dataclasses.replace(self.routing, mode=loader_mode)
 
 
 @dataclass(frozen=True)

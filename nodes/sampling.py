@@ -12,7 +12,8 @@ import logging
 import torch
 from comfy_api.latest import io, ui
 
-from . import host
+from . import host, native_model
+from .apply_ids import put_ids, routing_payload
 from .payloads import (
     IngredientsLatents,
     IngredientsModel,
@@ -51,12 +52,6 @@ def _check_prompt(prompt: IngredientsPrompt, config) -> None:
                          "the official model).")
 
 
-def _check_ids(routed: IngredientsRoutedIDs, model: IngredientsModel) -> None:
-    if routed.tokens.model_folder != model.folder:
-        raise ValueError(f"routed_ids: the ID tokens were projected with the model in {routed.tokens.model_folder}, "
-                         f"the sampler uses {model.folder}: feed Project IDs the same model as the sampler.")
-
-
 def _check_masks(routed: IngredientsRoutedIDs, frames: int) -> None:
     """Refuse masks whose frame count does not fit the video before anything runs (the core's message)."""
     from ..ingredients_core.routing import RoutingError, resize_mask
@@ -71,63 +66,79 @@ def _check_masks(routed: IngredientsRoutedIDs, frames: int) -> None:
                                  f"{frames} frames)") from error
 
 
-def routing_payload(recorder, settings) -> IngredientsRouting:
-    """The recorder's maps per routed layer (CPU tensors), with the video size."""
-    layers = tuple(sorted(recorder.last))
-    return IngredientsRouting(layers, tuple(recorder.maps("last", k) for k in layers),
-                              tuple(recorder.maps("mean", k) for k in layers),
-                              settings.height, settings.width, settings.frames)
-
-
 def _noise_device(model_device: torch.device, vae_device: torch.device) -> torch.device:
     """The official run draws everything from one generator on the pipeline's device; when
     ComfyUI keeps the VAE on another device, a CPU generator serves both (same seed, other noise)."""
     return model_device if model_device == vae_device else torch.device("cpu")
 
 
-def _activation_bytes(model: IngredientsModel, routed: IngredientsRoutedIDs, settings, dtype: torch.dtype) -> int:
-    """Activation bytes of one transformer forward as the run makes it, for ComfyUI to decide how much
-    of the transformer stays on the GPU. Both CFG halves go through one forward (the loop cannot
-    split them as ComfyUI's own sampler can), so that is also the smallest run that works."""
-    from ..ingredients_core.memory import forward_size, transformer_activation_bytes
-    from ..ingredients_core.vae import latent_frame_count
+def _sampled_model(model: IngredientsModel, patched_model, routed: IngredientsRoutedIDs, settings):
+    """The MODEL the Sampler runs: ``patched_model`` (the loader's MODEL after MODEL patches) or the
+    loader's own, with the IDs put on as Apply IDs puts them and the official dynamic CFG when on."""
+    base = model.patcher if patched_model is None else patched_model
+    if patched_model is not None and native_model.transformer_of(patched_model) is not model.transformer:
+        raise ValueError("patched_model: this MODEL is not the model's transformer (another Load Ingredients Model "
+                         "or settings): connect the MODEL output of the same Load Ingredients Model as model, "
+                         "after your MODEL patches.")
+    sampled = put_ids(base, routed)
+    if settings.dynamic_cfg:
+        sampled = native_model.with_dynamic_cfg(sampled)
+    return sampled
 
-    batch = 2 if settings.cfg > 1.0 else 1
-    size = forward_size(model.transformer.config, batch, latent_frame_count(settings.frames), settings.height // 8,
-                        settings.width // 8, len(routed.tokens.ids))
-    return transformer_activation_bytes(size, torch.finfo(dtype).bits // 8, settings.ff_chunk)
+
+def _start(model: IngredientsModel, vae: IngredientsVAE, routed: IngredientsRoutedIDs, settings,
+           generator: torch.Generator, dtype: torch.dtype):
+    """(canvas RGB, raw canvas latent (1, 16, F, h, w), noise (1, 16, F, h, w)) in the official draw
+    order from ``generator``: the canvas latent sample, then the initial noise (in ``dtype``, the
+    official pipeline's latents dtype; CogVideoX's ``init_noise_sigma`` is 1)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from ..ingredients_core.faces.canvas import make_canvas
+    from ..ingredients_core.vae import encode_first_frame, latent_frame_count
+    from .image_to_video import image_latent
+
+    canvas = make_canvas([face.crop for face in routed.tokens.ids.faces])
+    host.load(vae.patcher)
+    first = encode_first_frame(vae.vae, canvas, settings.height, settings.width, dtype, generator, sample=True)
+    concat = image_latent(first.float(), latent_frame_count(settings.frames))        # (1, 16, F, h, w)
+    shape = (1, concat.shape[2], concat.shape[1], *concat.shape[3:])                 # drawn as (1, F, 16, h, w)
+    noise = randn_tensor(shape, generator=generator, device=generator.device, dtype=dtype)
+    return canvas, concat, noise.permute(0, 2, 1, 3, 4).float()
 
 
 def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: IngredientsRoutedIDs,
-                vae: IngredientsVAE, settings, recorder=None):
-    """The core's generation path (``generation.sample_video``) for these inputs, with ComfyUI
-    loading each model before it is used and reporting every step; returns its ``SampleResult``.
-    ``recorder`` (a ``RoutingRecorder``) receives the router's assignments."""
-    from ..ingredients_core.generation import TRANSFORMER_STAGE, RunHooks, RunPlacement, sample_video
-
+                vae: IngredientsVAE, settings, patched_model=None):
+    """Sample through ComfyUI's sampling with the official SAMPLER, as KSampler is built on it: the
+    MODEL with the IDs (``_sampled_model``), the canvas latent on the conditioning as Image to Video
+    puts it, the noise and the DPM's draws from one generator seeded with the run's seed.
+    Returns (latents (1, F, 16, h, w) scaled as the pack's VAE scales them, the MODEL that ran)."""
+    sampled = _sampled_model(model, patched_model, routed, settings)
     device = host.load_device(model.patcher)
-    placement = RunPlacement(device, model.transformer.placement()[1],
-                             _noise_device(device, host.load_device(vae.patcher)))
-    reporter = []
+    generator = torch.Generator(_noise_device(device, host.load_device(vae.patcher))).manual_seed(settings.seed)
+    canvas, concat, noise = _start(model, vae, routed, settings, generator, sampled.model.get_dtype_inference())
+    scale = float(vae.vae.config.scaling_factor)
+    factors, bias = fit_rgb_factors(canvas, concat[0, :, 0] * scale)
+    report = host.step_reporter(settings.steps, device, factors, bias, scale)
+    raw = sample_from(sampled, prompt.positive, prompt.negative, concat, noise, settings, generator,
+                      lambda step, x0, x, total: report(step + 1, preview_frame(x0.permute(0, 2, 1, 3, 4))))
+    return raw.permute(0, 2, 1, 3, 4) * scale, sampled
 
-    def started(canvas, image_latents) -> None:
-        factors, bias = fit_rgb_factors(canvas, image_latents[0, 0])
-        reporter.append(host.step_reporter(settings.steps, device, factors, bias,
-                                           float(vae.vae.config.scaling_factor)))
 
-    def load(stage: str) -> None:
-        if stage == TRANSFORMER_STAGE:
-            needed = _activation_bytes(model, routed, settings, placement.dtype)
-            host.load_for_run(model.patcher, needed, needed)
-        else:
-            host.load(vae.patcher)
+def sample_from(sampled, positive: torch.Tensor, negative: torch.Tensor, concat: torch.Tensor, noise: torch.Tensor,
+                settings, generator: torch.Generator, callback=None) -> torch.Tensor:
+    """The Sampler's sampling of the MODEL ``sampled`` from its start: prompt embeddings (1, 226, D),
+    the raw canvas latent and the noise (1, 16, F, h, w), the official sigmas and SAMPLER drawing from
+    ``generator``; raw latents (1, 16, F, h, w) as ComfyUI's samplers return them."""
+    from ..ingredients_core.native_sampling import official_sigmas
 
-    hooks = RunHooks(load=load, started=started,
-                     step=lambda info: reporter[0](info.step + 1, preview_frame(info.denoised)))
-    return sample_video(model.transformer, vae.vae, model.scheduler_config,
-                        [face.crop for face in routed.tokens.ids.faces], prompt.positive, prompt.negative,
-                        routed.tokens.tokens, settings, placement, hooks, routing=routed.routing_for(model),
-                        recorder=recorder)
+    values = {"concat_latent_image": concat}
+    guided = settings.cfg > 1.0  # the official loop runs no guidance at 1 or less; ComfyUI's at exactly 1
+    return native_model.sample(
+        sampled, noise, settings.cfg if guided else 1.0, native_model.official_sampler(settings.scheduler, generator),
+        official_sigmas(native_model.model_sampling(sampled), settings.steps),
+        native_model.conditioning_with([[positive, {}]], values),
+        native_model.conditioning_with([[negative if negative is not None else positive, {}]], values),
+        callback, settings.seed)
 
 
 class Sampler(io.ComfyNode):
@@ -166,6 +177,10 @@ class Sampler(io.ComfyNode):
                                tooltip=("TeaCache threshold: skip transformer evaluations that change little "
                                         "(0 = off, every step computed). 0.10 to 0.20 are the published CogVideoX-5B "
                                         "settings (about 1.6x to 2.7x faster); the skipped count shows on the node.")),
+                io.Model.Input("patched_model", optional=True,
+                               tooltip=("Optional: the MODEL output of the same Load Ingredients Model after MODEL "
+                                        "patches (LoRA loaders, EasyCache, TorchCompileModel, ...); the Sampler "
+                                        "samples it, so every patch applies. Empty: the loader's MODEL.")),
             ],
             outputs=[LatentsType.Output("latents", display_name="latents",
                                         tooltip="The denoised video latents, for Ingredients Decode."),
@@ -177,23 +192,20 @@ class Sampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: IngredientsModel, prompt: IngredientsPrompt, routed_ids: IngredientsRoutedIDs,
                 vae: IngredientsVAE, width: int, height: int, frames: int, steps: int, cfg: float, seed: int,
-                scheduler: str, dynamic_cfg: bool, teacache: float = 0.0) -> io.NodeOutput:
-        from ..ingredients_core.routing import RoutingRecorder
-
+                scheduler: str, dynamic_cfg: bool, teacache: float = 0.0, patched_model=None) -> io.NodeOutput:
         settings = _settings(height=height, width=width, frames=frames, steps=steps, cfg=cfg, seed=seed,
                              scheduler=scheduler, dynamic_cfg=dynamic_cfg, teacache=teacache)
         settings.check_model(model.transformer.config)
         _check_prompt(prompt, model.transformer.config)
-        _check_ids(routed_ids, model)
         _check_masks(routed_ids, frames)
         host.check_interrupt()
-        recorder = RoutingRecorder()
-        result = run_sampler(model, prompt, routed_ids, vae, settings, recorder)
-        summary = (result.cache.summary() if result.cache is not None
-                   else f"TeaCache off: {steps} of {steps} transformer evaluations computed")
+        latents, sampled = run_sampler(model, prompt, routed_ids, vae, settings, patched_model)
+        summary = f"TeaCache off: {steps} of {steps} transformer evaluations computed"
         logger.info("Ingredients Sampler: %s", summary)
-        return io.NodeOutput(IngredientsLatents(result.latents.to(host.output_device()), height, width, frames),
-                             routing_payload(recorder, settings), ui=ui.PreviewText(summary))
+        recorder = native_model.ids_patch(sampled).recorder
+        routing = routing_payload(recorder.finished if recorder is not None else None, height, width, frames)
+        return io.NodeOutput(IngredientsLatents(latents.to(host.output_device()), height, width, frames), routing,
+                             ui=ui.PreviewText(summary))
 
 
 class Decode(io.ComfyNode):

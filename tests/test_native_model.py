@@ -94,7 +94,7 @@ def pack_x0(payload, routed, x_t, image, text, t: int, step=(0, 1), alphas=None,
         ids = routing = None
         if routed is not None:
             ids = transformer.prepare_ids(routed.tokens.tokens, torch.device("cpu"), torch.float32)
-            options = routed.routing_for(payload)
+            options = routed.routing_for(payload.routing_mode)
             grid = (frames, height // config.patch_size, width // config.patch_size)
             routing = RoutingPlan(options, ids.num_ids, grid, config.local_face_scale, torch.device("cpu")).step(*step)
         rotary = rotary_embeddings(config, height * 8, width * 8, frames, torch.device("cpu"))

@@ -27,7 +27,7 @@ def native(tmp_path_factory):
 def test_the_models_latent_format_gives_a_latent2rgb_preview(native):
     import latent_preview
 
-    latent_format = native.CogVideoXLatentFormat()
+    latent_format = native.IngredientsModelConfig.latent_format()
     assert len(latent_format.latent_rgb_factors) == latent_format.latent_channels == 16
     assert all(len(row) == 3 for row in latent_format.latent_rgb_factors)
     previewer = latent_preview.get_previewer(torch.device("cpu"), latent_format)

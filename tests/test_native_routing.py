@@ -65,7 +65,7 @@ def pack_run(payload, routed, inputs):
     scheduler = make_scheduler("ddim", payload.scheduler_config)
     recorder, starts = RoutingRecorder(), [inputs["latents"]]
     denoise(payload.transformer, scheduler, inputs["latents"], inputs["image"], inputs["positive"], inputs["negative"],
-            routed.tokens.tokens, steps=STEPS, cfg=6.0, routing=routed.routing_for(payload), recorder=recorder,
+            routed.tokens.tokens, steps=STEPS, cfg=6.0, routing=routed.routing_for(payload.routing_mode), recorder=recorder,
             callback=lambda info: starts.append(info.latents))
     size = types.SimpleNamespace(height=64, width=96, frames=9)
     return sampling.routing_payload(recorder, size), starts[:STEPS], [int(t) for t in scheduler.timesteps]

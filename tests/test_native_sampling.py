@@ -11,15 +11,13 @@ import torch
 
 from ingredients_core.native_sampling import (
     OFFICIAL_SCHEDULER_CONFIG,
-    ddim_step,
-    dpm_step,
     dynamic_cfg_scale,
     official_sigmas,
     official_timesteps,
     plan_steps,
     sample_official,
 )
-from ingredients_core.sampling import denoise, dynamic_guidance, make_scheduler, rotary_embeddings
+from ingredients_core.sampling import ddim_step, denoise, dpm_step, dynamic_guidance, make_scheduler, rotary_embeddings
 from ingredients_core.testing.make_tiny import COGVIDEOX_I2V_SCHEDULER_CONFIG
 
 TERMINAL = 4.8973451890853435e-08  # ComfyUI's last alpha_cumprod under zsnr
@@ -84,7 +82,7 @@ def _native(transformer, noise, image, positive, negative, *, scheduler, steps, 
     sigmas = official_sigmas(schedule, steps) if sigmas is None else sigmas
     x = noise.transpose(1, 2) * (1 + sigmas[0] ** 2) ** 0.5   # ComfyUI's noise_scaling at max denoise
     steps_seen = []
-    out = sample_official(model, x, sigmas, schedule, scheduler, seed, lambda i, x0, xk, s: steps_seen.append(i))
+    out = sample_official(model, x, sigmas, schedule, scheduler, seed, lambda info: steps_seen.append(info.step))
     return out.transpose(1, 2), steps_seen
 
 

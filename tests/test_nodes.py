@@ -200,7 +200,7 @@ def test_canvas_is_an_image(nodes, graph):
 def test_project_and_route_ids(graph):
     assert graph["tokens"].tokens.shape[:2] == (2, 32)
     routed = graph["routed"]
-    assert routed.follow_model_mode and routed.routing_for(graph["model"]).mode == "official"
+    assert routed.follow_model_mode and routed.routing_for(graph["model"].routing_mode).mode == "official"
     assert list(routed.routing.strengths) == [1.0, 1.0]
 
 
@@ -220,8 +220,10 @@ def test_sampler_and_decode_match_the_core_pipeline(nodes, graph):
                                   torch.device("cpu"), torch.float32)
     settings = pipeline.GenerationSettings(steps=2, seed=7, device="cpu", dtype="float32", **TINY)
     expected = pipeline.generate(bundle, graph["faces"], prompt.positive, prompt.negative, settings)
-    torch.testing.assert_close(latents.latents, expected.latents, rtol=0, atol=0)
-    torch.testing.assert_close(frames, expected.frames, rtol=0, atol=0)
+    # the node samples through ComfyUI's sampling (k-diffusion space: x scaled by sqrt(1 + sigma^2) and back,
+    # v recovered from x0), the core in DDPM space: the same loop, steps and draws, float32 rounding apart
+    torch.testing.assert_close(latents.latents, expected.latents, rtol=1e-4, atol=5e-5)
+    torch.testing.assert_close(frames, expected.frames, rtol=0, atol=1e-4)
 
 
 def test_t5_loader_runs_the_folders_t5_on_comfyuis_t5_with_the_official_embeddings(nodes, graph, models_dir):

@@ -82,14 +82,24 @@ def test_strength_zero_leaves_a_person_out_of_the_routing(nodes, graph):
     assert float(late.maps("last", -1)[..., 1].max()) > 0 and float(late.maps("mean", -1)[..., 1].max()) < 1
 
 
-def test_recording_does_not_change_the_latents(nodes, graph):
+def test_recording_does_not_change_the_latents(nodes, graph, monkeypatch):
     sampling = harness.pack_module("nodes.sampling")
+    native_model = harness.pack_module("nodes.native_model")
     left, right = halves()
     routed = route(nodes, graph, mask_1=left, mask_2=right, mask_strength=2.0)
-    latents, _ = sample_routing(nodes, graph, routed)
-    settings = sampling._settings(steps=2, cfg=6.0, seed=7, scheduler="dpm", dynamic_cfg=False, **TINY)
-    plain = sampling.run_sampler(graph["model"], graph["prompt"], routed, graph["vae"], settings).latents
-    torch.testing.assert_close(latents.latents, plain, rtol=0, atol=0)
+    latents, routing = sample_routing(nodes, graph, routed)
+    assert routing.layers
+    put_ids = sampling.put_ids
+
+    def unrecorded(model, routed_ids):
+        patched = put_ids(model, routed_ids)
+        native_model.ids_patch(patched).recorder = None
+        return patched
+
+    monkeypatch.setattr(sampling, "put_ids", unrecorded)
+    plain, nothing = sample_routing(nodes, graph, routed)
+    assert nothing.layers == ()
+    torch.testing.assert_close(latents.latents, plain.latents, rtol=0, atol=0)
 
 
 def test_per_frame_masks_and_their_errors(nodes, graph):

@@ -79,7 +79,7 @@ def pack_run(payload, case, scheduler, steps, dynamic_cfg=False, routed=None):
     noise = comfy.sample.prepare_noise(case["latent"]["samples"], SEED).transpose(1, 2)
     tokens = routing = None
     if routed is not None:
-        tokens, routing = routed.tokens.tokens, routed.routing_for(payload)
+        tokens, routing = routed.tokens.tokens, routed.routing_for(payload.routing_mode)
     out = core.denoise(payload.transformer, core.make_scheduler(scheduler, payload.scheduler_config), noise,
                        case["image"], case["pos"], case["neg"], tokens, steps=steps, cfg=6.0, dynamic_cfg=dynamic_cfg,
                        generator=torch.Generator().manual_seed(SEED), routing=routing)

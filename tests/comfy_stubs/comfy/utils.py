@@ -1,10 +1,11 @@
-"""Stand-in for ``comfy.utils``: ``ProgressBar`` (records every update: value, total, preview),
+"""Stand-in for ``comfy.utils``: ``PROGRESS_BAR_ENABLED``, ``ProgressBar`` (records every update: value, total, preview),
 ``deepcopy_list_dict`` (copies dicts and lists, shares every other object, as ComfyUI's clone does)
 and ``load_torch_file`` (a safetensors or weights-only torch file, as the real one reads it)."""
 
 import torch
 
 updates: list[tuple] = []
+PROGRESS_BAR_ENABLED = True  # ComfyUI's console-bar switch (samplers pass disable_pbar=not it)
 
 
 class ProgressBar:
