@@ -161,21 +161,24 @@ class TeaCache:
 
 
 def chunk_keys(batch: int, chunks: Sequence[int], uuids: Sequence[Hashable] = (),
-               order: Optional[torch.Tensor] = None) -> list[Hashable]:
+               order: Optional[torch.Tensor] = None, part: Optional[Hashable] = None) -> list[Hashable]:
     """One key per chunk of a host's batch, in the transformer's row order: (kind, the chunk's uuid)
     (kind: ComfyUI's ``cond_or_uncond``, 0 cond, 1 uncond), or (kind, its count among the call's
     chunks of that kind) without uuids, so a cond keeps its residual whether it ran with the uncond
     or alone. ``order``: the row order the rows were put in (:func:`..native_ids.official_order`).
-    Without chunks (or rows that do not split into them): the whole batch, one key."""
+    Without chunks (or rows that do not split into them): the whole batch, one key. ``part``: which
+    part of the latent the call holds (ComfyUI's context windows: the window's frames), so each part
+    keeps residuals of its own."""
     chunks = list(chunks)
     if not chunks or batch % len(chunks):
-        return [WHOLE]
-    keys = [(kind, uuids[i] if len(uuids) == len(chunks) else chunks[:i].count(kind))
-            for i, kind in enumerate(chunks)]
-    if order is None:
-        return keys
-    size = batch // len(chunks)
-    return [keys[int(order[i * size]) // size] for i in range(len(chunks))]
+        keys = [WHOLE]
+    else:
+        keys = [(kind, uuids[i] if len(uuids) == len(chunks) else chunks[:i].count(kind))
+                for i, kind in enumerate(chunks)]
+        if order is not None:
+            size = batch // len(chunks)
+            keys = [keys[int(order[i * size]) // size] for i in range(len(chunks))]
+    return keys if part is None else [(key, part) for key in keys]
 
 
 @dataclass
