@@ -2,7 +2,7 @@
 
 TeaCache (Liu et al., 2024, "Timestep Embedding Tells: It's Time to Cache for Video Diffusion
 Model") estimates how much a step's output would change from how much the timestep embedding
-changed. Per forward it adds ``poly(rel_l1(emb, previous emb))`` to an accumulator; while the
+changed. Per step it adds ``poly(rel_l1(emb, previous emb))`` to an accumulator; while the
 accumulator stays under the threshold, the blocks are skipped and the residual they added at the
 last computed step (for video and text tokens) is added instead; once it reaches the threshold,
 the blocks run again and the accumulator restarts. The first and the last step are always computed.
@@ -14,13 +14,23 @@ roots (rel-L1 0.0075 and 0.330 for these coefficients): a step whose distance li
 root is outside what the fit describes and is always computed, and the small negative values below
 the lower root count as no change. A cache belongs to one sampling run; it is never stored on the
 model.
+
+Decisions are made per *step*, not per forward: the pack's loop runs one forward per step
+(:meth:`TeaCache.skip`); a host that may run a step as several calls (ComfyUI: the cond and uncond
+halves as separate batches under memory pressure, two evaluations per step for Heun/DPM-2) asks
+through a :class:`CacheCall` per call, which names the step and the call's chunks: the first call of
+a step decides for all of them, and every chunk (cond, uncond) keeps a residual of its own.
+:class:`TeaCachePatch` is the setting a host's model carries: a fresh :class:`TeaCache` per run
+(between :meth:`~TeaCachePatch.begin_run` and :meth:`~TeaCachePatch.end_run`), the last run's
+report kept without its tensors.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Hashable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,23 +38,25 @@ import torch
 logger = logging.getLogger(__name__)
 
 COGVIDEOX_5B_COEFFICIENTS = (-1.53880483e+03, 8.43202495e+02, -1.34363087e+02, 7.97131516e+00, -5.23162339e-02)
+WHOLE = "whole batch"  # the chunk key of the pack's own loop: one residual for the whole batch
 
 
-@dataclass
+@dataclass(eq=False)
 class TeaCache:
-    """Per-run TeaCache state. ``steps``: forwards in the run (one per sampling step)."""
+    """Per-run TeaCache state. ``steps``: sampling steps in the run."""
 
     threshold: float
     steps: int
     coefficients: tuple[float, ...] = COGVIDEOX_5B_COEFFICIENTS
-    evaluations: int = 0                        # forwards whose blocks ran
-    skipped: int = 0                            # forwards that reused the residual
-    skipped_steps: list[int] = field(default_factory=list)
     _calls: int = 0
+    _current: int = 0                                # the step decided last
     _accumulated: float = 0.0
     _previous: Optional[torch.Tensor] = None
-    _residual: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    _decisions: dict = field(default_factory=dict)   # step -> skip (made at the step's first call)
+    _computed: dict = field(default_factory=dict)    # step -> whether any call of it ran the blocks
+    _residuals: dict = field(default_factory=dict)   # chunk key -> (video residual, text residual)
     _fit_limit: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if self.threshold <= 0:
@@ -54,41 +66,190 @@ class TeaCache:
         positive = [r.real for r in np.roots(self.coefficients) if abs(r.imag) < 1e-12 and r.real > 0]
         self._fit_limit = max(positive) if positive else float("inf")
 
-    def estimate(self, distance: float) -> float:
-        """The rescaled change of one step (``inf`` beyond the fitted range: compute that step)."""
-        if distance > self._fit_limit:
-            return float("inf")
-        return max(float(np.polyval(self.coefficients, distance)), 0.0)
+    # -- what a run did --------------------------------------------------------------------------
+    @property
+    def skipped_steps(self) -> list[int]:
+        """Steps none of whose calls ran the blocks."""
+        return [step for step, ran in sorted(self._computed.items()) if not ran]
 
-    def skip(self, emb: torch.Tensor) -> bool:
-        """Whether this forward may reuse the cached residual (``emb``: the timestep embedding)."""
-        step = self._calls
-        self._calls += 1
-        previous, self._previous = self._previous, emb.detach()
-        if step == 0 or step >= self.steps - 1 or previous is None or self._residual is None:
-            self._accumulated = 0.0
-            return False
-        distance = ((emb - previous).abs().mean() / previous.abs().mean()).item()
-        self._accumulated += self.estimate(distance)
-        if self._accumulated < self.threshold:
-            self.skipped += 1
-            self.skipped_steps.append(step)
-            return True
-        self._accumulated = 0.0
-        return False
+    @property
+    def skipped(self) -> int:
+        return len(self.skipped_steps)
 
-    def reuse(self, video: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block stack's output estimated as input + the last computed residual."""
-        video_residual, text_residual = self._residual
-        return video + video_residual, text + text_residual
-
-    def store(self, video_residual: torch.Tensor, text_residual: torch.Tensor) -> None:
-        """Remember what the blocks added at a computed step."""
-        self.evaluations += 1
-        self._residual = (video_residual, text_residual)
+    @property
+    def evaluations(self) -> int:
+        """Steps whose blocks ran."""
+        return sum(1 for ran in self._computed.values() if ran)
 
     def summary(self) -> str:
         total = self.evaluations + self.skipped
         speedup = total / self.evaluations if self.evaluations else 1.0
         return (f"TeaCache (threshold {self.threshold:g}): {self.skipped} of {total} transformer evaluations "
                 f"skipped ({self.evaluations} computed, about {speedup:.2f}x fewer block runs)")
+
+    # -- decisions -------------------------------------------------------------------------------
+    def estimate(self, distance: float) -> float:
+        """The rescaled change of one step (``inf`` beyond the fitted range: compute that step)."""
+        if distance > self._fit_limit:
+            return float("inf")
+        return max(float(np.polyval(self.coefficients, distance)), 0.0)
+
+    def decide(self, step: int, emb: torch.Tensor) -> bool:
+        """Whether step ``step`` may reuse the cached residuals (``emb``: the timestep embedding of
+        the step's first call, which decides; later calls of the same step get the same answer)."""
+        with self._lock:
+            self._current = step
+            if step in self._decisions:
+                return self._decisions[step]
+            self._computed.setdefault(step, False)
+            previous, self._previous = self._previous, emb.detach()
+            skip = False
+            if step == 0 or step >= self.steps - 1 or previous is None or not self._residuals:
+                self._accumulated = 0.0
+            else:
+                distance = ((emb - previous).abs().mean() / previous.abs().mean()).item()
+                self._accumulated += self.estimate(distance)
+                skip = self._accumulated < self.threshold
+                if not skip:
+                    self._accumulated = 0.0
+            self._decisions[step] = skip
+            return skip
+
+    def skip(self, emb: torch.Tensor) -> bool:
+        """The pack's own loop: whether this forward (one per step, in order) may reuse the residual."""
+        step, self._calls = self._calls, self._calls + 1
+        return self.decide(step, emb)
+
+    # -- residuals -------------------------------------------------------------------------------
+    def holds(self, keys: Sequence[Hashable]) -> bool:
+        """Whether a residual is cached for every chunk in ``keys``."""
+        return all(key in self._residuals for key in keys)
+
+    def reuse(self, video: torch.Tensor, text: torch.Tensor,
+              keys: Sequence[Hashable] = (WHOLE,)) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block stack's output estimated as input + the last computed residual of each chunk
+        (``keys``: the chunks of the batch in row order, equal numbers of rows)."""
+        parts = [self._residuals[key] for key in keys]
+        if len(parts) == 1:
+            video_residual, text_residual = parts[0]
+        else:  # chunks computed apart (or on other devices) are put together in this call's order
+            video_residual = torch.cat([p[0].to(video.device) for p in parts])
+            text_residual = torch.cat([p[1].to(text.device) for p in parts])
+        return video + video_residual.to(video.device), text + text_residual.to(text.device)
+
+    def store(self, video_residual: torch.Tensor, text_residual: torch.Tensor,
+              keys: Sequence[Hashable] = (WHOLE,), step: Optional[int] = None) -> None:
+        """Remember what the blocks added at a computed step, per chunk (``keys`` as for :meth:`reuse`)."""
+        step = self._current if step is None else step
+        self._computed[step] = True
+        if len(keys) == 1:
+            self._residuals[keys[0]] = (video_residual, text_residual)
+            return
+        if video_residual.shape[0] % len(keys):
+            raise ValueError(f"TeaCache: a batch of {video_residual.shape[0]} rows does not split into "
+                             f"{len(keys)} equal chunks")
+        for key, video, text in zip(keys, video_residual.chunk(len(keys)), text_residual.chunk(len(keys))):
+            self._residuals[key] = (video, text)
+
+    def release(self) -> None:
+        """Drop the tensors (embedding, residuals); what the run did stays readable."""
+        self._previous = None
+        self._residuals = {}
+
+    def call(self, step: int, keys: Sequence[Hashable]) -> "CacheCall":
+        return CacheCall(self, step, tuple(keys))
+
+
+def chunk_keys(batch: int, chunks: Sequence[int], uuids: Sequence[Hashable] = (),
+               order: Optional[torch.Tensor] = None, part: Optional[Hashable] = None) -> list[Hashable]:
+    """One key per chunk of a host's batch, in the transformer's row order: (kind, the chunk's uuid)
+    (kind: ComfyUI's ``cond_or_uncond``, 0 cond, 1 uncond), or (kind, its count among the call's
+    chunks of that kind) without uuids, so a cond keeps its residual whether it ran with the uncond
+    or alone. ``order``: the row order the rows were put in (:func:`..native_ids.official_order`).
+    Without chunks (or rows that do not split into them): the whole batch, one key. ``part``: which
+    part of the latent the call holds (ComfyUI's context windows: the window's frames), so each part
+    keeps residuals of its own."""
+    chunks = list(chunks)
+    if not chunks or batch % len(chunks):
+        keys = [WHOLE]
+    else:
+        keys = [(kind, uuids[i] if len(uuids) == len(chunks) else chunks[:i].count(kind))
+                for i, kind in enumerate(chunks)]
+        if order is not None:
+            size = batch // len(chunks)
+            keys = [keys[int(order[i * size]) // size] for i in range(len(chunks))]
+    return keys if part is None else [(key, part) for key in keys]
+
+
+@dataclass
+class CacheCall:
+    """What the transformer sees for one host call at step ``step`` whose rows are the chunks
+    ``keys`` (in row order): the step's decision, and only the residuals of these chunks. A call
+    whose step is skipped but whose chunks have no residual yet computes (and counts as computed)."""
+
+    cache: TeaCache
+    step: int
+    keys: tuple
+
+    def skip(self, emb: torch.Tensor) -> bool:
+        return self.cache.decide(self.step, emb) and self.cache.holds(self.keys)
+
+    def reuse(self, video: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.reuse(video, text, self.keys)
+
+    def store(self, video_residual: torch.Tensor, text_residual: torch.Tensor) -> None:
+        self.cache.store(video_residual, text_residual, self.keys, self.step)
+
+
+@dataclass(eq=False)
+class TeaCachePatch:
+    """TeaCache as a setting a host's model carries. Between :meth:`begin_run` and :meth:`end_run`
+    (the host's bounds of one sampling run) :meth:`call` makes the run's :class:`TeaCache` at its
+    first call, with the run's step count; outside a run every call computes and nothing is kept.
+    ``last``: the last finished run's cache, tensors dropped (``summary()``, ``skipped_steps``)."""
+
+    threshold: float
+    coefficients: tuple[float, ...] = COGVIDEOX_5B_COEFFICIENTS
+    last: Optional[TeaCache] = None
+    _run: Optional[dict] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"TeaCache threshold must be above 0 (0 = no cache); got {self.threshold}")
+
+    def __deepcopy__(self, memo) -> "TeaCachePatch":
+        """Shared, never copied: every clone of a patched model runs and reports through this one."""
+        return self
+
+    def begin_run(self) -> None:
+        self._run = {"cache": None}
+
+    def end_run(self) -> None:
+        cache = self._run.get("cache") if self._run is not None else None
+        self._run = None
+        if cache is not None:
+            cache.release()
+            self.last = cache
+            logger.info("%s", cache.summary())
+
+    def call(self, position: Optional[tuple[int, int]], keys: Sequence[Hashable]) -> Optional[CacheCall]:
+        """The cache for one call at ``position`` (step index, steps in the run; None: the host gave no
+        schedule, so the step is unknown), or None (the call computes): outside a run, or without a
+        schedule (named once per run)."""
+        if self._run is None:
+            return None
+        if position is None:
+            if not self._run.get("warned"):
+                self._run["warned"] = True
+                logger.warning("TeaCache: the sampler gave no schedule (ComfyUI: sample_sigmas, set by CFGGuider), "
+                               "so the step of a call is unknown: every step is computed. Use KSampler or "
+                               "SamplerCustomAdvanced.")
+            return None
+        step, steps = position
+        cache = self._run["cache"]
+        if cache is None or cache.steps != steps:
+            if cache is not None:
+                logger.warning("TeaCache: the run's schedule changed from %d to %d steps; starting a new cache",
+                               cache.steps, steps)
+            cache = self._run["cache"] = TeaCache(self.threshold, steps, self.coefficients)
+        return cache.call(step, keys)

@@ -15,7 +15,7 @@ from .image_to_video import ImageToVideo
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
 from .lora import LoraLoader
-from .native_samplers import DynamicCFG, OfficialSampler, OfficialScheduler
+from .native_samplers import DynamicCFG, OfficialSampler, OfficialScheduler, TeaCache
 from .routing_maps import RoutingMaps
 from .sampling import Decode, DecodeLatent, Sampler
 from .text import EncodePrompt, EncodePromptCLIP
@@ -47,6 +47,7 @@ NODES: list[type[io.ComfyNode]] = [
     DynamicCFG,
     ImageToVideo,
     DecodeLatent,
+    TeaCache,
 ]
 
 

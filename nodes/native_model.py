@@ -16,7 +16,9 @@ MODEL patches), beside the pack's own sampler. The one module besides ``host.py`
   ``sampler_post_cfg_function`` (the maths in ``ingredients_core.native_sampling``);
 - LoRAs on the MODEL (section 6: ComfyUI's key map, ``load_lora``, ``add_patches``; the pack's key
   map is ``ingredients_core.lora_keys``) and the conditioning/ComfyUI-VAE helpers of Image to Video
-  (section 7).
+  (section 7);
+- TeaCache on the MODEL (section 8): :func:`with_teacache`, :func:`teacache_report` (the cache is
+  ``ingredients_core.step_cache``'s, one per sampling run, bounded by an OUTER_SAMPLE wrapper).
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
             order = order.to(hidden.device)
             hidden, context, timestep = hidden[order], context[order], timestep[order]
         v = transformer(hidden, context, timestep, rotary, ids=ids, routing=routing,
+                        cache=_teacache_call(self, transformer_options, timestep, order),
                         ff_chunk=transformer_options.get(FF_CHUNK_KEY, FF_CHUNK))
         if order is not None:
             v = v[torch.argsort(order)]
@@ -417,3 +420,64 @@ def comfy_vae_encode(vae, image: torch.Tensor) -> torch.Tensor:
     """ComfyUI's VAE encode of an IMAGE (frames, H, W, 3) in [0, 1]: the raw latent mean
     (1, 16, latent frames, h, w) on the output device; ComfyUI loads the VAE and tiles on OOM."""
     return vae.encode(image).float().to(host.output_device())
+
+
+# -- 8. TeaCache on the MODEL (the one cache: ingredients_core.step_cache) -------------------------
+TEACACHE_KEY = "ingredients_teacache"  # transformer_options key of the TeaCachePatch, and of its OUTER_SAMPLE wrapper
+
+
+def with_teacache(model, threshold: float):
+    """A clone of the MODEL whose transformer skips its blocks on the steps TeaCache judges
+    unchanged (``threshold`` > 0; the published CogVideoX-5B values are 0.10-0.20). 0: a clone
+    without TeaCache (one the MODEL carried is removed), sampling exactly as without it. Each
+    sampling run gets a cache of its own (OUTER_SAMPLE); :func:`teacache_report` reads the last run."""
+    from ..ingredients_core.step_cache import TeaCachePatch
+
+    transformer_of(model)
+    if not threshold >= 0:
+        raise ValueError(f"threshold: must be 0 (off) or above (0.10-0.20 for CogVideoX-5B); got {threshold}")
+    clone = model.clone()
+    options = clone.model_options.setdefault("transformer_options", {})
+    if options.pop(TEACACHE_KEY, None) is not None:
+        logger.info("Ingredients TeaCache: the MODEL's earlier TeaCache is replaced (threshold %g)", threshold)
+    clone.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, TEACACHE_KEY)
+    if threshold > 0:
+        options[TEACACHE_KEY] = TeaCachePatch(float(threshold))
+        clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, TEACACHE_KEY,
+                                   _teacache_outer_sample)
+    return clone
+
+
+def teacache_report(model):
+    """The last finished sampling run's TeaCache of a MODEL (``summary()``, ``skipped_steps``,
+    ``skipped``, ``evaluations``: counted per step), or None: no TeaCache on it, or not sampled yet."""
+    patch = model.model_options.get("transformer_options", {}).get(TEACACHE_KEY)
+    return None if patch is None else patch.last
+
+
+def _teacache_outer_sample(executor, *args, **kwargs):
+    """Bounds one sampling run: a fresh cache for the run, its tensors dropped after it."""
+    options = getattr(executor.class_obj, "model_options", {}).get("transformer_options", {})
+    patch = options.get(TEACACHE_KEY)
+    if patch is None:
+        return executor(*args, **kwargs)
+    patch.begin_run()
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        patch.end_run()
+
+
+def _teacache_call(model: IngredientsBaseModel, options: dict, timestep: torch.Tensor, order):
+    """This call's TeaCache (its step in the run's schedule, its chunks in the transformer's row
+    order), or None."""
+    from ..ingredients_core.step_cache import chunk_keys
+
+    patch = options.get(TEACACHE_KEY)
+    if patch is None:
+        return None
+    position = None if options.get("sample_sigmas") is None else _position(model, options, timestep)
+    window = options.get("context_window")  # Context Windows: one residual per window
+    keys = chunk_keys(timestep.shape[0], options.get("cond_or_uncond") or [], options.get("uuids") or [], order,
+                      None if window is None else tuple(getattr(window, "index_list", ())))
+    return patch.call(position, keys)

@@ -1,6 +1,6 @@
 """Sampling the Ingredients MODEL with ComfyUI's own nodes: the official DDIM/DPM as a SAMPLER for
 SamplerCustomAdvanced, the official trailing schedule as SIGMAS, and the official dynamic CFG as a
-MODEL patch (works with KSampler too)."""
+MODEL patch (works with KSampler too), and TeaCache as a MODEL patch."""
 
 from __future__ import annotations
 
@@ -89,3 +89,31 @@ class DynamicCFG(io.ComfyNode):
     @classmethod
     def execute(cls, model) -> io.NodeOutput:
         return io.NodeOutput(native_model.with_dynamic_cfg(model))
+
+
+class TeaCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IngredientsTeaCache",
+            display_name="Ingredients TeaCache",
+            category=CATEGORY,
+            description=("TeaCache on the Ingredients MODEL, for KSampler and SamplerCustomAdvanced: on steps whose "
+                         "timestep embedding barely changed, the transformer blocks are skipped and their last "
+                         "change is reused (the first and last step always run). The same cache as the "
+                         "Ingredients Sampler's teacache input; the run's count of skipped steps goes to the log."),
+            inputs=[
+                io.Model.Input("model", tooltip="The Ingredients MODEL to cache (the result is a patched copy)."),
+                io.Float.Input("threshold", default=0.1, min=0.0, max=1.0, step=0.01,
+                               tooltip=("How much estimated change may build up before the blocks run again. "
+                                        "0 = off (sampling exactly as without this node); the published "
+                                        "CogVideoX-5B values 0.10-0.20 are about 1.6x-2.7x faster. Higher "
+                                        "skips more steps and loses more detail.")),
+            ],
+            outputs=[io.Model.Output("MODEL", display_name="MODEL",
+                                     tooltip="The MODEL with TeaCache, for KSampler or CFGGuider.")],
+        )
+
+    @classmethod
+    def execute(cls, model, threshold: float) -> io.NodeOutput:
+        return io.NodeOutput(native_model.with_teacache(model, threshold))

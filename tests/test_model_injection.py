@@ -192,3 +192,27 @@ def test_feed_forward_in_token_chunks_gives_the_same_output(tiny_transformer_dir
 
     size = forward_size(TransformerConfig(), 2, 13, 60, 90, 2)
     assert transformer_activation_bytes(size, 2, FF_CHUNK) < 0.8 * transformer_activation_bytes(size, 2)
+
+
+def test_teacache_decides_per_step_for_every_call_and_keeps_a_residual_per_chunk():
+    """A host's calls (cond and uncond apart, two per step) get their step's one decision; each chunk
+    reuses its own residual, put together in the call's row order."""
+    from ingredients_core.step_cache import WHOLE, chunk_keys
+
+    assert chunk_keys(4, [1, 0]) == [(1, 0), (0, 0)] and chunk_keys(2, [0], ["c"]) == [(0, "c")]
+    assert chunk_keys(4, [0, 1], ["c", "u"], torch.tensor([2, 3, 0, 1])) == [(1, "u"), (0, "c")]
+    assert chunk_keys(3, [0, 1]) == [WHOLE] and chunk_keys(2, [0], part=(0, 1)) == [((0, 0), (0, 1))]
+    cache = TeaCache(threshold=100.0, steps=4, coefficients=(1.0, 0.0))
+    emb = torch.ones(1, 4)
+    uncond, cond = cache.call(0, [(1, 0)]), cache.call(0, [(0, 0)])
+    assert not uncond.skip(emb) and not cond.skip(emb)
+    uncond.store(torch.full((1, 2), 1.0), torch.full((1, 1), 1.0))
+    cond.store(torch.full((1, 2), 2.0), torch.full((1, 1), 2.0))
+    both = cache.call(1, [(1, 0), (0, 0)])
+    assert both.skip(emb * 1.1) and cache.call(1, [(0, 0)]).skip(emb * 5)  # the step's first call decided
+    video, text = both.reuse(torch.zeros(2, 2), torch.zeros(2, 1))
+    assert video.tolist() == [[1.0, 1.0], [2.0, 2.0]] and text.tolist() == [[1.0], [2.0]]
+    new_chunk = cache.call(2, [(0, 7)])
+    assert not new_chunk.skip(emb)  # the step is skipped, but a chunk without a residual computes
+    new_chunk.store(torch.zeros(1, 2), torch.zeros(1, 1))
+    assert cache.skipped_steps == [1] and cache.evaluations == 2  # and its step counts as computed
