@@ -74,7 +74,8 @@ def _noise_device(model_device: torch.device, vae_device: torch.device) -> torch
 
 def _sampled_model(model: IngredientsModel, patched_model, routed: IngredientsRoutedIDs, settings):
     """The MODEL the Sampler runs: ``patched_model`` (the loader's MODEL after MODEL patches) or the
-    loader's own, with the IDs put on as Apply IDs puts them and the official dynamic CFG when on."""
+    loader's own, with the IDs put on as Apply IDs puts them, the official dynamic CFG and TeaCache
+    (the Ingredients TeaCache node's patch) when on."""
     base = model.patcher if patched_model is None else patched_model
     if patched_model is not None and native_model.transformer_of(patched_model) is not model.transformer:
         raise ValueError("patched_model: this MODEL is not the model's transformer (another Load Ingredients Model "
@@ -83,6 +84,8 @@ def _sampled_model(model: IngredientsModel, patched_model, routed: IngredientsRo
     sampled = put_ids(base, routed)
     if settings.dynamic_cfg:
         sampled = native_model.with_dynamic_cfg(sampled)
+    if settings.teacache > 0:
+        sampled = native_model.with_teacache(sampled, settings.teacache)
     return sampled
 
 
@@ -200,7 +203,9 @@ class Sampler(io.ComfyNode):
         _check_masks(routed_ids, frames)
         host.check_interrupt()
         latents, sampled = run_sampler(model, prompt, routed_ids, vae, settings, patched_model)
-        summary = f"TeaCache off: {steps} of {steps} transformer evaluations computed"
+        cache = native_model.teacache_report(sampled) if teacache > 0 else None
+        summary = (cache.summary() if cache is not None
+                   else f"TeaCache off: {steps} of {steps} transformer evaluations computed")
         logger.info("Ingredients Sampler: %s", summary)
         recorder = native_model.ids_patch(sampled).recorder
         routing = routing_payload(recorder.finished if recorder is not None else None, height, width, frames)
