@@ -37,7 +37,7 @@ import comfy.supported_models_base
 import torch
 
 from ..ingredients_core.settings import FF_CHUNK  # the feed-forward chunk the pack's sampler runs with
-from . import host
+from . import host, native_checks
 
 logger = logging.getLogger(__name__)
 
@@ -163,40 +163,44 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         if order is not None:  # official routing: the uncond rows first
             order = order.to(hidden.device)
             hidden, context, timestep = hidden[order], context[order], timestep[order]
+        replaces = native_checks.block_replaces(transformer_options, len(transformer.transformer_blocks))
         v = transformer(hidden, context, timestep, rotary, ids=ids, routing=routing,
-                        ff_chunk=transformer_options.get(FF_CHUNK_KEY, FF_CHUNK))
+                        ff_chunk=transformer_options.get(FF_CHUNK_KEY, FF_CHUNK),
+                        block_replace=native_checks.core_block_replace(replaces, transformer_options))
         if order is not None:
             v = v[torch.argsort(order)]
         return v.permute(0, 2, 1, 3, 4)                                          # (B, 16, F, H, W)
 
     # -- conditioning ----------------------------------------------------------------------------
     def concat_cond(self, **kwargs):
-        """``concat_latent_image`` (raw VAE latent (B, 16, F or fewer, H, W)) -> scaled, frame-padded with
-        zeros to the noise's frames, repeated to its batch; zeros when the conditioning has none."""
+        """``concat_latent_image`` (raw VAE latent (B, 16, F, H, W), the noise's frames and size) -> scaled,
+        repeated to the noise's batch; a conditioning without one, or with other frames, is refused."""
         noise = kwargs.get("noise")
         image = kwargs.get("concat_latent_image")
         if image is None:
-            logger.warning("Ingredients MODEL: the conditioning has no image latent (concat_latent_image); the "
-                           "model is image-to-video and runs on zeros: use Ingredients Image to Video")
-            return torch.zeros_like(noise)
+            raise native_checks.no_canvas_error(kwargs.get("prompt_type"))
+        native_checks.check_canvas(image.shape, noise.shape)
         image = self.process_latent_in(image.to(noise.dtype))
-        if image.shape[1] != noise.shape[1] or image.shape[-2:] != noise.shape[-2:]:
-            raise ValueError(f"Ingredients MODEL: the image latent is {tuple(image.shape[1:])} (channels, frames, "
-                             f"height, width), the video latent {tuple(noise.shape[1:])}: make both with the same "
-                             "width and height (Ingredients Image to Video gives both).")
-        if image.shape[2] < noise.shape[2]:
-            image = torch.nn.functional.pad(image, (0, 0, 0, 0, 0, noise.shape[2] - image.shape[2]))
-        image = image[:, :, :noise.shape[2]]
         if image.shape[0] != noise.shape[0]:
             image = image[:1].expand(noise.shape[0], *image.shape[1:])
         return image.to(kwargs.get("device", noise.device))
 
     def extra_conds(self, **kwargs):
+        self._check_run(kwargs["noise"].shape)
         out = {"c_concat": comfy.conds.CONDNoiseShape(self.concat_cond(**kwargs))}
         cross_attn = kwargs.get("cross_attn")
         if cross_attn is not None:
             out["c_crossattn"] = comfy.conds.CONDCrossAttn(self._text_tokens(cross_attn))
         return out
+
+    def _check_run(self, noise_shape) -> None:
+        """Before the first step (ComfyUI encodes the conds after loading the MODEL with its object
+        patches and setting ``current_patcher``): what this run cannot sample is refused, with the fix."""
+        patcher = getattr(self, "current_patcher", None)
+        options = getattr(patcher, "model_options", None) or {}
+        native_checks.check_model_sampling(self.model_sampling)
+        native_checks.check_size(self.diffusion_model.config, noise_shape, _window_frames(options))
+        native_checks.check_model_options(options, len(self.diffusion_model.transformer_blocks))
 
     def _text_tokens(self, text: torch.Tensor) -> torch.Tensor:
         """The prompt's T5 tokens (B, 226, D) as the model reads them (its learned positions cover
@@ -228,6 +232,14 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         size = forward_size(self.diffusion_model.config, batch, frames, height, width, MAX_IDS)
         return transformer_activation_bytes(size, comfy.model_management.dtype_size(self.get_dtype_inference()),
                                             FF_CHUNK)
+
+
+def _window_frames(model_options: dict):
+    """The latent frames of one context window when ComfyUI samples in windows along the frames."""
+    handler = model_options.get("context_handler")
+    if handler is not None and getattr(handler, "dim", None) == 2:
+        return getattr(handler, "context_length", None)
+    return None
 
 
 def _step_inputs(model: IngredientsBaseModel, patch, hidden: torch.Tensor, options: dict, timestep: torch.Tensor):
