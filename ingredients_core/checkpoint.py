@@ -28,6 +28,7 @@ import torch
 
 from .config import ConfigError, TransformerConfig
 from .integrity import DamagedFileError, doctor_hint, require_whole
+from . import ERROR_NAMESPACE
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ SOURCE_HINT = "the official weights are on Hugging Face: feizhengcong/Ingredient
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and what was wrong."""
+
+    __module__ = ERROR_NAMESPACE
 
 
 @dataclass(frozen=True)
