@@ -337,7 +337,8 @@ def load_transformer(path: PathLike, dtype: torch.dtype = torch.bfloat16,
         reference = IngredientsTransformer(config)  # plain layers: the key layout, whatever the operations
         model = reference if operations is None and attention is None else IngredientsTransformer(
             config, operations=operations, attention=attention)
-    check_keys(reference, shapes, where=str(files.weights[0].parent), strict=strict)
+    where = str(path) if Path(path).is_file() else str(files.weights[0].parent)  # a single file by its name
+    check_keys(reference, shapes, where=where, strict=strict)
     expected = reference.state_dict()
     large = storage_module_names(reference) if keep_fp8 or weight_dtype not in (None, dtype) else set()
     storage = large if weight_dtype not in (None, dtype) else set()

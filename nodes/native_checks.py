@@ -57,6 +57,15 @@ def check_size(config, noise_shape, window_frames: Optional[int] = None) -> None
             f"frames {f} on Ingredients Image to Video (or on the node that made the empty latent).") from error
 
 
+def window_frames(model_options: dict) -> Optional[int]:
+    """The latent frames of one context window when ComfyUI samples in windows along the frames
+    (*Context Windows (Manual)*: ``model_options["context_handler"]``, dim 2 of (B, C, F, H, W))."""
+    handler = model_options.get("context_handler")
+    if handler is not None and getattr(handler, "dim", None) == 2:
+        return getattr(handler, "context_length", None)
+    return None
+
+
 def no_canvas_error(prompt_type: Optional[str]) -> ValueError:
     which = f"the {prompt_type} conditioning" if prompt_type else "a conditioning"
     return ValueError(

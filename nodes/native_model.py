@@ -83,12 +83,14 @@ class IngredientsModelConfig(comfy.supported_models_base.BASE):
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
     memory_usage_factor = 2.0  # only ComfyUI's generic estimate; memory_required below uses the pack's
 
-    def __init__(self, storage: torch.dtype, compute: torch.dtype, routing_mode: str, folder: Optional[Path]):
+    def __init__(self, storage: torch.dtype, compute: torch.dtype, routing_mode: str, folder: Optional[Path],
+                 weights: Any = None):
         super().__init__(dict(self.unet_config, dtype=storage))
         self.manual_cast_dtype = compute if compute != storage else None
         self.compute_dtype = compute
         self.routing_mode = routing_mode  # the loader's routing mode ("from model" on Route IDs)
         self.model_folder = folder         # where the weights came from (Project IDs must use the same)
+        self.weights = weights             # which weights (payloads.WeightsIdentity): Apply IDs compares it
 
 
 # -- 2. rotary embeddings (CPU, cached per grid; moved to the call's device per call) ------------
@@ -199,7 +201,7 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         patcher = getattr(self, "current_patcher", None)
         options = getattr(patcher, "model_options", None) or {}
         native_checks.check_model_sampling(self.model_sampling)
-        native_checks.check_size(self.diffusion_model.config, noise_shape, _window_frames(options))
+        native_checks.check_size(self.diffusion_model.config, noise_shape, native_checks.window_frames(options))
         native_checks.check_model_options(options, len(self.diffusion_model.transformer_blocks))
 
     def _text_tokens(self, text: torch.Tensor) -> torch.Tensor:
@@ -234,14 +236,6 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
                                             FF_CHUNK)
 
 
-def _window_frames(model_options: dict):
-    """The latent frames of one context window when ComfyUI samples in windows along the frames."""
-    handler = model_options.get("context_handler")
-    if handler is not None and getattr(handler, "dim", None) == 2:
-        return getattr(handler, "context_length", None)
-    return None
-
-
 def _step_inputs(model: IngredientsBaseModel, patch, hidden: torch.Tensor, options: dict, timestep: torch.Tensor):
     """The ID patch's inputs for this call; routing options that do not fit the video (a mask's frame
     count) are refused naming the node to fix."""
@@ -264,7 +258,7 @@ def _position(model: IngredientsBaseModel, options: dict, timestep: torch.Tensor
 
 # -- 4. the MODEL ------------------------------------------------------------------------------------
 def model_patcher(transformer, storage: torch.dtype, compute: torch.dtype, routing_mode: str,
-                  folder: Optional[Path] = None, disable_dynamic: bool = False):
+                  folder: Optional[Path] = None, disable_dynamic: bool = False, weights: Any = None):
     """The MODEL for a loaded transformer (kept on the offload device until ComfyUI loads it): a
     ``CoreModelPatcher`` where the host has it (``host.patcher_class``). The pack's sampler loads this
     same patcher, so ComfyUI's bookkeeping of the weights is one (its clones, such as Apply IDs'
@@ -275,7 +269,7 @@ def model_patcher(transformer, storage: torch.dtype, compute: torch.dtype, routi
     uses this one: read from ComfyUI's code, not run on a GPU.
     ``disable_dynamic``: a plain ``ModelPatcher`` (what ComfyUI asks of a loader's
     ``cached_patcher_init`` factory for its non-dynamic delegates)."""
-    config = IngredientsModelConfig(storage, compute, routing_mode, folder)
+    config = IngredientsModelConfig(storage, compute, routing_mode, folder, weights)
     model = IngredientsBaseModel(config, transformer)
     load_device, offload_device = host.devices("diffusion")
     patcher_cls = comfy.model_patcher.ModelPatcher if disable_dynamic else host.patcher_class()

@@ -52,9 +52,9 @@ def _check_prompt(prompt: IngredientsPrompt, config) -> None:
 
 
 def _check_ids(routed: IngredientsRoutedIDs, model: IngredientsModel) -> None:
-    if routed.tokens.model_folder != model.folder:
-        raise ValueError(f"routed_ids: the ID tokens were projected with the model in {routed.tokens.model_folder}, "
-                         f"the sampler uses {model.folder}: feed Project IDs the same model as the sampler.")
+    from .payloads import check_projected_with
+
+    check_projected_with(routed.tokens, model.weights, model.folder, "the sampler's model")
 
 
 def _check_masks(routed: IngredientsRoutedIDs, frames: int) -> None:
