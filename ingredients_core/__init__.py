@@ -5,3 +5,7 @@ the node pack in ``nodes/`` wraps it.
 """
 
 __version__ = "0.1.0"
+
+#: The ``__module__`` of the library's exception classes: hosts that name an error ``module.qualname``
+#: (ComfyUI's UI) show ``Ingredients.SettingsError``, not the path the pack was imported under.
+ERROR_NAMESPACE = "Ingredients"

@@ -28,6 +28,7 @@ import torch
 
 from .config import ConfigError, TransformerConfig
 from .integrity import DamagedFileError, doctor_hint, require_whole
+from . import ERROR_NAMESPACE
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ SOURCE_HINT = "the official weights are on Hugging Face: feizhengcong/Ingredient
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and what was wrong."""
+
+    __module__ = ERROR_NAMESPACE
 
 
 @dataclass(frozen=True)
@@ -334,7 +337,8 @@ def load_transformer(path: PathLike, dtype: torch.dtype = torch.bfloat16,
         reference = IngredientsTransformer(config)  # plain layers: the key layout, whatever the operations
         model = reference if operations is None and attention is None else IngredientsTransformer(
             config, operations=operations, attention=attention)
-    check_keys(reference, shapes, where=str(files.weights[0].parent), strict=strict)
+    where = str(path) if Path(path).is_file() else str(files.weights[0].parent)  # a single file by its name
+    check_keys(reference, shapes, where=where, strict=strict)
     expected = reference.state_dict()
     large = storage_module_names(reference) if keep_fp8 or weight_dtype not in (None, dtype) else set()
     storage = large if weight_dtype not in (None, dtype) else set()

@@ -12,6 +12,7 @@ not the weights without the scales.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ STORAGE_PROBE = "transformer_blocks.0.attn1.to_q.weight"
 #: zero-terminal-SNR schedule, so they carry nothing to load.
 MARKERS = ("v_pred", "ztsnr")
 SCALED_MARKERS = ("scaled_fp8",)
+#: Block keys of ComfyUI's native CogVideoX (``comfy/ldm/cogvideo/model.py``), which the official layout never has.
+COMFY_COGVIDEOX = re.compile(r"^blocks\.\d+\.(q|k|v|norm_q|norm_k|attn_out|ff_proj|ff_out)\.weight$")
 SCALE_SUFFIXES = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".comfy_quant")
 
 
@@ -66,12 +69,24 @@ def detect(keys: Iterable[str], where: str) -> KeyLayout:
         raise CheckpointError(f"{where}: weights stored with per-tensor scales ({_listing(scaled, 4)}), a scaled "
                               "fp8 or quantized format this loader does not read; use a plain bf16 or fp8 file "
                               "(for example one written by ModelSave from this pack's model)")
+    _refuse_comfy_cogvideox(keys, where)
     prefix = next((p for p in PREFIXES if p + ANCHOR in keys), "")
     markers = tuple(m for m in MARKERS if m in keys)
     if prefix or markers:
         logger.info("%s: ComfyUI single-file layout (key prefix %r%s)", where, prefix,
                     f"; markers {', '.join(markers)} ignored: the model is always v-prediction" if markers else "")
     return KeyLayout(prefix, markers)
+
+
+def _refuse_comfy_cogvideox(keys: set[str], where: str) -> None:
+    """ComfyUI's own CogVideoX key layout (``comfy/ldm/cogvideo``: ``blocks.N.q``, ``attn_out``,
+    ``ff_proj``, ...), told from the keys under any prefix: refused naming the file and its loader."""
+    found = sorted(k for k in keys if COMFY_COGVIDEOX.match(k.removeprefix(PREFIXES[0]).removeprefix(PREFIXES[1])))
+    if found:
+        raise CheckpointError(f"{where}: ComfyUI's CogVideoX layout ({_listing(found, 3)}): load it with ComfyUI's "
+                              "own loader (UNETLoader). Load Ingredients Model reads the official Ingredients layout "
+                              "(transformer_blocks.N.attn1.to_q, ..., local_facial_extractor.*), as the download and "
+                              "ModelSave of this pack's MODEL write it.")
 
 
 def stored_dtype(path) -> Optional[torch.dtype]:

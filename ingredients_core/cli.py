@@ -30,6 +30,7 @@ from .doctor import add_doctor_parser
 from .evaluate import add_evaluate_parser, add_generate_options, check_json_path, wants_evaluation
 from .offload import add_memory_options, check_memory_options
 from .pipeline import DTYPE_NAMES, GenerationSettings
+from . import ERROR_NAMESPACE
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,8 @@ DIFFERENCES_FROM_OFFICIAL = (
 
 class InputError(ValueError):
     """A command-line value that cannot work (the message says what to give instead)."""
+
+    __module__ = ERROR_NAMESPACE
 
 
 def _seed(text: str) -> int:

@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import ERROR_NAMESPACE
+
 logger = logging.getLogger(__name__)
 
 # config.json fields of the official class that carry no meaning here (read but unused upstream too).
@@ -22,6 +24,8 @@ _IGNORED_FIELDS = {"_class_name", "_diffusers_version", "LFE_num_tokens", "LFE_o
 
 class ConfigError(ValueError):
     """A checkpoint configuration that cannot describe an Ingredients transformer."""
+
+    __module__ = ERROR_NAMESPACE
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import ERROR_NAMESPACE
+
 SOURCE = "Hugging Face feizhengcong/Ingredients"
 DOCTOR_COMMAND = "python -m ingredients_core doctor"
 DOCTOR_NODE = "Ingredients Check Install"
@@ -92,6 +94,8 @@ class FileState:
 class DamagedFileError(ValueError):
     """A model file that is missing, cut short or not the format its name says; the message names
     it, what is wrong, where the download has it and the doctor."""
+
+    __module__ = ERROR_NAMESPACE
 
     def __init__(self, path: str | Path, problem: str, what: str = "model file", folder: str | Path | None = None):
         self.path, self.problem = Path(path), problem

@@ -24,6 +24,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from . import ERROR_NAMESPACE
+
 if TYPE_CHECKING:
     import torch
 
@@ -36,6 +38,8 @@ CLI_WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e5m2")
 
 class OptionError(ValueError):
     """A memory option this machine or installation cannot honour (the message says what to use)."""
+
+    __module__ = ERROR_NAMESPACE
 
 
 def resolve_weight_dtype(name: str):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import ERROR_NAMESPACE
 from .settings import (  # noqa: F401  (the settings are part of this module's interface)
     DTYPE_NAMES,
     MAX_TEACACHE,
@@ -51,6 +52,8 @@ MODEL_FOLDER_PARTS = {
 
 class ModelFolderError(FileNotFoundError):
     """A model folder without the parts Ingredients needs; the message lists them."""
+
+    __module__ = ERROR_NAMESPACE
 
 
 @dataclass

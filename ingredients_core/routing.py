@@ -18,6 +18,8 @@ from typing import Literal, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import ERROR_NAMESPACE
+
 logger = logging.getLogger(__name__)
 
 MAX_IDS = 4
@@ -27,6 +29,8 @@ MaskMode = Literal["soft", "hard"]
 
 class RoutingError(ValueError):
     """Routing options that do not fit the IDs or the video."""
+
+    __module__ = ERROR_NAMESPACE
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from . import ERROR_NAMESPACE
 from .routing import RoutingOptions, RoutingPlan, RoutingRecorder
 from .step_cache import TeaCache
 
@@ -30,6 +31,8 @@ BASE_HEIGHT, BASE_WIDTH = 480, 720   # the rotary grid is cropped against this s
 
 class Interrupted(RuntimeError):
     """Sampling was stopped by the caller."""
+
+    __module__ = ERROR_NAMESPACE
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .vae import latent_frame_count
+from . import ERROR_NAMESPACE
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +27,8 @@ FF_CHUNK = 4096  # feed-forward tokens per piece: same result, a smaller peak
 
 class SettingsError(ValueError):
     """Generation settings that cannot work; the message says what to use instead."""
+
+    __module__ = ERROR_NAMESPACE
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import logging
 
 from comfy_api.latest import io
 
-from . import native_model
-from .payloads import IngredientsRoutedIDs, IngredientsRouting, RoutedIDsType, RoutingType
+from . import native_model, qformer_lora
+from .payloads import IngredientsRoutedIDs, IngredientsRouting, RoutedIDsType, RoutingType, check_projected_with
 
 logger = logging.getLogger(__name__)
 
@@ -22,11 +22,7 @@ CATEGORY = "Ingredients"
 
 
 def _check_tokens(routed: IngredientsRoutedIDs, transformer, config) -> None:
-    folder = config.model_folder
-    if folder is not None and routed.tokens.model_folder != folder:
-        raise ValueError(f"routed_ids: the ID tokens were projected with the model in {routed.tokens.model_folder}, "
-                         f"this MODEL comes from {folder}: feed Project IDs the model output of the same Load "
-                         "Ingredients Model.")
+    check_projected_with(routed.tokens, getattr(config, "weights", None), config.model_folder, "this MODEL")
     width = int(routed.tokens.tokens.shape[-1])
     if width != transformer.config.ids.token_dim:
         raise ValueError(f"routed_ids: ID tokens {width} wide, this MODEL reads {transformer.config.ids.token_dim}: "
@@ -67,6 +63,7 @@ def put_ids(model, routed_ids: IngredientsRoutedIDs):
     transformer = native_model.transformer_of(model)
     config = model.model.model_config
     _check_tokens(routed_ids, transformer, config)
+    qformer_lora.check_tokens_have_model_qformer(routed_ids.tokens, model)
     options = routed_ids.routing_for(config.routing_mode)
     try:
         options.check(len(routed_ids.tokens.ids))

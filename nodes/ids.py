@@ -11,7 +11,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from . import host
+from . import host, native_model, qformer_lora
 from .payloads import (
     MASK_MODES,
     MAX_IDS,
@@ -43,21 +43,32 @@ class ProjectIDs(io.ComfyNode):
             inputs=[
                 ModelType.Input("model", tooltip="From Load Ingredients Model."),
                 IDsType.Input("ids", tooltip="From Ingredients IDs (order = canvas slot order)."),
+                io.Model.Input("patched_model", optional=True,
+                               tooltip=("Optional: the MODEL after Ingredients LoRA (or another LoRA loader) of the "
+                                        "same Load Ingredients Model. Its q-former LoRA layers "
+                                        "(local_facial_extractor) act here, where the IDs are projected: connect it "
+                                        "when the LoRA has any.")),
             ],
             outputs=[IDTokensType.Output("id_tokens", display_name="id_tokens",
                                          tooltip="ID tokens (people x 32 x 2048), for Route IDs.")],
         )
 
     @classmethod
-    def execute(cls, model: IngredientsModel, ids: IngredientsIDs) -> io.NodeOutput:
-        # the q-former alone, not the whole transformer; under DynamicVRAM the MODEL's patcher, which
+    def execute(cls, model: IngredientsModel, ids: IngredientsIDs, patched_model=None) -> io.NodeOutput:
+        # the q-former alone, not the whole transformer; with q-former LoRA patches on patched_model that
+        # MODEL (ComfyUI applies its patches as it loads it); under DynamicVRAM the MODEL's patcher, which
         # ComfyUI streams per layer (only the q-former's weights are then read)
-        patcher = model.projector if model.projector is not None else model.patcher
+        if patched_model is not None and native_model.transformer_of(patched_model) is not model.transformer:
+            raise ValueError("patched_model: this MODEL holds another transformer than model: connect the MODEL of "
+                             "the same Load Ingredients Model (after Ingredients LoRA).")
+        patcher = qformer_lora.projecting_patcher(model, patched_model)
         host.load_part(patcher)
         with torch.no_grad():
             tokens = model.transformer.project_ids(list(ids.faces), host.load_device(patcher),
                                                    model.transformer.placement()[1])
-        return io.NodeOutput(IngredientsIDTokens(tokens.to(host.output_device()), ids, model.folder))
+        patches = qformer_lora.qformer_patches(patcher) if patcher is patched_model else ()
+        return io.NodeOutput(IngredientsIDTokens(tokens.to(host.output_device()), ids, model.folder,
+                                                 model.weights, patches))
 
 
 def _person_inputs(n: int) -> list:

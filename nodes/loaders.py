@@ -26,6 +26,7 @@ from .payloads import (
     ModelType,
     T5Type,
     VAEType,
+    WeightsIdentity,
 )
 
 logger = logging.getLogger(__name__)
@@ -192,11 +193,14 @@ def load_model(model_folder: str, dtype: str, routing_mode: str, weight_dtype: s
     keep = stored_fp8(weights, weight_dtype) is not None  # fp8 tensors as stored, the others in compute
     transformer = load_transformer(weights, dtype=compute, weight_dtype=None if keep else storage, device=offload,
                                    keep_fp8=keep, config_file=transformer_config, **layers)
-    patcher = native_model.model_patcher(transformer, storage, compute, routing_mode, folder, disable_dynamic)
+    weights = WeightsIdentity(folder, None if transformer_file == FOLDER_OWN else transformer_file,
+                              host.dtype_name(storage))
+    patcher = native_model.model_patcher(transformer, storage, compute, routing_mode, folder, disable_dynamic,
+                                         weights)
     # the q-former's own patcher (Project IDs loads 0.15 B parameters, not 6.4 B); none under DynamicVRAM,
     # where ComfyUI keeps per-layer state on the modules and streams them itself: one patcher per layer
     projector = None if host.is_dynamic(patcher) else host.manage_projector(transformer)
-    return IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder, projector)
+    return IngredientsModel(transformer, patcher, scheduler_config, routing_mode, folder, projector, weights)
 
 
 def reload_model_patcher(*settings, disable_dynamic: bool = False):

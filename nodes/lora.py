@@ -15,7 +15,7 @@ import logging
 from comfy_api.latest import io, ui
 
 from ..ingredients_core import lora_keys
-from . import host, native_model
+from . import host, native_model, qformer_lora
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,22 @@ class LoraLoader(io.ComfyNode):
                              f"transformer ({fit.summary(lora_name)}). Understood: {lora_keys.FORMATS}. Is it a "
                              "LoRA for CogVideoX-5B?")
         patched, weights = native_model.apply_lora(model, lora, fit.key_map, strength_model)
-        text = f"{fit.summary(lora_name)} ({weights} weights patched, strength {strength_model:g})"
+        text = f"{_summary(fit, lora_name)} ({weights} weights patched, strength {strength_model:g})"
         if fit.unmatched or fit.wrong_shape:
             logger.warning("Ingredients LoRA: %s", text)
         else:
             logger.info("Ingredients LoRA: %s", text)
         return io.NodeOutput(patched, ui=ui.PreviewText(text))
+
+
+def _summary(fit, lora_name: str) -> str:
+    """The match summary, the q-former layers counted apart: they change the ID tokens (Project IDs'
+    patched_model input), not the output of the MODEL this node returns."""
+    text = fit.summary(lora_name)
+    qformer = sum(qformer_lora.is_qformer_key(key) for key in fit.key_map.values())
+    if not qformer:
+        return text
+    head = f"LoRA {lora_name}: {fit.matched} of {fit.total} layers applied"
+    return (f"LoRA {lora_name}: {fit.matched - qformer} of {fit.total} layers applied to the MODEL, {qformer} "
+            "q-former layers (local_facial_extractor) for Project IDs: connect this MODEL to its patched_model "
+            "input" + text[len(head):])

@@ -39,7 +39,7 @@ import comfy.supported_models_base
 import torch
 
 from ..ingredients_core.settings import FF_CHUNK  # the feed-forward chunk the pack's sampler runs with
-from . import host
+from . import host, native_checks
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +63,14 @@ class IngredientsModelConfig(comfy.supported_models_base.BASE):
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
     memory_usage_factor = 2.0  # only ComfyUI's generic estimate; memory_required below uses the pack's
 
-    def __init__(self, storage: torch.dtype, compute: torch.dtype, routing_mode: str, folder: Optional[Path]):
+    def __init__(self, storage: torch.dtype, compute: torch.dtype, routing_mode: str, folder: Optional[Path],
+                 weights: Any = None):
         super().__init__(dict(self.unet_config, dtype=storage))
         self.manual_cast_dtype = compute if compute != storage else None
         self.compute_dtype = compute
         self.routing_mode = routing_mode  # the loader's routing mode ("from model" on Route IDs)
         self.model_folder = folder         # where the weights came from (Project IDs must use the same)
+        self.weights = weights             # which weights (payloads.WeightsIdentity): Apply IDs compares it
 
 
 # -- 2. rotary embeddings (CPU, cached per grid; moved to the call's device per call) ------------
@@ -150,41 +152,45 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         if order is not None:  # official routing: the uncond rows first
             order = order.to(hidden.device)
             hidden, context, timestep = hidden[order], context[order], timestep[order]
+        replaces = native_checks.block_replaces(transformer_options, len(transformer.transformer_blocks))
         v = transformer(hidden, context, timestep, rotary, ids=ids, routing=routing,
                         cache=_teacache_call(self, transformer_options, timestep, order),
-                        ff_chunk=transformer_options.get(FF_CHUNK_KEY, FF_CHUNK))
+                        ff_chunk=transformer_options.get(FF_CHUNK_KEY, FF_CHUNK),
+                        block_replace=native_checks.core_block_replace(replaces, transformer_options))
         if order is not None:
             v = v[torch.argsort(order)]
         return v.permute(0, 2, 1, 3, 4)                                          # (B, 16, F, H, W)
 
     # -- conditioning ----------------------------------------------------------------------------
     def concat_cond(self, **kwargs):
-        """``concat_latent_image`` (raw VAE latent (B, 16, F or fewer, H, W)) -> scaled, frame-padded with
-        zeros to the noise's frames, repeated to its batch; zeros when the conditioning has none."""
+        """``concat_latent_image`` (raw VAE latent (B, 16, F, H, W), the noise's frames and size) -> scaled,
+        repeated to the noise's batch; a conditioning without one, or with other frames, is refused."""
         noise = kwargs.get("noise")
         image = kwargs.get("concat_latent_image")
         if image is None:
-            logger.warning("Ingredients MODEL: the conditioning has no image latent (concat_latent_image); the "
-                           "model is image-to-video and runs on zeros: use Ingredients Image to Video")
-            return torch.zeros_like(noise)
+            raise native_checks.no_canvas_error(kwargs.get("prompt_type"))
+        native_checks.check_canvas(image.shape, noise.shape)
         image = self.process_latent_in(image.to(noise.dtype))
-        if image.shape[1] != noise.shape[1] or image.shape[-2:] != noise.shape[-2:]:
-            raise ValueError(f"Ingredients MODEL: the image latent is {tuple(image.shape[1:])} (channels, frames, "
-                             f"height, width), the video latent {tuple(noise.shape[1:])}: make both with the same "
-                             "width and height (Ingredients Image to Video gives both).")
-        if image.shape[2] < noise.shape[2]:
-            image = torch.nn.functional.pad(image, (0, 0, 0, 0, 0, noise.shape[2] - image.shape[2]))
-        image = image[:, :, :noise.shape[2]]
         if image.shape[0] != noise.shape[0]:
             image = image[:1].expand(noise.shape[0], *image.shape[1:])
         return image.to(kwargs.get("device", noise.device))
 
     def extra_conds(self, **kwargs):
+        self._check_run(kwargs["noise"].shape)
         out = {"c_concat": comfy.conds.CONDNoiseShape(self.concat_cond(**kwargs))}
         cross_attn = kwargs.get("cross_attn")
         if cross_attn is not None:
             out["c_crossattn"] = comfy.conds.CONDCrossAttn(self._text_tokens(cross_attn))
         return out
+
+    def _check_run(self, noise_shape) -> None:
+        """Before the first step (ComfyUI encodes the conds after loading the MODEL with its object
+        patches and setting ``current_patcher``): what this run cannot sample is refused, with the fix."""
+        patcher = getattr(self, "current_patcher", None)
+        options = getattr(patcher, "model_options", None) or {}
+        native_checks.check_model_sampling(self.model_sampling)
+        native_checks.check_size(self.diffusion_model.config, noise_shape, native_checks.window_frames(options))
+        native_checks.check_model_options(options, len(self.diffusion_model.transformer_blocks))
 
     def _text_tokens(self, text: torch.Tensor) -> torch.Tensor:
         """The prompt's T5 tokens (B, 226, D) as the model reads them (its learned positions cover
@@ -240,7 +246,7 @@ def _position(model: IngredientsBaseModel, options: dict, timestep: torch.Tensor
 
 # -- 4. the MODEL ------------------------------------------------------------------------------------
 def model_patcher(transformer, storage: torch.dtype, compute: torch.dtype, routing_mode: str,
-                  folder: Optional[Path] = None, disable_dynamic: bool = False):
+                  folder: Optional[Path] = None, disable_dynamic: bool = False, weights: Any = None):
     """The MODEL for a loaded transformer (kept on the offload device until ComfyUI loads it): a
     ``CoreModelPatcher`` where the host has it (``host.patcher_class``). The pack's sampler loads this
     same patcher, so ComfyUI's bookkeeping of the weights is one (its clones, such as Apply IDs'
@@ -251,7 +257,7 @@ def model_patcher(transformer, storage: torch.dtype, compute: torch.dtype, routi
     uses this one: read from ComfyUI's code, not run on a GPU.
     ``disable_dynamic``: a plain ``ModelPatcher`` (what ComfyUI asks of a loader's
     ``cached_patcher_init`` factory for its non-dynamic delegates)."""
-    config = IngredientsModelConfig(storage, compute, routing_mode, folder)
+    config = IngredientsModelConfig(storage, compute, routing_mode, folder, weights)
     model = IngredientsBaseModel(config, transformer)
     load_device, offload_device = host.devices("diffusion")
     patcher_cls = comfy.model_patcher.ModelPatcher if disable_dynamic else host.patcher_class()

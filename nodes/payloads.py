@@ -32,6 +32,35 @@ MASK_MODES = ("soft", "hard")
 
 
 @dataclass(frozen=True)
+class WeightsIdentity:
+    """Which transformer weights a loader loaded: equal for two loads of the same weights (same folder,
+    ``transformer_file`` and storage dtype), different otherwise."""
+
+    folder: Path
+    file: Any  # the loader's transformer_file, None for the folder's own transformer
+    storage: str
+
+    def __str__(self) -> str:
+        source = f"transformer_file {self.file}" if self.file else "its own transformer"
+        return f"{self.folder.name} ({source}, {self.storage} weights)"
+
+
+def check_projected_with(tokens: "IngredientsIDTokens", weights: Any, folder: Path, user: str) -> None:
+    """Refuse ID tokens projected with other transformer weights than ``weights`` (the model at
+    ``folder`` that will use them; ``user``: what uses it). Serves Apply IDs and the Ingredients Sampler."""
+    mine = getattr(tokens, "weights", None)
+    if mine is not None and weights is not None:
+        if mine != weights:
+            raise ValueError(f"routed_ids: the ID tokens were projected with {mine}, {user} holds {weights}: feed "
+                             "Project IDs the model output of the same Load Ingredients Model (same model_folder, "
+                             "transformer_file, dtype and weight_dtype).")
+        return
+    if folder is not None and tokens.model_folder != folder:
+        raise ValueError(f"routed_ids: the ID tokens were projected with the model in {tokens.model_folder}, {user} "
+                         f"comes from {folder}: feed Project IDs the model output of the same Load Ingredients Model.")
+
+
+@dataclass(frozen=True)
 class IngredientsModel:
     """The transformer, its scheduler config and the default routing mode. ``patcher`` is the MODEL
     (the whole transformer), ``projector`` a patcher of the q-former alone (what Project IDs needs;
@@ -43,6 +72,7 @@ class IngredientsModel:
     routing_mode: str
     folder: Path
     projector: Any
+    weights: Any = None  # a WeightsIdentity
 
 
 @dataclass(frozen=True)
@@ -106,6 +136,8 @@ class IngredientsIDTokens:
     tokens: Any
     ids: IngredientsIDs
     model_folder: Path
+    weights: Any = None          # the WeightsIdentity of the model that projected them
+    qformer_patches: tuple = ()  # the q-former LoRA patches they were projected with (Project IDs' MODEL)
 
 
 @dataclass(frozen=True)

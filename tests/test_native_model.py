@@ -324,19 +324,20 @@ def test_text_width_mismatch_names_the_fix(loaded):
 def test_text_of_other_lengths_is_refused_or_cut_to_226_tokens(loaded, caplog):
     model = loaded["model"]
     noise = torch.zeros(1, 16, 3, 8, 12)
+    canvas = dict(concat_latent_image=torch.zeros(1, 16, 3, 8, 12), device=torch.device("cpu"))
     with pytest.raises(ValueError, match="77 tokens, the model reads 226.*T5TokenizerOptions"):
-        model.model.extra_conds(noise=noise, cross_attn=torch.zeros(1, 77, 32), device=torch.device("cpu"))
+        model.model.extra_conds(noise=noise, cross_attn=torch.zeros(1, 77, 32), **canvas)
     long = torch.randn(1, 301, 32)
     with caplog.at_level(logging.WARNING):
-        conds = model.model.extra_conds(noise=noise, cross_attn=long, device=torch.device("cpu"))
+        conds = model.model.extra_conds(noise=noise, cross_attn=long, **canvas)
     assert torch.equal(conds["c_crossattn"].cond, long[:, :226])
     assert "301 tokens" in caplog.text and "the first 226" in caplog.text
 
 
-def test_extra_conds_scale_and_pad_the_image_latent(loaded):
+def test_extra_conds_scale_and_repeat_the_image_latent(loaded):
     model = loaded["model"]
     noise = torch.zeros(2, 16, 3, 8, 12)
-    image = torch.ones(1, 16, 1, 8, 12)
+    image = torch.cat([torch.ones(1, 16, 1, 8, 12), torch.zeros(1, 16, 2, 8, 12)], dim=2)  # as Image to Video
     conds = model.model.extra_conds(noise=noise, concat_latent_image=image, cross_attn=torch.zeros(1, 226, 32),
                                     device=torch.device("cpu"))
     concat = conds["c_concat"].cond

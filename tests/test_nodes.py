@@ -270,8 +270,11 @@ def test_sampler_errors_name_the_input(nodes, graph):
     wide = type(graph["prompt"])(torch.zeros(1, 226, 4096), torch.zeros(1, 226, 4096), "test")
     with pytest.raises(ValueError, match="prompt: embeddings are 4096 wide"):
         sample(nodes, graph, prompt=wide)
-    other = dataclasses.replace(graph["model"], folder=Path("/models/ingredients/Other"))
-    with pytest.raises(ValueError, match="routed_ids: the ID tokens were projected with the model in"):
+    elsewhere = Path("/models/ingredients/Other")
+    other = dataclasses.replace(graph["model"], folder=elsewhere,
+                                weights=dataclasses.replace(graph["model"].weights, folder=elsewhere))
+    with pytest.raises(ValueError, match=r"routed_ids: the ID tokens were projected with Ingredients \(its own "
+                                         r"transformer, float32 weights\), the sampler's model holds Other"):
         sample(nodes, graph, model=other)
 
 

@@ -18,6 +18,8 @@ import importlib
 import importlib.metadata
 import re
 
+from .. import ERROR_NAMESPACE
+
 #: The pack's requirement for each face package, as in requirements.txt (a test ties them).
 REQUIREMENTS = {
     "insightface": "insightface>=0.7.3",
@@ -47,6 +49,8 @@ class FaceDependencyError(ImportError):
         error: the exception its import raised (also the ``__cause__``).
         fix: the command that repairs it.
     """
+
+    __module__ = ERROR_NAMESPACE
 
     def __init__(self, package: str, error: BaseException):
         self.package = package

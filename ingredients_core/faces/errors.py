@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..integrity import doctor_hint, download_location
+from .. import ERROR_NAMESPACE
 
 FACE_ENCODER_SOURCE = "https://huggingface.co/feizhengcong/Ingredients/tree/main/face_encoder"
 
@@ -21,6 +22,8 @@ class FaceError(ValueError):
     ``source`` names the photo (for example ``"person 2, photo 1"``) so the message can point
     at it.
     """
+
+    __module__ = ERROR_NAMESPACE
 
     def __init__(self, source: str, problem: str):
         self.source = source
@@ -35,6 +38,8 @@ class FaceModelsNotFoundError(FileNotFoundError):
         missing: the file names (relative paths as in the official ``face_encoder/`` folder).
         searched: the folders that were looked in, in order.
     """
+
+    __module__ = ERROR_NAMESPACE
 
     def __init__(self, missing: Sequence[str], searched: Sequence[Path]):
         self.missing = list(missing)
@@ -62,6 +67,8 @@ class FaceModelsError(ValueError):
         path: the file.
         problem: what was wrong with it.
     """
+
+    __module__ = ERROR_NAMESPACE
 
     def __init__(self, path: str | Path, problem: str):
         self.path = Path(path)

@@ -36,6 +36,7 @@ from .errors import FaceError
 from .features import ARCFACE_DIM, Detection, FaceFeatures
 from .identity_report import IdentityReport
 from .identity_scores import DEFAULT_MARGIN, DEFAULT_THRESHOLD, FrameFaces, RoutingGrid, score_people
+from .. import ERROR_NAMESPACE
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ CURRICULARFACE_NAME = "CurricularFace (IR-101)"
 
 class IdentityInputError(ValueError):
     """An input of the identity check that cannot work; the message names it and says what to give."""
+
+    __module__ = ERROR_NAMESPACE
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ from .id_modules import FacialProjector, IDRouter, RoutedCrossAttention
 from .layers import TORCH_OPS, AdaptiveOutputNorm, AttentionFn, TimestepEmbedding, sdpa_attention, timestep_features
 
 logger = logging.getLogger(__name__)
+
+#: a per-block replace: (video (B, N, D), text (B, S, D), emb (B, time_dim), rotary, original) -> (video, text)
+BlockReplace = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -115,13 +118,18 @@ class IngredientsTransformer(nn.Module):
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 timestep: torch.Tensor, image_rotary_emb: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                 ids: Optional[IDState] = None, routing: Optional[StepRouting] = None,
-                cache=None, ff_chunk: Optional[int] = None) -> torch.Tensor:
+                cache=None, ff_chunk: Optional[int] = None,
+                block_replace: Optional[Mapping[int, BlockReplace]] = None) -> torch.Tensor:
         """hidden_states (B, F, in_channels, H, W), encoder_hidden_states (B, S, text_dim), timestep (B,)
         -> (B, F, out_channels, H, W), in the dtype of ``hidden_states`` (the compute dtype).
 
         Without ``ids`` no ID features are injected. ``cache``: a step cache (:mod:`..step_cache`)
         that may reuse the previous step's block residual instead of running the blocks.
         ``ff_chunk``: feed-forward token chunk (less activation memory, same result).
+        ``block_replace``: {block index i: replace} run instead of CogVideoX block i, as
+        ``replace(video, text, emb, rotary, original) -> (video, text)`` where ``original(video, text)``
+        runs the block (a host's per-block patches: ComfyUI's ``patches_replace["dit"]``); the ID
+        injection after a routed block is not part of the block.
         """
         c = self.config
         batch, frames, _, height, width = hidden_states.shape
@@ -135,7 +143,7 @@ class IngredientsTransformer(nn.Module):
             video, text = cache.reuse(video, text)
         else:
             start = (video, text)
-            video, text = self._blocks(video, text, emb, image_rotary_emb, ids, routing, ff_chunk)
+            video, text = self._blocks(video, text, emb, image_rotary_emb, ids, routing, ff_chunk, block_replace)
             if cache is not None:
                 cache.store(video - start[0], text - start[1])
         # 4. final norm (per token: the text tokens do not change the video's), adaptive norm,
@@ -147,10 +155,18 @@ class IngredientsTransformer(nn.Module):
         return out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
 
     def _blocks(self, video, text, emb, rotary, ids: Optional[IDState], routing: Optional[StepRouting],
-                ff_chunk: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+                ff_chunk: Optional[int], block_replace: Optional[Mapping[int, BlockReplace]] = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         routed = 0
         for i, block in enumerate(self.transformer_blocks):
-            video, text = block(video, text, emb, rotary, ff_chunk)
+            replace = block_replace.get(i) if block_replace else None
+            if replace is None:
+                video, text = block(video, text, emb, rotary, ff_chunk)              # (B, N, D), (B, S, D)
+            else:
+                def original(v, t, block=block):
+                    return block(v, t, emb, rotary, ff_chunk)
+
+                video, text = replace(video, text, emb, rotary, original)
             if ids is not None and self.config.is_routed(i):
                 video = self._inject(routed, video, ids, routing)
                 routed += 1

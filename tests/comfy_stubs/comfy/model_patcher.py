@@ -45,6 +45,16 @@ def wipe_lowvram_weight(m) -> None:
         m.bias_function = []
 
 
+def set_model_options_patch_replace(model_options, patch, name, block_name, number, transformer_index=None):
+    to = model_options["transformer_options"].copy()
+    to["patches_replace"] = dict(to.get("patches_replace", {}))
+    to["patches_replace"][name] = dict(to["patches_replace"].get(name, {}))
+    block = (block_name, number, transformer_index) if transformer_index is not None else (block_name, number)
+    to["patches_replace"][name][block] = patch
+    model_options["transformer_options"] = to
+    return model_options
+
+
 def set_model_options_post_cfg_function(model_options, post_cfg_function, disable_cfg1_optimization=False):
     model_options["sampler_post_cfg_function"] = model_options.get("sampler_post_cfg_function", []) + [post_cfg_function]
     if disable_cfg1_optimization:
@@ -69,6 +79,8 @@ class ModelPatcher:
         self.callbacks: dict = {}
         self.additional_models: dict = {}
         self.attachments: dict = {}
+        self.object_patches: dict = {}
+        self.object_patches_backup: dict = {}
         for name, default in (("model_loaded_weight_memory", 0), ("lowvram_patch_counter", 0),
                               ("model_lowvram", False), ("current_weight_patches_uuid", None)):
             if not hasattr(self.model, name):
@@ -84,6 +96,8 @@ class ModelPatcher:
         n.parent = self
         n.force_cast_weights = self.force_cast_weights
         n.attachments = dict(self.attachments)
+        n.object_patches = self.object_patches.copy()
+        n.object_patches_backup = self.object_patches_backup  # shared by clones (0.33's model override)
         n.additional_models = {k: [m.clone() for m in c] for k, c in self.additional_models.items()}
         n.callbacks = {k: {k1: c1.copy() for k1, c1 in c.items()} for k, c in self.callbacks.items()}
         n.wrappers = {k: {k1: w1.copy() for k1, w1 in w.items()} for k, w in self.wrappers.items()}
@@ -95,6 +109,16 @@ class ModelPatcher:
     def set_model_patch(self, patch, name):
         patches = self.model_options["transformer_options"].setdefault("patches", {})
         patches[name] = patches.get(name, []) + [patch]
+
+    def set_model_patch_replace(self, patch, name, block_name, number, transformer_index=None):
+        self.model_options = set_model_options_patch_replace(self.model_options, patch, name, block_name, number,
+                                                             transformer_index=transformer_index)
+
+    def set_model_attn1_replace(self, patch, block_name, number, transformer_index=None):
+        self.set_model_patch_replace(patch, "attn1", block_name, number, transformer_index)
+
+    def add_object_patch(self, name, obj):
+        self.object_patches[name] = obj
 
     def add_wrapper(self, wrapper_type: str, wrapper):
         self.add_wrapper_with_key(wrapper_type, None, wrapper)
@@ -128,12 +152,14 @@ class ModelPatcher:
     def get_free_memory(self, device):
         return comfy.model_management.get_free_memory(device)
 
-    # sampling options (no object patches in the stand-in: model objects are the model's own)
+    # sampling options; object patches (ModelSamplingDiscrete/SD3/Flux's "model_sampling") as in ComfyUI:
+    # set on the model by patch_model, put back by unpatch_model
     def get_model_object(self, name: str):
-        obj = self.model
-        for part in name.split("."):
-            obj = getattr(obj, part)
-        return obj
+        if name in self.object_patches:
+            return self.object_patches[name]
+        if name in self.object_patches_backup:
+            return self.object_patches_backup[name]
+        return comfy.utils.get_attr(self.model, name)
 
     def set_model_sampler_cfg_function(self, sampler_cfg_function, disable_cfg1_optimization=False):
         self.model_options["sampler_cfg_function"] = sampler_cfg_function
@@ -218,12 +244,22 @@ class ModelPatcher:
         self.model.model_loaded_weight_memory = mem_counter
 
     def patch_model(self, device_to=None, lowvram_model_memory=0, load_weights=True, force_patch_weights=False):
+        for k in self.object_patches:
+            old = comfy.utils.set_attr(self.model, k, self.object_patches[k])
+            if k not in self.object_patches_backup:
+                self.object_patches_backup[k] = old
         if load_weights:
             self.load(device_to, lowvram_model_memory=lowvram_model_memory, force_patch_weights=force_patch_weights,
                       full_load=lowvram_model_memory == 0)
         return self.model
 
+    def _restore_object_patches(self) -> None:
+        for k in list(self.object_patches_backup):
+            comfy.utils.set_attr(self.model, k, self.object_patches_backup[k])
+        self.object_patches_backup.clear()
+
     def unpatch_model(self, device_to=None, unpatch_weights=True) -> None:
+        self._restore_object_patches()
         if not unpatch_weights:
             return
         self._restore_weights()
@@ -259,6 +295,8 @@ class ModelPatcher:
     def partially_load(self, device_to, extra_memory=0, force_patch_weights=False) -> int:
         if self.model.current_weight_patches_uuid not in (None, self._patches_uuid()):  # another clone's weights
             self.unpatch_model(self.offload_device)
+        self._restore_object_patches()  # as the real partially_load: unpatch_model, then patch_model
+        self.patch_model(load_weights=False)
         if not self.model.model_lowvram and self.model.model_loaded_weight_memory > 0:
             return 0
         current_used = self.model.model_loaded_weight_memory

@@ -114,3 +114,54 @@ class ModelSamplingDiscrete(torch.nn.Module):
         if percent >= 1.0:
             return 0.0
         return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
+
+
+class CONST:
+    """Flow matching (ModelSamplingSD3 / ModelSamplingFlux put it on a MODEL), as far as the pack meets it."""
+
+    def calculate_input(self, sigma, noise):
+        return noise
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        return model_input - model_output * reshape_sigma(sigma, model_output.ndim)
+
+
+def time_snr_shift(alpha, t):
+    if alpha == 1.0:
+        return t
+    return alpha * t / (1 + (alpha - 1) * t)
+
+
+class ModelSamplingDiscreteFlow(torch.nn.Module):
+    """ComfyUI's flow-matching sampling (ModelSamplingSD3 / AuraFlow): no ``num_timesteps``."""
+
+    def __init__(self, model_config=None):
+        super().__init__()
+        settings = model_config.sampling_settings if model_config is not None else {}
+        self.set_parameters(shift=settings.get("shift", 1.0), multiplier=settings.get("multiplier", 1000))
+
+    def set_parameters(self, shift=1.0, timesteps=1000, multiplier=1000):
+        self.shift, self.multiplier = shift, multiplier
+        ts = self.sigma((torch.arange(1, timesteps + 1, 1) / timesteps) * multiplier)
+        self.register_buffer("sigmas", ts)
+
+    def sigma(self, timestep):
+        return time_snr_shift(self.shift, timestep / self.multiplier)
+
+    def timestep(self, sigma):
+        return sigma * self.multiplier
+
+
+class ModelSamplingFlux(torch.nn.Module):
+    """ComfyUI's Flux sampling (ModelSamplingFlux): no ``num_timesteps``."""
+
+    def __init__(self, model_config=None):
+        super().__init__()
+        self.set_parameters(shift=1.15)
+
+    def set_parameters(self, shift=1.15, timesteps=10000):
+        self.shift = shift
+        self.register_buffer("sigmas", torch.linspace(1.0 / timesteps, 1.0, timesteps))
+
+    def timestep(self, sigma):
+        return sigma

@@ -51,3 +51,18 @@ def load_torch_file(ckpt, safe_load=False, device=None, return_metadata=False):
         sd = torch.load(ckpt, map_location=device, weights_only=True)
         sd = sd.get("state_dict", sd)
     return (sd, metadata) if return_metadata else sd
+
+
+def set_attr(obj, attr, value):
+    attrs = attr.split(".")
+    for name in attrs[:-1]:
+        obj = getattr(obj, name)
+    prev = getattr(obj, attrs[-1])
+    setattr(obj, attrs[-1], value)
+    return prev
+
+
+def get_attr(obj, attr: str):
+    for name in attr.split("."):
+        obj = getattr(obj, name)
+    return obj
