@@ -270,12 +270,14 @@ def test_sampler_errors_name_the_input(nodes, graph):
     wide = type(graph["prompt"])(torch.zeros(1, 226, 4096), torch.zeros(1, 226, 4096), "test")
     with pytest.raises(ValueError, match="prompt: embeddings are 4096 wide"):
         sample(nodes, graph, prompt=wide)
+    # ID tokens projected with other weights (another folder) than the MODEL the Sampler samples
     elsewhere = Path("/models/ingredients/Other")
-    other = dataclasses.replace(graph["model"], folder=elsewhere,
-                                weights=dataclasses.replace(graph["model"].weights, folder=elsewhere))
-    with pytest.raises(ValueError, match=r"routed_ids: the ID tokens were projected with Ingredients \(its own "
-                                         r"transformer, float32 weights\), the sampler's model holds Other"):
-        sample(nodes, graph, model=other)
+    routed, tokens = graph["routed"], graph["routed"].tokens
+    foreign = dataclasses.replace(routed, tokens=dataclasses.replace(
+        tokens, model_folder=elsewhere, weights=dataclasses.replace(tokens.weights, folder=elsewhere)))
+    with pytest.raises(ValueError, match=r"routed_ids: the ID tokens were projected with Other \(its own "
+                                         r"transformer, float32 weights\), this MODEL holds Ingredients"):
+        sample(nodes, graph, routed_ids=foreign)
 
 
 # -- prompts from a native CLIP ------------------------------------------------------------------
