@@ -19,12 +19,21 @@ transformer at the same step:
 - the routing recorded once per step (:class:`StepRecorder`): the row the pack's sampler records
   (official: the routed uncond row; per_sample: the last cond row), whichever call of the step
   holds it, so split and batched runs record the same maps.
+
+Threads: one patch serves every clone of a patched model (``__deepcopy__`` returns it), and a host
+may call it from several threads at once (ComfyUI's *MultiGPU CFG Split* runs the cond and uncond
+halves on two devices from a thread pool). The run state is guarded by a lock: each run cache entry
+(keys/values per device and dtype, a plan per grid and device) is made once, by the first call that
+needs it (a call needing another entry is not held up meanwhile); the recorder arbitrates each
+step's offers under its own lock, so a concurrent split records exactly what the same split run one
+call after the other records. The tokens and options are never written after Apply IDs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from typing import Any, Optional, Sequence
 
 import torch
@@ -75,40 +84,58 @@ class StepRecorder:
     """Feeds a core :class:`RoutingRecorder` one assignment per layer and step, whichever of the
     step's calls holds the row the pack's sampler records (higher priority wins, a later call wins
     at equal priority). Committed when the step changes and at :meth:`finish`, which also moves
-    the recording to the CPU, so nothing stays on the GPU after a run."""
+    the recording to the CPU, so nothing stays on the GPU after a run.
+
+    Thread-safe: every method holds the recorder's lock, so calls of one step running at once on
+    several devices (threads) offer into one pending record and exactly one assignment per layer
+    and step is committed (the priorities, not the threads' timing, pick it). A row offered on
+    another device than the layer's running sum is moved to that sum's device when committed."""
 
     def __init__(self) -> None:
         self.recorder = RoutingRecorder()
         self.finished: Optional[RoutingRecorder] = None
         self._step: Optional[int] = None
         self._pending: dict[int, tuple[int, torch.Tensor]] = {}
+        self._lock = threading.Lock()
 
     def start(self) -> None:
-        self.recorder = RoutingRecorder()
-        self._step, self._pending = None, {}
+        with self._lock:
+            self._restart()
 
     def at_step(self, step: int, grid: tuple[int, int, int]) -> None:
-        if step != self._step:
-            self._commit()
-            self._step = step
-        self.recorder.grid = grid
+        with self._lock:
+            if step != self._step:
+                self._commit()
+                self._step = step
+            self.recorder.grid = grid
 
     def offer(self, layer: int, weights: torch.Tensor, priority: int) -> None:
         """``weights`` (1, N, P): the row this call offers for ``layer``."""
-        held = self._pending.get(layer)
-        if held is None or priority >= held[0]:
-            self._pending[layer] = (priority, weights.detach())
+        weights = weights.detach()
+        with self._lock:
+            held = self._pending.get(layer)
+            if held is None or priority >= held[0]:
+                self._pending[layer] = (priority, weights)
 
     def finish(self) -> None:
-        self._commit()
-        done = self.recorder
-        done.last = {k: v.cpu() for k, v in done.last.items()}
-        done.total = {k: v.cpu() for k, v in done.total.items()}
-        self.finished = done if done.last else None  # a run that routed nobody leaves no stale maps
-        self.start()
+        with self._lock:
+            self._commit()
+            done = self.recorder
+            done.last = {k: v.cpu() for k, v in done.last.items()}
+            done.total = {k: v.cpu() for k, v in done.total.items()}
+            self.finished = done if done.last else None  # a run that routed nobody leaves no stale maps
+            self._restart()
+
+    def _restart(self) -> None:
+        self.recorder = RoutingRecorder()
+        self._step, self._pending = None, {}
 
     def _commit(self) -> None:
+        """Adds the pending row of every layer (the caller holds the lock)."""
         for layer, (_, weights) in sorted(self._pending.items()):
+            held = self.recorder.total.get(layer)
+            if held is not None and held.device != weights.device:  # calls of a split on two devices
+                weights = weights.to(held.device)
             self.recorder.add(layer, weights)
         self._pending = {}
 
@@ -136,18 +163,31 @@ def _record_row(mode: str, chunks: list[int], batch: int) -> tuple[int, int]:
     return batch - 1, STAND_IN
 
 
+SPLIT_WARNING = ("Ingredients Apply IDs: ComfyUI ran the cond and uncond halves as separate calls ({why}); in "
+                 "official routing the cond half was then routed on itself (as per_sample), so this run differs "
+                 "from a one-device batched run. {fix}Routing mode per_sample gives the same result either way.")
+WHY_MEMORY = "not enough free memory for both in one"
+WHY_DEVICES = "on several devices at once: MultiGPU CFG Split"
+FIX_MEMORY = "Free memory, or use per_sample. "
+
+
 @dataclasses.dataclass(eq=False)
 class IDPatch:
     """ID tokens (P, T, token_dim) on the host's intermediate device, how they are routed, and the
     run state (the keys/values per device and dtype, the routing plans per token grid).
 
-    ``model_folder``: the model the tokens were projected with (checked by the node applying it)."""
+    ``model_folder``: the model the tokens were projected with (checked by the node applying it).
+
+    Thread-safe between :meth:`begin_run` and :meth:`end_run` (which the host calls from one
+    thread, around the run): :meth:`step_inputs` may be called from several threads at once (see
+    the module's docstring); ``_lock`` guards ``_run``."""
 
     tokens: torch.Tensor
     options: RoutingOptions
     model_folder: Any = None
     recorder: Optional[StepRecorder] = dataclasses.field(default_factory=StepRecorder)
     _run: Optional[dict] = dataclasses.field(default=None, repr=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     @property
     def num_ids(self) -> int:
@@ -155,33 +195,59 @@ class IDPatch:
 
     def __deepcopy__(self, memo) -> "IDPatch":
         """Shared, never copied: a host's model clone copies its options (ComfyUI 0.3.64 with
-        ``copy.deepcopy``; 0.33 shares objects), and every clone of a patched model must record into,
-        and be read from, the same patch (its tokens are not changed after Apply IDs)."""
+        ``copy.deepcopy``; 0.33 shares objects, and its MultiGPU clones deep-copy them), and every
+        clone of a patched model must record into, and be read from, the same patch (its tokens are
+        not changed after Apply IDs)."""
         return self
 
     # -- run lifetime ------------------------------------------------------------------------------
     def begin_run(self) -> None:
-        self._run = {}
+        with self._lock:
+            self._run = {"call kinds": set(), "callers": set()}
         if self.recorder is not None:
             self.recorder.start()
 
     def end_run(self) -> None:
-        split = self._run is not None and {(COND,), (UNCOND,)} <= self._run.get("call kinds", set())
+        """Ends the run: drops its caches, finishes the recording and, for an official-routing run
+        whose halves came as separate calls, says so (once per run, whatever the threads)."""
+        with self._lock:
+            run, self._run = self._run, None
+        split = run is not None and {(COND,), (UNCOND,)} <= run["call kinds"]
         if split and self.options.mode == "official":
-            logger.warning("Ingredients Apply IDs: ComfyUI ran the cond and uncond halves as separate calls (not "
-                           "enough free memory for both in one); in official routing the cond half was then routed "
-                           "on itself (as per_sample), so this run differs from a batched one. Free memory, or use "
-                           "routing mode per_sample, which gives the same result either way.")
-        self._run = None
+            several = len(run["callers"]) > 1
+            logger.warning(SPLIT_WARNING.format(why=WHY_DEVICES if several else WHY_MEMORY,
+                                                fix="" if several else FIX_MEMORY))
         if self.recorder is not None:
             self.recorder.finish()
 
     def _cached(self, key, make):
-        if self._run is None:
+        """The run's value for ``key``, made once per run (by the first caller; a concurrent caller
+        of the same key waits for it, callers of other keys do not); outside a run made per call."""
+        with self._lock:
+            run = self._run
+            if run is None:
+                making = None
+            elif key in run:
+                return run[key]
+            else:
+                making = run.setdefault(("making", key), threading.Lock())
+        if making is None:
             return make()
-        if key not in self._run:
-            self._run[key] = make()
-        return self._run[key]
+        with making:
+            with self._lock:
+                if key in run:
+                    return run[key]
+            value = make()
+            with self._lock:
+                run[key] = value
+            return value
+
+    def _note_call(self, chunks: Sequence[int], device: torch.device) -> None:
+        """Which halves each call held and from where (thread, device): a split run is named at end_run."""
+        with self._lock:
+            if self._run is not None:
+                self._run["call kinds"].add(tuple(sorted(set(chunks))))
+                self._run["callers"].add((threading.get_ident(), str(device)))
 
     # -- per call ----------------------------------------------------------------------------------
     def step_inputs(self, transformer, latent_shape: Sequence[int], device: torch.device, dtype: torch.dtype,
@@ -194,8 +260,7 @@ class IDPatch:
         plan = self._cached(("plan", grid, device), lambda: RoutingPlan(
             self.options, self.num_ids, grid, config.local_face_scale, device))
         chunks = list(chunks)
-        if self._run is not None:  # which halves each call held: a split run is named at end_run
-            self._run.setdefault("call kinds", set()).add(tuple(sorted(set(chunks))))
+        self._note_call(chunks, device)
         order = official_order(chunks, batch) if self.options.mode == "official" else None
         if order is not None:
             first = chunks.index(UNCOND)

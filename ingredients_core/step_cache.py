@@ -23,6 +23,13 @@ a step decides for all of them, and every chunk (cond, uncond) keeps a residual 
 :class:`TeaCachePatch` is the setting a host's model carries: a fresh :class:`TeaCache` per run
 (between :meth:`~TeaCachePatch.begin_run` and :meth:`~TeaCachePatch.end_run`), the last run's
 report kept without its tensors.
+
+Threads: a host may run the calls of one step at once from several threads (ComfyUI's *MultiGPU
+CFG Split*: cond on one device, uncond on another), through one shared :class:`TeaCachePatch`. The
+patch makes the run's cache once under its lock; the cache's decisions, residuals and counts are
+read and written under the cache's lock, so a step's decision is made once (by whichever call comes
+first, on the step's timestep embedding, which every call of the step shares), and each chunk's
+residual is its own. The previous step's embedding is compared on the current call's device.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ WHOLE = "whole batch"  # the chunk key of the pack's own loop: one residual for 
 
 @dataclass(eq=False)
 class TeaCache:
-    """Per-run TeaCache state. ``steps``: sampling steps in the run."""
+    """Per-run TeaCache state. ``steps``: sampling steps in the run. Thread-safe (``_lock``): see the
+    module's docstring; :meth:`skip` (the pack's own loop) is for one thread."""
 
     threshold: float
     steps: int
@@ -106,7 +114,8 @@ class TeaCache:
             skip = False
             if step == 0 or step >= self.steps - 1 or previous is None or not self._residuals:
                 self._accumulated = 0.0
-            else:
+            else:  # the previous step's first call may have run on another device
+                previous = previous.to(emb.device)
                 distance = ((emb - previous).abs().mean() / previous.abs().mean()).item()
                 self._accumulated += self.estimate(distance)
                 skip = self._accumulated < self.threshold
@@ -123,13 +132,15 @@ class TeaCache:
     # -- residuals -------------------------------------------------------------------------------
     def holds(self, keys: Sequence[Hashable]) -> bool:
         """Whether a residual is cached for every chunk in ``keys``."""
-        return all(key in self._residuals for key in keys)
+        with self._lock:
+            return all(key in self._residuals for key in keys)
 
     def reuse(self, video: torch.Tensor, text: torch.Tensor,
               keys: Sequence[Hashable] = (WHOLE,)) -> tuple[torch.Tensor, torch.Tensor]:
         """The block stack's output estimated as input + the last computed residual of each chunk
         (``keys``: the chunks of the batch in row order, equal numbers of rows)."""
-        parts = [self._residuals[key] for key in keys]
+        with self._lock:
+            parts = [self._residuals[key] for key in keys]
         if len(parts) == 1:
             video_residual, text_residual = parts[0]
         else:  # chunks computed apart (or on other devices) are put together in this call's order
@@ -140,21 +151,21 @@ class TeaCache:
     def store(self, video_residual: torch.Tensor, text_residual: torch.Tensor,
               keys: Sequence[Hashable] = (WHOLE,), step: Optional[int] = None) -> None:
         """Remember what the blocks added at a computed step, per chunk (``keys`` as for :meth:`reuse`)."""
-        step = self._current if step is None else step
-        self._computed[step] = True
-        if len(keys) == 1:
-            self._residuals[keys[0]] = (video_residual, text_residual)
-            return
-        if video_residual.shape[0] % len(keys):
+        if len(keys) > 1 and video_residual.shape[0] % len(keys):
             raise ValueError(f"TeaCache: a batch of {video_residual.shape[0]} rows does not split into "
                              f"{len(keys)} equal chunks")
-        for key, video, text in zip(keys, video_residual.chunk(len(keys)), text_residual.chunk(len(keys))):
-            self._residuals[key] = (video, text)
+        parts = ([(video_residual, text_residual)] if len(keys) == 1
+                 else list(zip(video_residual.chunk(len(keys)), text_residual.chunk(len(keys)))))
+        with self._lock:
+            self._computed[self._current if step is None else step] = True
+            for key, part in zip(keys, parts):
+                self._residuals[key] = part
 
     def release(self) -> None:
         """Drop the tensors (embedding, residuals); what the run did stays readable."""
-        self._previous = None
-        self._residuals = {}
+        with self._lock:
+            self._previous = None
+            self._residuals = {}
 
     def call(self, step: int, keys: Sequence[Hashable]) -> "CacheCall":
         return CacheCall(self, step, tuple(keys))
@@ -206,12 +217,16 @@ class TeaCachePatch:
     """TeaCache as a setting a host's model carries. Between :meth:`begin_run` and :meth:`end_run`
     (the host's bounds of one sampling run) :meth:`call` makes the run's :class:`TeaCache` at its
     first call, with the run's step count; outside a run every call computes and nothing is kept.
-    ``last``: the last finished run's cache, tensors dropped (``summary()``, ``skipped_steps``)."""
+    ``last``: the last finished run's cache, tensors dropped (``summary()``, ``skipped_steps``).
+    Thread-safe: :meth:`call` may come from several threads at once (``_lock`` guards ``_run``, so
+    the run has one cache and one warning); :meth:`begin_run`/:meth:`end_run` bound the run from
+    the host's thread."""
 
     threshold: float
     coefficients: tuple[float, ...] = COGVIDEOX_5B_COEFFICIENTS
     last: Optional[TeaCache] = None
     _run: Optional[dict] = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if not self.threshold > 0:
@@ -222,11 +237,13 @@ class TeaCachePatch:
         return self
 
     def begin_run(self) -> None:
-        self._run = {"cache": None}
+        with self._lock:
+            self._run = {"cache": None}
 
     def end_run(self) -> None:
-        cache = self._run.get("cache") if self._run is not None else None
-        self._run = None
+        with self._lock:
+            run, self._run = self._run, None
+        cache = run.get("cache") if run is not None else None
         if cache is not None:
             cache.release()
             self.last = cache
@@ -236,6 +253,11 @@ class TeaCachePatch:
         """The cache for one call at ``position`` (step index, steps in the run; None: the host gave no
         schedule, so the step is unknown), or None (the call computes): outside a run, or without a
         schedule (named once per run)."""
+        with self._lock:
+            return self._call(position, keys)
+
+    def _call(self, position: Optional[tuple[int, int]], keys: Sequence[Hashable]) -> Optional[CacheCall]:
+        """:meth:`call`, the lock held."""
         if self._run is None:
             return None
         if position is None:

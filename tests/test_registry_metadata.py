@@ -93,3 +93,52 @@ def test_every_workflow_has_a_small_jpeg_thumbnail_beside_it(path):
     assert thumbnail.stat().st_size < THUMBNAIL_BYTES, f"{thumbnail.name}: {thumbnail.stat().st_size} bytes"
     with Image.open(thumbnail) as image:
         assert image.format == "JPEG" and image.width >= 400 and image.height >= 200, (image.format, image.size)
+
+
+# -- what the Comfy Registry reads from [tool.comfy] and the classifiers -----------------------------------
+#: comfy-cli's rules (comfy_cli/registry/config_parser.py): a field that breaks them is dropped with a
+#: "Warning: Invalid ..." line, and `comfy node validate` still exits 0; so both are checked here.
+REGISTRY_VERSION = re.compile(r"^(?:(==|>=|<=|!=|~=|>|<|<>|=)\s*)?(\d+\.\d+\.\d+(?:-[a-zA-Z0-9]+)?)?$")
+REGISTRY_ACCELERATORS = {"GPU :: NVIDIA CUDA", "GPU :: AMD ROCm", "GPU :: Intel Arc", "NPU :: Huawei Ascend",
+                         "GPU :: Apple Metal"}
+REGISTRY_OS = ("Microsoft", "POSIX", "MacOS", "OS Independent")
+OLDEST_COMFYUI = "0.3.64"  # the oldest ComfyUI the pack is tested on (DEVELOPERS.md: 0.3.64 and 0.33.0)
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads(registry_metadata.PYPROJECT.read_text(encoding="utf-8"))
+
+
+def test_registry_fields_follow_the_registry_rules():
+    data = _pyproject()
+    requires = data["tool"]["comfy"]["requires-comfyui"]
+    assert requires == f">={OLDEST_COMFYUI}"
+    assert all(REGISTRY_VERSION.match(part.strip()) for part in requires.split(","))
+    classifiers = data["project"]["classifiers"]
+    accelerators = [c[len("Environment :: "):] for c in classifiers if c.startswith("Environment ::")]
+    assert accelerators == ["GPU :: NVIDIA CUDA"] and set(accelerators) <= REGISTRY_ACCELERATORS
+    systems = [c[len("Operating System :: "):] for c in classifiers if c.startswith("Operating System :: ")]
+    assert systems and all(s.startswith(REGISTRY_OS) for s in systems)
+
+
+def _comfy_cli() -> str | None:
+    """comfy-cli's ``comfy``: ``COMFY_CLI`` (what .ci/run installs in a venv of its own: its 340 MB of
+    dependencies, ffmpeg and telemetry clients among them, stay out of the test requirements), else PATH."""
+    import os
+    import shutil
+
+    return os.environ.get("COMFY_CLI") or shutil.which("comfy")
+
+
+@pytest.mark.skipif(_comfy_cli() is None, reason="comfy-cli not installed (set COMFY_CLI; .ci/run does); "
+                                                  "test_registry_fields_follow_the_registry_rules checks its rules")
+def test_comfy_node_validate_passes(tmp_path):
+    import subprocess
+
+    result = subprocess.run([_comfy_cli(), "--skip-prompt", "--no-enable-telemetry", "node", "validate"],
+                            cwd=harness.REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "All validation checks passed" in output and "Warning" not in output, output

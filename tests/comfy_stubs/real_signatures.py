@@ -19,7 +19,8 @@ HOST_FUNCTIONS = {
         "text_encoder_dtype", "vae_dtype", "should_use_fp16", "should_use_bf16", "supports_dtype",
         "supports_fp8_compute", "load_models_gpu", "free_memory", "unload_all_models", "loaded_models",
         "get_free_memory", "minimum_inference_memory", "extra_reserved_memory", "module_size", "cast_to",
-        "throw_exception_if_processing_interrupted", "cast_to_device", "dtype_size"],
+        "throw_exception_if_processing_interrupted", "cast_to_device", "dtype_size", "get_all_torch_devices",
+        "set_torch_device"],
     "comfy.model_patcher": [
         "ModelPatcher.__init__", "ModelPatcher.model_size", "ModelPatcher.loaded_size", "ModelPatcher.load",
         "ModelPatcher.partially_load", "ModelPatcher.partially_unload", "ModelPatcher.detach",
@@ -27,7 +28,9 @@ HOST_FUNCTIONS = {
         "ModelPatcher.add_wrapper_with_key", "ModelPatcher.remove_wrappers_with_key", "ModelPatcher.get_wrappers",
         "ModelPatcher.get_all_wrappers", "ModelPatcher.set_additional_models", "ModelPatcher.pre_run",
         "ModelPatcher.cleanup", "ModelPatcher.is_dynamic", "ModelPatcher.get_free_memory",
-        "ModelPatcher.add_patches", "ModelPatcher.patch_weight_to_device", "CoreModelPatcher.__init__"],
+        "ModelPatcher.add_patches", "ModelPatcher.patch_weight_to_device", "CoreModelPatcher.__init__",
+        "ModelPatcher.deepclone_multigpu", "ModelPatcher.get_additional_models_with_key",
+        "ModelPatcher.remove_additional_models"],
     "comfy.model_base": [
         "model_sampling", "convert_tensor", "BaseModel.__init__", "BaseModel.apply_model", "BaseModel._apply_model",
         "BaseModel.get_dtype", "BaseModel.get_dtype_inference", "BaseModel.concat_cond", "BaseModel.extra_conds",
@@ -69,7 +72,8 @@ HOST_FUNCTIONS.update({
         "CFGGuider.inner_sample", "CFGGuider.outer_sample", "CFGGuider.sample", "sample", "KSampler.__init__",
         "KSampler.sample"],
     "comfy.sample": ["prepare_noise", "sample", "sample_custom"],
-    "comfy.sampler_helpers": ["convert_cond", "prepare_sampling", "cleanup_models", "prepare_model_patcher"],
+    "comfy.sampler_helpers": ["convert_cond", "prepare_sampling", "cleanup_models", "prepare_model_patcher",
+                              "prepare_model_patcher_multigpu_clones"],
     "comfy.k_diffusion.sampling": ["to_d", "default_noise_sampler", "sample_euler"],
 })
 HOST_FUNCTIONS["comfy.model_patcher"] = HOST_FUNCTIONS["comfy.model_patcher"] + [
@@ -90,7 +94,12 @@ def signatures(io, ui) -> dict:
 # present in ComfyUI 0.33.0, absent in 0.3.64 (the pack never needs them there): checked where they exist
 NEWER_ONLY = {"comfy.model_patcher:ModelPatcher.is_dynamic", "comfy.model_patcher:ModelPatcher.get_free_memory",
               "comfy.model_patcher:CoreModelPatcher.__init__", "comfy.model_base:BaseModel.get_dtype_inference",
-              "comfy.utils:deepcopy_list_dict"}  # 0.3.64's clone deep-copies model_options with copy.deepcopy
+              "comfy.utils:deepcopy_list_dict",  # and MultiGPU CFG Split (0.33; comfy.multigpu is not listed)
+              "comfy.model_management:get_all_torch_devices", "comfy.model_management:set_torch_device",
+              "comfy.model_patcher:ModelPatcher.deepclone_multigpu",
+              "comfy.model_patcher:ModelPatcher.get_additional_models_with_key",
+              "comfy.model_patcher:ModelPatcher.remove_additional_models",
+              "comfy.sampler_helpers:prepare_model_patcher_multigpu_clones"}  # 0.3.64's clone deep-copies model_options with copy.deepcopy
 
 
 def host_signatures() -> dict:

@@ -112,6 +112,20 @@ def get_torch_device() -> torch.device:
     return torch.device("cpu") if cpu_state == CPUState.CPU else torch.device("meta")
 
 
+#: MultiGPU stand-in: devices beside get_torch_device() (e.g. torch.device("cpu", 0): a distinct dict key
+#: whose tensors live on the CPU), listed by get_all_torch_devices as 0.33.0 lists a machine's GPUs.
+extra_torch_devices: list = []
+
+
+def get_all_torch_devices(exclude_current=False) -> list:
+    devices = [get_torch_device(), *extra_torch_devices]
+    return devices[1:] if exclude_current else devices
+
+
+def set_torch_device(device) -> None:  # 0.33.0: the thread's CUDA device; nothing to do on the stand-in's
+    return None
+
+
 def is_device_cpu(device) -> bool:
     return getattr(device, "type", None) == "cpu"
 

@@ -81,6 +81,8 @@ class ModelPatcher:
         self.attachments: dict = {}
         self.object_patches: dict = {}
         self.object_patches_backup: dict = {}
+        self.is_multigpu_base_clone = False
+        self.cached_patcher_init = None  # 0.33.0: (factory, args) a loader registers for deepclone_multigpu
         for name, default in (("model_loaded_weight_memory", 0), ("lowvram_patch_counter", 0),
                               ("model_lowvram", False), ("current_weight_patches_uuid", None)):
             if not hasattr(self.model, name):
@@ -101,6 +103,8 @@ class ModelPatcher:
         n.additional_models = {k: [m.clone() for m in c] for k, c in self.additional_models.items()}
         n.callbacks = {k: {k1: c1.copy() for k1, c1 in c.items()} for k, c in self.callbacks.items()}
         n.wrappers = {k: {k1: w1.copy() for k1, w1 in w.items()} for k, w in self.wrappers.items()}
+        n.cached_patcher_init = self.cached_patcher_init
+        n.is_multigpu_base_clone = self.is_multigpu_base_clone
         return n
 
     def is_dynamic(self) -> bool:
@@ -137,6 +141,28 @@ class ModelPatcher:
 
     def set_additional_models(self, key: str, models: list):
         self.additional_models[key] = models
+
+    def get_additional_models_with_key(self, key: str) -> list:
+        return self.additional_models.get(key, [])[:]
+
+    def remove_additional_models(self, key: str):
+        self.additional_models.pop(key, None)
+
+    def deepclone_multigpu(self, new_load_device=None, models_cache=None):
+        """0.33.0: a clone owning a freshly loaded model from the loader's ``cached_patcher_init``
+        (model options, wrappers and patches copied as by ``clone``), on ``new_load_device``."""
+        if self.cached_patcher_init is None:
+            raise RuntimeError(f"Cannot create multigpu deepclone of {self.model.__class__.__name__}: the loader "
+                               "that produced this model does not support multigpu (cached_patcher_init is not "
+                               "initialized).")
+        fresh = self.cached_patcher_init[0](*self.cached_patcher_init[1])
+        n = self.clone()
+        n.model = fresh.model
+        n.object_patches_backup = {}
+        if new_load_device is not None:
+            n.load_device = new_load_device
+        n.remove_additional_models("multigpu")
+        return n
 
     def get_additional_models(self) -> list:
         return [m for ms in self.additional_models.values() for m in ms]

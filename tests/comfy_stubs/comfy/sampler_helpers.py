@@ -1,6 +1,6 @@
 """Stand-in for ``comfy.sampler_helpers``: conditioning conversion, model loading before sampling
 (``load_models_gpu`` with the memory estimate of a cond+uncond batch) and the patcher's wrappers
-merged into ``transformer_options`` (``prepare_model_patcher``). No hooks, no multi-GPU."""
+merged into ``transformer_options`` (``prepare_model_patcher``). No hooks; MultiGPU clones as in 0.33.0 (``prepare_model_patcher_multigpu_clones``)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,15 @@ def _prepare_sampling(model, noise_shape, conds, model_options=None):
     comfy.model_management.load_models_gpu([model] + models, memory_required=memory_required,
                                            minimum_memory_required=minimum_memory_required)
     return model.model, conds, models
+
+
+def prepare_model_patcher_multigpu_clones(model_patcher, loaded_models: list, model_options: dict):
+    """0.33.0: the loaded MultiGPU clones, and ``model_options["multigpu_clones"]`` {device: patcher}."""
+    multigpu_patchers = [x for x in loaded_models if getattr(x, "is_multigpu_base_clone", False)]
+    if multigpu_patchers:
+        model_options["multigpu_clones"] = {model_patcher.load_device: model_patcher,
+                                            **{x.load_device: x for x in multigpu_patchers}}
+    return multigpu_patchers
 
 
 def cleanup_models(conds, models):

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+import comfy.multigpu
 import comfy.patcher_extension
 import comfy.sampler_helpers
 from comfy.k_diffusion import sampling as k_diffusion_sampling
@@ -83,6 +84,8 @@ def _batches(to_run, model, x_in):
 
 
 def _calc_cond_batch(model, conds, x_in, timestep, model_options):
+    if "multigpu_clones" in model_options:  # 0.33.0: MultiGPU CFG Split (the stand-in: comfy/multigpu.py)
+        return comfy.multigpu._calc_cond_batch_multigpu(model, conds, x_in, timestep, model_options)
     out_conds = [torch.zeros_like(x_in) for _ in conds]
     out_counts = [torch.ones_like(x_in) * 1e-37 for _ in conds]
     to_run = []
@@ -299,15 +302,27 @@ class CFGGuider:
         self.inner_model, self.conds, self.loaded_models = comfy.sampler_helpers.prepare_sampling(
             self.model_patcher, noise.shape, self.conds, self.model_options)
         device = self.model_patcher.load_device
+        clones = comfy.sampler_helpers.prepare_model_patcher_multigpu_clones(self.model_patcher, self.loaded_models,
+                                                                             self.model_options)
+        if clones:  # 0.33.0: one pool thread per device, the main one too
+            self.model_options["multigpu_thread_pool"] = comfy.multigpu.MultiGPUThreadPool(
+                [device] + [p.load_device for p in clones])
         try:
             noise = noise.to(device=device, dtype=torch.float32)
             latent_image = latent_image.to(device=device, dtype=torch.float32)
             sigmas = sigmas.to(device)
             self.model_patcher.pre_run()
+            for clone in clones:
+                clone.pre_run()
             output = self.inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback,
                                        disable_pbar, seed)
         finally:
+            pool = self.model_options.pop("multigpu_thread_pool", None)
+            if pool is not None:
+                pool.shutdown()
             self.model_patcher.cleanup()
+            for clone in clones:
+                clone.cleanup()
         comfy.sampler_helpers.cleanup_models(self.conds, self.loaded_models)
         del self.inner_model
         del self.loaded_models
