@@ -273,11 +273,11 @@ def transformer_of(model) -> Any:
     return inner.diffusion_model
 
 
-def _outer_sample(executor, *args, **kwargs):
-    """Bounds one sampling run: the ID patch prepares its keys/values once and drops them after."""
-    guider = executor.class_obj
-    options = getattr(guider, "model_options", {}).get("transformer_options", {})
-    patch = options.get(IDS_KEY)
+def _run_bounds(key: str, executor, *args, **kwargs):
+    """An OUTER_SAMPLE wrapper bounding one sampling run for the patch under ``transformer_options[key]``
+    (the ID patch: its keys/values made once, dropped after; TeaCache: a fresh cache for the run)."""
+    options = getattr(executor.class_obj, "model_options", {}).get("transformer_options", {})
+    patch = options.get(key)
     if patch is None:
         return executor(*args, **kwargs)
     patch.begin_run()
@@ -285,6 +285,9 @@ def _outer_sample(executor, *args, **kwargs):
         return executor(*args, **kwargs)
     finally:
         patch.end_run()
+
+
+_outer_sample = functools.partial(_run_bounds, IDS_KEY)
 
 
 def apply_ids(model, patch):
@@ -450,7 +453,7 @@ def with_teacache(model, threshold: float):
     if threshold > 0:
         options[TEACACHE_KEY] = TeaCachePatch(float(threshold))
         clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, TEACACHE_KEY,
-                                   _teacache_outer_sample)
+                                   functools.partial(_run_bounds, TEACACHE_KEY))
     return clone
 
 
@@ -459,19 +462,6 @@ def teacache_report(model):
     ``skipped``, ``evaluations``: counted per step), or None: no TeaCache on it, or not sampled yet."""
     patch = model.model_options.get("transformer_options", {}).get(TEACACHE_KEY)
     return None if patch is None else patch.last
-
-
-def _teacache_outer_sample(executor, *args, **kwargs):
-    """Bounds one sampling run: a fresh cache for the run, its tensors dropped after it."""
-    options = getattr(executor.class_obj, "model_options", {}).get("transformer_options", {})
-    patch = options.get(TEACACHE_KEY)
-    if patch is None:
-        return executor(*args, **kwargs)
-    patch.begin_run()
-    try:
-        return executor(*args, **kwargs)
-    finally:
-        patch.end_run()
 
 
 def _teacache_call(model: IngredientsBaseModel, options: dict, timestep: torch.Tensor, order):
