@@ -81,6 +81,14 @@ def canvas_for_call(concat, transformer_options: dict, call_frames: int):
     return window_canvas(concat, window[0])
 
 
+def window_length(model_options: dict) -> Optional[int]:
+    """The latent frames of a window when the MODEL samples in windows along the frames, else None."""
+    handler = model_options.get("context_handler")
+    if handler is None or getattr(handler, "dim", None) != FRAME_DIM:
+        return None
+    return getattr(handler, "context_length", None)
+
+
 # -- before sampling -----------------------------------------------------------------------------
 def check_run(config, noise_shape, model_options: dict) -> None:
     """Refuse what the checkpoint cannot sample: a latent of another size without windows, or
