@@ -109,13 +109,17 @@ class StepRecorder:
                 self._step = step
             self.recorder.grid = grid
 
-    def offer(self, layer: int, weights: torch.Tensor, priority: int) -> None:
-        """``weights`` (1, N, P): the row this call offers for ``layer``."""
+    def offer(self, layer: int, weights: torch.Tensor, priority: int,
+              frames: Optional[Sequence[int]] = None) -> None:
+        """``weights`` (1, N, P): the row this call offers for ``layer``; ``frames``: the video's latent
+        frames the call holds (a host's context window; None: the whole video). Each window of a step
+        is kept; they are put together into the whole video's map when the step is committed."""
+        key = (layer, None if frames is None else tuple(frames))
         weights = weights.detach()
         with self._lock:
-            held = self._pending.get(layer)
+            held = self._pending.get(key)
             if held is None or priority >= held[0]:
-                self._pending[layer] = (priority, weights)
+                self._pending[key] = (priority, weights)
 
     def finish(self) -> None:
         with self._lock:
@@ -131,13 +135,37 @@ class StepRecorder:
         self._step, self._pending = None, {}
 
     def _commit(self) -> None:
-        """Adds the pending row of every layer (the caller holds the lock)."""
-        for layer, (_, weights) in sorted(self._pending.items()):
+        """Adds the pending rows of every layer, windows put together into the whole video (the caller
+        holds the lock); a row offered on another device (the calls of a split on two devices) joins
+        the device of its layer's running total."""
+        layers: dict[int, list] = {}
+        for (layer, frames), (_, weights) in self._pending.items():
             held = self.recorder.total.get(layer)
-            if held is not None and held.device != weights.device:  # calls of a split on two devices
+            if held is not None and held.device != weights.device:
                 weights = weights.to(held.device)
-            self.recorder.add(layer, weights)
+            layers.setdefault(layer, []).append((frames, weights))
+        for layer in sorted(layers):
+            self.recorder.add(layer, _whole_video(layers[layer], self.recorder.grid[0]))
         self._pending = {}
+
+
+def _whole_video(offers: list, video_frames: int) -> torch.Tensor:
+    """One step's offers of a layer -> (1, N, P) over the whole video: a whole-video offer as it is;
+    windows placed at their frames, frames shared by several windows averaged (as the host fuses
+    its windows' outputs, with equal weights)."""
+    whole = [w for frames, w in offers if frames is None]
+    if whole:
+        return whole[-1]
+    first = offers[0][1]
+    per_frame_tokens = first.shape[1] // len(offers[0][0])
+    total = first.new_zeros((1, video_frames, per_frame_tokens, first.shape[-1]), dtype=torch.float32)
+    count = torch.zeros(video_frames, dtype=torch.float32, device=first.device)
+    for frames, weights in offers:
+        index = torch.tensor(frames, device=first.device)
+        total.index_add_(1, index, weights.to(first.device).float().view(1, len(frames), per_frame_tokens, -1))
+        count.index_add_(0, index, torch.ones(len(frames), device=first.device))
+    total = total / count.clamp(min=1).view(1, -1, 1, 1)
+    return total.flatten(1, 2).to(first.dtype)
 
 
 @dataclasses.dataclass
@@ -147,9 +175,10 @@ class _CallRecorder:
     target: StepRecorder
     row: int
     priority: int
+    frames: Optional[list[int]] = None  # the video's latent frames of this call (a context window)
 
     def add(self, layer: int, weights: torch.Tensor) -> None:
-        self.target.offer(layer, weights[self.row:self.row + 1], self.priority)
+        self.target.offer(layer, weights[self.row:self.row + 1], self.priority, self.frames)
 
 
 def _record_row(mode: str, chunks: list[int], batch: int) -> tuple[int, int]:
@@ -251,11 +280,18 @@ class IDPatch:
 
     # -- per call ----------------------------------------------------------------------------------
     def step_inputs(self, transformer, latent_shape: Sequence[int], device: torch.device, dtype: torch.dtype,
-                    position: tuple[int, int], chunks: Sequence[int]):
-        """(IDState, StepRouting, row order or None) for one call on latents (B, F, C, H, W)."""
+                    position: tuple[int, int], chunks: Sequence[int],
+                    window: Optional[tuple[Sequence[int], int]] = None):
+        """(IDState, StepRouting, row order or None) for one call on latents (B, F, C, H, W).
+
+        ``window``: (the video's latent frames this call holds, the video's latent frame count) when
+        the host samples the video in windows (ComfyUI's context windows): the routing plan is the
+        whole video's, its masks taken at the window's frames; None: the call holds the whole video."""
         config = transformer.config
         batch, frames, _, height, width = latent_shape
-        grid = (frames, height // config.patch_size, width // config.patch_size)
+        rows, cols = height // config.patch_size, width // config.patch_size
+        video_frames = frames if window is None else int(window[1])
+        grid = (video_frames, rows, cols)
         ids = self._cached(("ids", device, dtype), lambda: transformer.prepare_ids(self.tokens, device, dtype))
         plan = self._cached(("plan", grid, device), lambda: RoutingPlan(
             self.options, self.num_ids, grid, config.local_face_scale, device))
@@ -265,9 +301,10 @@ class IDPatch:
         if order is not None:
             first = chunks.index(UNCOND)
             chunks = [chunks[first]] + chunks[:first] + chunks[first + 1:]
-        routing: StepRouting = plan.step(*position)
+        window_frames = None if window is None else [int(f) for f in window[0]]
+        routing: StepRouting = plan.step(*position, frames=window_frames)
         if self.recorder is not None:
             self.recorder.at_step(position[0], grid)
             row, priority = _record_row(self.options.mode, chunks, batch)
-            routing = dataclasses.replace(routing, recorder=_CallRecorder(self.recorder, row, priority))
+            routing = dataclasses.replace(routing, recorder=_CallRecorder(self.recorder, row, priority, window_frames))
         return ids, routing, order

@@ -162,6 +162,7 @@ class RoutingPlan:
         self.device = device
         self.strengths = torch.tensor(list(options.strengths or [1.0] * num_ids), dtype=torch.float32)
         self.token_masks = self._token_masks(device)
+        self._windows: dict[tuple[int, ...], torch.Tensor] = {}  # token masks per host context window
         self.recorder = recorder
         if recorder is not None:
             recorder.grid = grid
@@ -174,8 +175,9 @@ class RoutingPlan:
                    for i, m in enumerate(masks)]
         return torch.stack(columns, dim=-1).flatten(0, 2).to(device)  # (N, P)
 
-    def step(self, index: int, total: int) -> StepRouting:
-        """The routing of step ``index`` (0-based) of ``total``."""
+    def step(self, index: int, total: int, frames: Optional[Sequence[int]] = None) -> StepRouting:
+        """The routing of step ``index`` (0-based) of ``total``; ``frames``: the latent frames of the
+        plan's grid a call holds (a host's context window), in the call's order (all when None)."""
         active = self.strengths.clone()
         if self.options.step_ranges is not None:
             frac = index / max(total, 1)
@@ -183,13 +185,29 @@ class RoutingPlan:
                 if not start <= frac < end and not (end >= 1.0 and frac >= start):
                     active[i] = 0.0
         bias = hard = None
-        if self.token_masks is not None:
+        masks = self.token_masks if frames is None else self._window_masks(tuple(frames))
+        if masks is not None:
             if self.options.mask_mode == "soft":
-                bias = self.options.mask_strength * self.token_masks
+                bias = self.options.mask_strength * masks
             else:
-                hard = _hard_assignment(self.token_masks)
+                hard = _hard_assignment(masks)
         on = tuple(bool(a > 0) for a in active)
         return StepRouting(self.options.mode, self.scale, active.to(self.device), bias, hard, self.recorder, on)
+
+
+    def _window_masks(self, frames: tuple[int, ...]) -> Optional[torch.Tensor]:
+        """The token masks (N, P) of ``frames`` of the grid (cached per window)."""
+        if self.token_masks is None:
+            return None
+        cache = self._windows
+        if frames not in cache:
+            if not all(0 <= f < self.grid[0] for f in frames):
+                raise RoutingError(f"a window's latent frames {list(frames)} lie outside the video's "
+                                   f"{self.grid[0]} latent frames")
+            per_frame = self.token_masks.view(self.grid[0], -1, self.token_masks.shape[-1])
+            index = torch.tensor(frames, device=per_frame.device)
+            cache[frames] = per_frame.index_select(0, index).flatten(0, 1)
+        return cache[frames]
 
 
 def _hard_assignment(token_masks: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from .identity import IdentityCheck
 from .image_to_video import ImageToVideo
 from .ids import ProjectIDs, RouteIDs
 from .loaders import FaceEncoderLoader, ModelLoader, T5Loader, VAELoader
+from .long_video import LongVideo
 from .lora import LoraLoader
 from .native_samplers import DynamicCFG, OfficialSampler, OfficialScheduler, TeaCache
 from .routing_maps import RoutingMaps
@@ -48,6 +49,7 @@ NODES: list[type[io.ComfyNode]] = [
     ImageToVideo,
     DecodeLatent,
     TeaCache,
+    LongVideo,
 ]
 
 

@@ -30,12 +30,24 @@ ENCODINGS = ["mean", "official"]
 LATENT_CHANNELS = 16
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 MAX_BATCH = 64
+MAX_LONG_FRAMES = 1025  # 4k + 1, as Ingredients Long Video's frames
 
 
 def _check_size(width: int, height: int, frames: int) -> None:
     from ..ingredients_core.pipeline import GenerationSettings
 
     GenerationSettings(height=height, width=width, frames=frames).validate()  # names the input at fault
+
+
+def video_frames(frames: int, long_frames: int) -> int:
+    """The video's frames: ``long_frames`` when set (a long video sampled in windows), else ``frames``."""
+    if not long_frames:
+        return frames
+    if long_frames < 1 or (long_frames - 1) % 4:
+        low = long_frames - (long_frames - 1) % 4
+        raise ValueError(f"long_frames: {long_frames} is not 4k+1 (the VAE makes 1 + 4 frames per latent frame); take "
+                         f"{low if low >= 1 else 1} or {low + 4}, or 0 to use frames.")
+    return long_frames
 
 
 def _check_conditioning(value, name: str) -> None:
@@ -126,6 +138,11 @@ class ImageToVideo(io.ComfyNode):
                              tooltip=("With encoding official: the seed of the canvas latent sample (the pack's "
                                       "sampler with this seed draws the same one); stays as set (KSampler's seed "
                                       "makes the noise). Ignored with mean.")),
+                io.Int.Input("long_frames", default=0, min=0, max=MAX_LONG_FRAMES, optional=True,
+                             tooltip=("Frames of a long video, 4k+1 beyond the checkpoint's own (97, 145, 193, "
+                                      "...): 0 = use frames. Needs the MODEL sampled in windows (Ingredients Long "
+                                      "Video, whose frames output connects here); without them KSampler refuses it "
+                                      "and says so.")),
             ],
             outputs=[
                 io.Conditioning.Output("positive_with_image", display_name="positive",
@@ -141,10 +158,12 @@ class ImageToVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, ids: IngredientsIDs, width: int, height: int, frames: int, batch_size: int,
-                encoding: str, canvas_seed: int, vae: IngredientsVAE | None = None, comfy_vae=None) -> io.NodeOutput:
+                encoding: str, canvas_seed: int, vae: IngredientsVAE | None = None, comfy_vae=None,
+                long_frames: int = 0) -> io.NodeOutput:
         from ..ingredients_core.faces import make_canvas
         from ..ingredients_core.vae import latent_frame_count
 
+        frames = video_frames(frames, long_frames)
         _check_size(width, height, frames)
         _check_conditioning(positive, "positive")
         _check_conditioning(negative, "negative")

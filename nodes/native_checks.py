@@ -39,9 +39,10 @@ BlockReplace = Callable  # (video, text, emb, rotary, original(video, text)) -> 
 
 
 # -- the latent ----------------------------------------------------------------------------------
-def check_size(config, noise_shape, window_frames: Optional[int] = None) -> None:
+def check_size(config, noise_shape, window_frames: Optional[int] = None, schedule: Optional[str] = None) -> None:
     """Refuse a latent (B, 16, F, H, W) whose size the checkpoint's learned positions do not cover
-    (``window_frames``: the frames of a context window when ComfyUI samples the video in windows)."""
+    (``window_frames``: the frames of a context window when ComfyUI samples the video in windows,
+    ``schedule`` the handler's schedule that made it; ``native_windows.check_run`` decides)."""
     from ..ingredients_core.settings import GenerationSettings, SettingsError
 
     frames, height, width = window_frames or noise_shape[2], noise_shape[3], noise_shape[4]
@@ -50,20 +51,20 @@ def check_size(config, noise_shape, window_frames: Optional[int] = None) -> None
         settings.check_model(config)
     except SettingsError as error:
         w, h, f = config.sample_width * 8, config.sample_height * 8, config.sample_frames
-        window = f" (a context window of {window_frames} latent frames)" if window_frames else ""
+        if window_frames:
+            raise ValueError(
+                f"{MODEL_NAME}: a context window of {window_frames} latent frames ({settings.frames} frames"
+                f"{', schedule ' + schedule if schedule else ''}) at {width * 8} x {height * 8}; this checkpoint takes "
+                f"windows of exactly {(f - 1) // 4 + 1} latent frames ({f} frames) at {w} x {h}: {error} Use "
+                f"Ingredients Long Video, or Context Windows (Manual) with context_length {(f - 1) // 4 + 1}, dim 2 "
+                "and the standard_static schedule (batched leaves a shorter last window).") from error
+        longer = (f" For more than {f} frames, put Ingredients Long Video on the MODEL (windows of {f} frames)."
+                  if settings.frames > f and (width * 8, height * 8) == (w, h) else "")
         raise ValueError(
             f"{MODEL_NAME}: the latent is {width * 8} x {height * 8} x {settings.frames} frames (width x height x "
-            f"frames){window}; this checkpoint takes {w} x {h} x {f} only: {error} Set width {w}, height {h}, "
-            f"frames {f} on Ingredients Image to Video (or on the node that made the empty latent).") from error
-
-
-def window_frames(model_options: dict) -> Optional[int]:
-    """The latent frames of one context window when ComfyUI samples in windows along the frames
-    (*Context Windows (Manual)*: ``model_options["context_handler"]``, dim 2 of (B, C, F, H, W))."""
-    handler = model_options.get("context_handler")
-    if handler is not None and getattr(handler, "dim", None) == 2:
-        return getattr(handler, "context_length", None)
-    return None
+            f"frames); this checkpoint takes {w} x {h} x {f} only: {error} Set width {w}, height {h}, "
+            f"frames {f} on Ingredients Image to Video (or on the node that made the empty latent).{longer}"
+        ) from error
 
 
 def no_canvas_error(prompt_type: Optional[str]) -> ValueError:

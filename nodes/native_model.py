@@ -39,7 +39,7 @@ import comfy.supported_models_base
 import torch
 
 from ..ingredients_core.settings import FF_CHUNK  # the feed-forward chunk the pack's sampler runs with
-from . import host, native_checks
+from . import host, native_checks, native_windows
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         sigma = t
         xc = self.model_sampling.calculate_input(_wide(sigma), _wide(x))        # x_t, (B, 16, F, H, W)
         if c_concat is not None:                                                # + image latent: (B, 32, F, H, W)
+            c_concat = native_windows.canvas_for_call(c_concat, transformer_options, x.shape[2])  # 0.3.64's windows
             xc = torch.cat([xc, comfy.model_management.cast_to_device(c_concat, xc.device, xc.dtype)], dim=1)
         dtype = self.get_dtype_inference()
         xc = xc.to(dtype)
@@ -189,8 +190,17 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         patcher = getattr(self, "current_patcher", None)
         options = getattr(patcher, "model_options", None) or {}
         native_checks.check_model_sampling(self.model_sampling)
-        native_checks.check_size(self.diffusion_model.config, noise_shape, native_checks.window_frames(options))
+        native_windows.check_run(self.diffusion_model.config, noise_shape, options)
         native_checks.check_model_options(options, len(self.diffusion_model.transformer_blocks))
+
+    def resize_cond_for_context_window(self, cond_key, cond_value, window, x_in, device, retain_index_list=[]):
+        """ComfyUI 0.33's cut of a cond for a context window: the canvas latent (``c_concat``) keeps the
+        video's frame 0 in the window's first frame (``native_windows.window_canvas``); other conds take
+        ComfyUI's default (None)."""
+        cond = getattr(cond_value, "cond", None)
+        if cond_key != "c_concat" or not isinstance(cond, torch.Tensor) or cond.shape[2] != x_in.shape[2]:
+            return None
+        return cond_value._copy_with(native_windows.window_canvas(cond, native_windows.window_frames(window)).to(device))
 
     def _text_tokens(self, text: torch.Tensor) -> torch.Tensor:
         """The prompt's T5 tokens (B, 226, D) as the model reads them (its learned positions cover
@@ -231,7 +241,8 @@ def _step_inputs(model: IngredientsBaseModel, patch, hidden: torch.Tensor, optio
 
     try:
         return patch.step_inputs(model.diffusion_model, hidden.shape, hidden.device, hidden.dtype,
-                                 _position(model, options, timestep), options.get("cond_or_uncond") or [])
+                                 _position(model, options, timestep), options.get("cond_or_uncond") or [],
+                                 window=native_windows.call_window(options, hidden.shape[1]))
     except RoutingError as error:
         raise ValueError(f"Ingredients Apply IDs: {error} (mask_N of Ingredients Route IDs; the latent has "
                          f"{hidden.shape[1]} frames)") from error
@@ -477,3 +488,29 @@ def _teacache_call(model: IngredientsBaseModel, options: dict, timestep: torch.T
     keys = chunk_keys(timestep.shape[0], options.get("cond_or_uncond") or [], options.get("uuids") or [], order,
                       None if window is None else tuple(getattr(window, "index_list", ())))
     return patch.call(position, keys)
+
+
+# -- 9. Context windows: long videos (Ingredients Long Video) -------------------------------------
+def with_context_windows(model, window: int, overlap: int, fuse_method: str):
+    """A clone of the MODEL that ComfyUI samples in windows of ``window`` latent frames along the
+    frames (``standard_static``, ``overlap`` latent frames shared, outputs fused by ``fuse_method``),
+    memory budgeted per window; ``causal_window_fix`` off where the handler has it (0.33). The canvas
+    reaches every window through the model (``resize_cond_for_context_window``, or on 0.3.64 the
+    model's own cut in ``_apply_model``)."""
+    import inspect
+
+    import comfy.context_windows as windows
+
+    transformer_of(model)
+    settings = dict(context_schedule=windows.get_matching_context_schedule(windows.ContextSchedules.STATIC_STANDARD),
+                    fuse_method=windows.get_matching_fuse_method(fuse_method), context_length=window,
+                    context_overlap=overlap, context_stride=1, closed_loop=False, dim=native_windows.FRAME_DIM)
+    if "causal_window_fix" in inspect.signature(windows.IndexListContextHandler).parameters:
+        settings["causal_window_fix"] = False
+    clone = model.clone()
+    if clone.model_options.get("context_handler") is not None:
+        logger.info("Ingredients Long Video: the MODEL's earlier context windows are replaced")
+    clone.model_options["context_handler"] = windows.IndexListContextHandler(**settings)
+    windows.create_prepare_sampling_wrapper(clone)
+    return clone
+

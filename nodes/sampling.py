@@ -12,7 +12,7 @@ import logging
 import torch
 from comfy_api.latest import io, ui
 
-from . import host, native_model
+from . import host, native_model, native_windows
 from .apply_ids import put_ids, routing_payload
 from .payloads import (
     IngredientsLatents,
@@ -28,6 +28,7 @@ from .payloads import (
     RoutingType,
     VAEType,
 )
+from .image_to_video import MAX_LONG_FRAMES, video_frames
 from .preview import fit_rgb_factors, preview_frame
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,23 @@ def _settings(**values):
     settings = GenerationSettings(**values)
     settings.validate()
     return settings
+
+
+def _check_frames(config, settings, patched_model) -> None:
+    """The checkpoint's size, or, when ``patched_model`` samples in windows (Ingredients Long Video),
+    any length: the windows are checked against the checkpoint when sampling starts."""
+    from ..ingredients_core.settings import SettingsError
+
+    if patched_model is not None and native_windows.window_length(patched_model.model_options) is not None:
+        return
+    try:
+        settings.check_model(config)
+    except SettingsError as error:
+        if settings.frames <= config.sample_frames:
+            raise
+        raise ValueError(f"long_frames: {settings.frames} frames need the MODEL sampled in windows of the checkpoint's "
+                         f"{config.sample_frames} frames: put Ingredients Long Video on the MODEL and connect it to "
+                         f"patched_model (or set frames {config.sample_frames} and long_frames 0). {error}") from error
 
 
 def _check_prompt(prompt: IngredientsPrompt, config) -> None:
@@ -184,6 +202,10 @@ class Sampler(io.ComfyNode):
                                tooltip=("Optional: the MODEL output of the same Load Ingredients Model after MODEL "
                                         "patches (LoRA loaders, EasyCache, TorchCompileModel, ...); the Sampler "
                                         "samples it, so every patch applies. Empty: the loader's MODEL.")),
+                io.Int.Input("long_frames", default=0, min=0, max=MAX_LONG_FRAMES, optional=True,
+                             tooltip=("Frames of a long video, 4k+1 beyond the checkpoint's own (97, 145, 193, ...): "
+                                      "0 = use frames. Needs Ingredients Long Video's MODEL on patched_model (its "
+                                      "frames output connects here); without it the Sampler refuses it and says so.")),
             ],
             outputs=[LatentsType.Output("latents", display_name="latents",
                                         tooltip="The denoised video latents, for Ingredients Decode."),
@@ -195,10 +217,12 @@ class Sampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: IngredientsModel, prompt: IngredientsPrompt, routed_ids: IngredientsRoutedIDs,
                 vae: IngredientsVAE, width: int, height: int, frames: int, steps: int, cfg: float, seed: int,
-                scheduler: str, dynamic_cfg: bool, teacache: float = 0.0, patched_model=None) -> io.NodeOutput:
+                scheduler: str, dynamic_cfg: bool, teacache: float = 0.0, patched_model=None,
+                long_frames: int = 0) -> io.NodeOutput:
+        frames = video_frames(frames, long_frames)
         settings = _settings(height=height, width=width, frames=frames, steps=steps, cfg=cfg, seed=seed,
                              scheduler=scheduler, dynamic_cfg=dynamic_cfg, teacache=teacache)
-        settings.check_model(model.transformer.config)
+        _check_frames(model.transformer.config, settings, patched_model)
         _check_prompt(prompt, model.transformer.config)
         _check_masks(routed_ids, frames)
         host.check_interrupt()

@@ -215,6 +215,26 @@ def test_native_model_in_comfyuis_own_sampling(tmp_path):
     assert sample["split_vs_batched"] < 1e-4  # three euler steps at cfg 6 over float rounding of one forward
 
 
+def test_native_model_under_comfyuis_own_context_windows(tmp_path):
+    """Issue 21 on real ComfyUI (no server): a 5-latent-frame video in windows of the tiny checkpoint's 3
+    (Ingredients Long Video's handler, overlap 1): every forward gets 3 frames and the canvas latent in
+    its first frame (0.33: the model's resize_cond_for_context_window; 0.3.64: the model's own cut), a
+    window as long as the video equals the plain run, and Context Windows (Manual)'s default
+    causal_window_fix is refused with the fix named where ComfyUI has it."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run([python, str(STUBS / "real_windows_check.py"), COMFYUI, str(harness.REPO)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    windows = report["long"]["windows"]
+    assert report["long"]["shape"] == [1, 16, 5, 8, 12] and len(windows) == 6  # 3 steps x 2 windows
+    assert {tuple(w["frames"]) for w in windows} == {(0, 1, 2), (2, 3, 4)}
+    assert all(w["got"] == 3 and w["canvas_err"] == 0.0 and w["nonzero_after"] == 0 for w in windows)
+    assert report["one_window"]["equal"] and report["one_window"]["windows"] == [[0, 1, 2]]
+    fix = report["causal_fix"]
+    assert fix == "no causal_window_fix in this ComfyUI" or "Turn causal_window_fix off" in fix
+
+
 def test_clip_prompt_path_with_comfyuis_own_t5_tokenizers(tmp_path):
     """sd3 (and cogvideox where ComfyUI has it): 226 tokens, t5xxl part only, ids = official ids."""
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)

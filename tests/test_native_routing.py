@@ -67,8 +67,7 @@ def pack_run(payload, routed, inputs):
     denoise(payload.transformer, scheduler, inputs["latents"], inputs["image"], inputs["positive"], inputs["negative"],
             routed.tokens.tokens, steps=STEPS, cfg=6.0, routing=routed.routing_for(payload.routing_mode), recorder=recorder,
             callback=lambda info: starts.append(info.latents))
-    size = types.SimpleNamespace(height=64, width=96, frames=9)
-    return sampling.routing_payload(recorder, size), starts[:STEPS], [int(t) for t in scheduler.timesteps]
+    return sampling.routing_payload(recorder, 64, 96, 9), starts[:STEPS], [int(t) for t in scheduler.timesteps]
 
 
 def native_run(nodes, model, routed, inputs, starts, timesteps, split: bool):

@@ -95,7 +95,7 @@ def test_entrypoint_returns_extension_with_all_nodes(pack, nodes):
 
     extension = asyncio.run(pack.comfy_entrypoint())
     assert isinstance(extension, ComfyExtension)
-    assert len(asyncio.run(extension.get_node_list())) == len(nodes) == 25
+    assert len(asyncio.run(extension.get_node_list())) == len(nodes) == 26
 
 
 def test_every_node_documents_every_input_and_output(nodes):

@@ -105,6 +105,10 @@ class BaseModel(torch.nn.Module):
     def get_dtype_inference(self):
         return self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
 
+    def resize_cond_for_context_window(self, cond_key, cond_value, window, x_in, device, retain_index_list=[]):
+        """0.33.0: a model's own cut of a cond for a context window; None: the handler's default."""
+        return None
+
     def encode_adm(self, **kwargs):
         return None
 

@@ -52,6 +52,15 @@ def get_all_wrappers(wrapper_type: str, transformer_options: dict, is_model_opti
     return found
 
 
+def get_all_callbacks(call_type: str, transformer_options: dict, is_model_options=False) -> list:
+    if is_model_options:
+        transformer_options = transformer_options.get("transformer_options", {})
+    found = []
+    for callbacks in transformer_options.get("callbacks", {}).get(call_type, {}).values():
+        found.extend(callbacks)
+    return found
+
+
 class WrapperExecutor:
     """Calls ``wrappers[idx]`` (with this executor first) or, past the last, ``original``."""
 

@@ -12,7 +12,7 @@ ComfyUI 0.3.64 / 0.33.0 run them where a MODEL of the pack meets them.
   optimisation (no uncond pass);
 - ``KSAMPLER.sample``: ``noise_scaling`` (``max_denoise`` at the model's largest sigma), the
   sampler function, ``inverse_noise_scaling``; ``KSampler`` with the ``simple`` scheduler.
-No areas, masks, hooks, ControlNets or multi-GPU.
+No areas, masks, hooks, ControlNets or multi-GPU. Context Windows: ``comfy/context_windows.py``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ def cond_cat(c_list, device=None):
 
 
 def calc_cond_batch(model, conds, x_in, timestep, model_options):
+    """0.33.0: through the MODEL's context handler (Context Windows) when it has one and uses it."""
+    handler = model_options.get("context_handler", None)
+    if handler is None or not handler.should_use_context(model, conds, x_in, timestep, model_options):
+        return _calc_cond_batch_outer(model, conds, x_in, timestep, model_options)
+    return handler.execute(_calc_cond_batch_outer, model, conds, x_in, timestep, model_options)
+
+
+def _calc_cond_batch_outer(model, conds, x_in, timestep, model_options):
     executor = comfy.patcher_extension.WrapperExecutor.new_executor(
         _calc_cond_batch,
         comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, model_options,
