@@ -39,17 +39,6 @@ def _check_size(width: int, height: int, frames: int) -> None:
     GenerationSettings(height=height, width=width, frames=frames).validate()  # names the input at fault
 
 
-def video_frames(frames: int, long_frames: int) -> int:
-    """The video's frames: ``long_frames`` when set (a long video sampled in windows), else ``frames``."""
-    if not long_frames:
-        return frames
-    if long_frames < 1 or (long_frames - 1) % 4:
-        low = long_frames - (long_frames - 1) % 4
-        raise ValueError(f"long_frames: {long_frames} is not 4k+1 (the VAE makes 1 + 4 frames per latent frame); take "
-                         f"{low if low >= 1 else 1} or {low + 4}, or 0 to use frames.")
-    return long_frames
-
-
 def _check_conditioning(value, name: str) -> None:
     if not isinstance(value, list) or not value or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in value):
         raise ValueError(f"{name}: expected a ComfyUI CONDITIONING (from Ingredients Encode Prompt or "
@@ -126,8 +115,10 @@ class ImageToVideo(io.ComfyNode):
                              tooltip="Video width in pixels (multiple of 16). The released model needs 720."),
                 io.Int.Input("height", default=480, min=16, max=2048, step=16,
                              tooltip="Video height in pixels (multiple of 16). The released model needs 480."),
-                io.Int.Input("frames", default=49, min=1, max=49, step=4,
-                             tooltip="Number of frames, 4k+1 (1, 5, ..., 49). The released model needs 49."),
+                io.Int.Input("frames", default=49, min=1, max=MAX_LONG_FRAMES, step=4,
+                             tooltip=("Number of frames, 4k+1 (1, 5, ..., 49). The released model makes 49; more "
+                                      "(97, 145, 193, ...) with Ingredients Long Video on the MODEL (its frames "
+                                      "output connects here), else refused.")),
                 io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH,
                              tooltip="Videos per run (the same canvas each; official encoding draws one sample each)."),
                 io.Combo.Input("encoding", options=ENCODINGS, default="mean",
@@ -138,11 +129,6 @@ class ImageToVideo(io.ComfyNode):
                              tooltip=("With encoding official: the seed of the canvas latent sample (the pack's "
                                       "sampler with this seed draws the same one); stays as set (KSampler's seed "
                                       "makes the noise). Ignored with mean.")),
-                io.Int.Input("long_frames", default=0, min=0, max=MAX_LONG_FRAMES, optional=True,
-                             tooltip=("Frames of a long video, 4k+1 beyond the checkpoint's own (97, 145, 193, "
-                                      "...): 0 = use frames. Needs the MODEL sampled in windows (Ingredients Long "
-                                      "Video, whose frames output connects here); without them KSampler refuses it "
-                                      "and says so.")),
             ],
             outputs=[
                 io.Conditioning.Output("positive_with_image", display_name="positive",
@@ -158,12 +144,10 @@ class ImageToVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, ids: IngredientsIDs, width: int, height: int, frames: int, batch_size: int,
-                encoding: str, canvas_seed: int, vae: IngredientsVAE | None = None, comfy_vae=None,
-                long_frames: int = 0) -> io.NodeOutput:
+                encoding: str, canvas_seed: int, vae: IngredientsVAE | None = None, comfy_vae=None) -> io.NodeOutput:
         from ..ingredients_core.faces import make_canvas
         from ..ingredients_core.vae import latent_frame_count
 
-        frames = video_frames(frames, long_frames)
         _check_size(width, height, frames)
         _check_conditioning(positive, "positive")
         _check_conditioning(negative, "negative")

@@ -30,8 +30,8 @@ class LongVideo(io.ComfyNode):
                          "the frames and their results are blended where they overlap. Every window sees the face "
                          "canvas and the routed IDs, so each person stays themselves in every window. Put it on the "
                          "MODEL before KSampler / SamplerCustomAdvanced (or the Ingredients Sampler's patched_model), "
-                         "and set the same frames on Ingredients Image to Video's long_frames (or connect the frames "
-                         "output there). Each step costs one model run per window. Long-video quality has not been "
+                         "and connect its frames output to Ingredients Image to Video's frames (or the Sampler's). "
+                         "Each step costs one model run per window. Long-video quality has not been "
                          "measured with the released weights: judge it with Ingredients Identity Check."),
             inputs=[
                 io.Model.Input("model", tooltip="The Ingredients MODEL (after Apply IDs, LoRAs, TeaCache...): the "
@@ -39,7 +39,7 @@ class LongVideo(io.ComfyNode):
                 io.Int.Input("frames", default=97, min=1, max=MAX_FRAMES, step=4,
                              tooltip=("The long video's length in frames, 4k+1 (97 = two windows' worth of the "
                                       "official checkpoint, 193 = four). Shown with its windows below, and given "
-                                      "out as the frames output for Image to Video's long_frames.")),
+                                      "out as the frames output for Image to Video's (or the Sampler's) frames.")),
                 io.Int.Input("overlap", default=16, min=0, max=192, step=4,
                              tooltip=("Frames shared by neighbouring windows (4 per latent frame); more blends the "
                                       "windows more smoothly and costs more windows. 16 (4 of the 13 latent "
@@ -53,7 +53,7 @@ class LongVideo(io.ComfyNode):
             outputs=[io.Model.Output("MODEL", display_name="MODEL",
                                      tooltip="The MODEL sampling in context windows."),
                      io.Int.Output("video_frames", display_name="frames",
-                                   tooltip="The video's frames: connect to Ingredients Image to Video's long_frames "
+                                   tooltip="The video's frames: connect to Ingredients Image to Video's frames "
                                            "(or the Ingredients Sampler's).")],
         )
 

@@ -171,4 +171,4 @@ def describe(p: Plan) -> str:
             f"{video_frames(p.window)} frames ({p.window} latent), overlap {p.overlap * 4} frames ({p.overlap} "
             f"latent); latent frames {spans}; the canvas latent is in every window's first frame. "
             f"Each step runs the model {len(p.windows)} times. Set frames {p.frames} on Ingredients Image to Video "
-            "(long_frames) or the Ingredients Sampler (long_frames).")
+            "or the Ingredients Sampler.")

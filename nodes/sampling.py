@@ -28,7 +28,7 @@ from .payloads import (
     RoutingType,
     VAEType,
 )
-from .image_to_video import MAX_LONG_FRAMES, video_frames
+from .image_to_video import MAX_LONG_FRAMES
 from .preview import fit_rgb_factors, preview_frame
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,9 @@ def _check_frames(config, settings, patched_model) -> None:
     except SettingsError as error:
         if settings.frames <= config.sample_frames:
             raise
-        raise ValueError(f"long_frames: {settings.frames} frames need the MODEL sampled in windows of the checkpoint's "
+        raise ValueError(f"frames: {settings.frames} frames need the MODEL sampled in windows of the checkpoint's "
                          f"{config.sample_frames} frames: put Ingredients Long Video on the MODEL and connect it to "
-                         f"patched_model (or set frames {config.sample_frames} and long_frames 0). {error}") from error
+                         f"patched_model (or set frames {config.sample_frames}). {error}") from error
 
 
 def _check_prompt(prompt: IngredientsPrompt, config) -> None:
@@ -182,8 +182,10 @@ class Sampler(io.ComfyNode):
                              tooltip="Video width in pixels (multiple of 16). The released model needs 720."),
                 io.Int.Input("height", default=480, min=16, max=2048, step=16,
                              tooltip="Video height in pixels (multiple of 16). The released model needs 480."),
-                io.Int.Input("frames", default=49, min=1, max=49, step=4,
-                             tooltip="Number of frames, 4k+1 (1, 5, ..., 49). The released model needs 49."),
+                io.Int.Input("frames", default=49, min=1, max=MAX_LONG_FRAMES, step=4,
+                             tooltip=("Number of frames, 4k+1 (1, 5, ..., 49). The released model makes 49; more "
+                                      "(97, 145, 193, ...) with Ingredients Long Video on the MODEL (its frames "
+                                      "output connects here), else refused.")),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (official: 50)."),
                 io.Float.Input("cfg", default=6.0, min=0.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance scale (official: 6). 1 or less disables guidance."),
@@ -202,10 +204,6 @@ class Sampler(io.ComfyNode):
                                tooltip=("Optional: the MODEL output of the same Load Ingredients Model after MODEL "
                                         "patches (LoRA loaders, EasyCache, TorchCompileModel, ...); the Sampler "
                                         "samples it, so every patch applies. Empty: the loader's MODEL.")),
-                io.Int.Input("long_frames", default=0, min=0, max=MAX_LONG_FRAMES, optional=True,
-                             tooltip=("Frames of a long video, 4k+1 beyond the checkpoint's own (97, 145, 193, ...): "
-                                      "0 = use frames. Needs Ingredients Long Video's MODEL on patched_model (its "
-                                      "frames output connects here); without it the Sampler refuses it and says so.")),
             ],
             outputs=[LatentsType.Output("latents", display_name="latents",
                                         tooltip="The denoised video latents, for Ingredients Decode."),
@@ -217,9 +215,7 @@ class Sampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: IngredientsModel, prompt: IngredientsPrompt, routed_ids: IngredientsRoutedIDs,
                 vae: IngredientsVAE, width: int, height: int, frames: int, steps: int, cfg: float, seed: int,
-                scheduler: str, dynamic_cfg: bool, teacache: float = 0.0, patched_model=None,
-                long_frames: int = 0) -> io.NodeOutput:
-        frames = video_frames(frames, long_frames)
+                scheduler: str, dynamic_cfg: bool, teacache: float = 0.0, patched_model=None) -> io.NodeOutput:
         settings = _settings(height=height, width=width, frames=frames, steps=steps, cfg=cfg, seed=seed,
                              scheduler=scheduler, dynamic_cfg=dynamic_cfg, teacache=teacache)
         _check_frames(model.transformer.config, settings, patched_model)

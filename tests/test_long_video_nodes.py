@@ -1,5 +1,5 @@
 """Issue 21 item 2 on the tiny models (9-frame checkpoint): the Ingredients Sampler and Image to Video
-take ``long_frames`` beyond the checkpoint's length when the MODEL samples in windows (Ingredients
+take ``frames`` beyond the checkpoint's length when the MODEL samples in windows (Ingredients
 Long Video), and refuse it with the fix when it does not."""
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ def _long_model(nodes, model, frames=17, overlap=4):  # noqa: F811
 def test_sampler_refuses_long_frames_without_windows_naming_long_video(nodes, graph):  # noqa: F811
     inputs = sampler_inputs(nodes, graph["models"], graph["faces"])
     with pytest.raises(ValueError) as error:
-        run(nodes["IngredientsSampler"], **inputs, long_frames=17)
-    assert "long_frames: 17 frames need the MODEL sampled in windows" in str(error.value)
+        run(nodes["IngredientsSampler"], **dict(inputs, frames=17))
+    assert "frames: 17 frames need the MODEL sampled in windows" in str(error.value)
     assert "Ingredients Long Video" in str(error.value) and "patched_model" in str(error.value)
-    with pytest.raises(ValueError, match="long_frames: 18 is not 4k\\+1.*take 17 or 21"):
-        run(nodes["IngredientsSampler"], **inputs, long_frames=18)
+    with pytest.raises(ValueError, match="frames must be 4k\\+1"):
+        run(nodes["IngredientsSampler"], **dict(inputs, frames=18))
 
 
 def test_sampler_samples_a_long_video_in_windows(nodes, graph):  # noqa: F811
     inputs = sampler_inputs(nodes, graph["models"], graph["faces"])
     long, frames = _long_model(nodes, graph["models"]["model"].patcher)
-    latents, routing = run(nodes["IngredientsSampler"], **inputs, patched_model=long, long_frames=frames)
+    latents, routing = run(nodes["IngredientsSampler"], **dict(inputs, patched_model=long, frames=frames))
     assert frames == 17 and latents.frames == 17 and latents.latents.shape[1] == 5  # (1, F, 16, h, w)
     assert torch.isfinite(latents.latents).all()
     assert routing.frames == 17  # the routing maps cover the whole video
@@ -46,7 +46,7 @@ def test_image_to_video_makes_the_long_latent_and_ksampler_needs_the_windows(nod
     positive, negative = [[prompt.positive, {}]], [[prompt.negative, {}]]
     common = dict(positive=positive, negative=negative, ids=ids, vae=models["vae"], width=96, height=64, frames=9,
                   batch_size=1, encoding="mean", canvas_seed=1)
-    pos, neg, latent, _ = run(nodes["IngredientsImageToVideo"], **common, long_frames=17)
+    pos, neg, latent, _ = run(nodes["IngredientsImageToVideo"], **dict(common, frames=17))
     assert latent["samples"].shape[2] == 5 and pos[0][1]["concat_latent_image"].shape[2] == 5
     import comfy.sample
 

@@ -82,6 +82,14 @@ def _narrower_range(nodes):
     _input(nodes, "IngredientsSampler", "frames")["options"]["max"] = 13
 
 
+def test_a_widened_range_is_allowed(now):
+    """A raised max (or a lowered min) keeps every saved value valid: allowed, with a report."""
+    changed = copy.deepcopy(now)
+    _input(changed, "IngredientsSampler", "steps")["options"]["max"] = 10_000
+    breaking, allowed = schema_snapshot.compare(now, changed)
+    assert breaking == [] and any("range widened" in line for line in allowed)
+
+
 def _required_appended(nodes):
     _sampler(nodes)["inputs"].append({"id": "eta", "type": "FLOAT", "optional": False, "options": {"default": 0.0}})
 

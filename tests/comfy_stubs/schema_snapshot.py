@@ -5,7 +5,7 @@ and links by input name and output slot, so a node's inputs may only ever be app
 the end) and its outputs appended. :func:`compare` sorts the differences between the snapshot and
 the current schemas into *breaking* ones (a removed node, input or output; a rename; a reorder or an
 input inserted before old ones; a new type; a changed default, range or option; a new required input;
-an input made optional or required) and *allowed* ones (a new node; an optional input appended; an
+an input made optional or required; a narrowed range) and *allowed* ones (a new node; an optional input appended; a widened range; an
 output appended; combo options appended; a node marked deprecated).
 
 Regenerate after an allowed change (refused while a breaking change is present)::
@@ -105,6 +105,13 @@ def _one_entry_per_line(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _widened(key: str, before, after) -> bool:
+    """A number input's max raised or min lowered: every value a saved workflow holds stays valid."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after)):
+        return False
+    return (key == "max" and after > before) or (key == "min" and after < before)
+
+
 def _option_changes(where: str, old: dict, new: dict) -> tuple[list[str], list[str]]:
     breaking, allowed = [], []
     for key in sorted(set(old) | set(new)):
@@ -114,6 +121,8 @@ def _option_changes(where: str, old: dict, new: dict) -> tuple[list[str], list[s
         if key == "options" and isinstance(before, list) and isinstance(after, list) \
                 and after[:len(before)] == before:
             allowed.append(f"{where}: options {after[len(before):]} appended")
+        elif _widened(key, before, after):  # every saved value stays valid
+            allowed.append(f"{where}: {key} {before!r} -> {after!r} (range widened)")
         else:
             breaking.append(f"{where}: {key} {before!r} -> {after!r}")
     return breaking, allowed
