@@ -9,8 +9,9 @@ reaches each output node's ``images`` input unchanged (the test-only *Ingredient
 
 - ``DIR/<workflow>.npz``: the float32 frames keyed by the output node's id;
 - ``DIR/manifest.json``: per workflow the status, per output node its class, shape and a sha256 of
-  each frame as a saver stores it (uint8, ``clip(255 * x)``), and the sha256 of every file the
-  history lists (the saved WEBPs, previews); the ComfyUI version and the pack's commit.
+  each frame as a saver stores it (uint8, ``clip(255 * x)``), the sha256 of every file the history
+  lists (the saved WEBPs, previews, the identity plot) and the texts nodes show; the ComfyUI version
+  and the pack's commit.
 
     COMFYUI_PATH=/work/comfy033 python tests/comfy_stubs/real_frames.py save DIR
     COMFYUI_PATH=/work/comfy033 python tests/comfy_stubs/real_frames.py compare DIR   # a new run vs DIR
@@ -67,14 +68,19 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _history_files(server, entry: dict) -> dict[str, str]:
-    files = {}
+def _history_outputs(server, entry: dict) -> tuple[dict[str, str], dict[str, list]]:
+    """({"<node>/<i>": sha256 of the i-th file the node shows}, {node: its text outputs}); files are
+    keyed by position, not by name (previews get random temp names)."""
+    files, texts = {}, {}
     for node_id, output in sorted(entry.get("outputs", {}).items()):
-        for item in output.get("images", []) if isinstance(output, dict) else []:
-            if isinstance(item, dict) and "filename" in item:
-                path = server.base / item.get("type", "output") / item.get("subfolder", "") / item["filename"]
-                files[f"{node_id}/{item['filename']}"] = _sha256(path.read_bytes()) if path.is_file() else "missing"
-    return files
+        if not isinstance(output, dict):
+            continue
+        for i, item in enumerate(item for item in output.get("images", []) if isinstance(item, dict)):
+            path = server.base / item.get("type", "output") / item.get("subfolder", "") / item.get("filename", "")
+            files[f"{node_id}/{i}"] = _sha256(path.read_bytes()) if path.is_file() else "missing"
+        if output.get("text"):
+            texts[node_id] = output["text"]
+    return files, texts
 
 
 def _errors(answer: dict, entry: dict) -> str | None:
@@ -104,7 +110,7 @@ def run_workflow(server, definitions: dict, path: Path, out: Path) -> dict:
         result["outputs"][node_id] = {"class_type": prompt[node_id]["class_type"], "shape": list(frames.shape),
                                       "frames_sha256": [_sha256(f.tobytes()) for f in to_uint8(frames)]}
     np.savez(out / f"{key}.npz", **arrays)
-    result["files"] = _history_files(server, entry)
+    result["files"], result["texts"] = _history_outputs(server, entry)
     return result
 
 
@@ -115,7 +121,7 @@ def _versions() -> dict:
     version_file = Path(comfyui) / "comfyui_version.py"
     version = version_file.read_text().split("=")[-1].strip().strip("\"'") if version_file.is_file() else "unknown"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     return {"comfyui_path": comfyui, "comfyui_version": version, "pack_commit": commit, "pack_dirty": bool(dirty)}
 
 
@@ -154,9 +160,10 @@ def _compare_workflow(key: str, old: dict, new: dict, old_dir: Path, new_dir: Pa
         pixels += int((to_uint8(a[node_id]) != to_uint8(b[node_id])).sum())
         total += a[node_id].size
     files_equal = old.get("files", {}) == new.get("files", {})
-    note = "" if shapes else "shapes differ; "
-    note += "" if files_equal else "saved files differ (sha256)"
-    return {"equal": shapes and max_abs == 0.0 and pixels == 0 and files_equal, "max_abs": max_abs,
+    texts_equal = old.get("texts", {}) == new.get("texts", {})
+    note = "; ".join(n for n, bad in (("shapes differ", not shapes), ("saved files differ (sha256)", not files_equal),
+                                      ("texts shown on nodes differ", not texts_equal)) if bad)
+    return {"equal": shapes and max_abs == 0.0 and pixels == 0 and files_equal and texts_equal, "max_abs": max_abs,
             "uint8_differing": pixels, "uint8_total": total, "note": note}
 
 
