@@ -13,7 +13,8 @@ captured (the test-only *IngredientsTestCapture*) and compared with the run with
 A row is ``works`` (ran and changed the latent, or ran and left it alone where the node should,
 e.g. MultiGPU CFG Split on a CPU), ``refused: <message>`` (the pack's own error on the node),
 ``raw error: <type: message>`` (anything else: a bug), or ``no-op`` (ran, changed nothing, yet should
-have). The node settings are chosen so that the node would act on the tiny model (2 blocks, 3 latent
+have; for PAG and SLG: changed it no more than a control run whose perturbation reaches nothing, since
+their extra cond pass alone moves the latent). The node settings are chosen so that the node would act on the tiny model (2 blocks, 3 latent
 frames, ``STEPS`` steps). It prints a markdown table and exits 0 whatever the rows say.
 """
 
@@ -37,7 +38,6 @@ STUBS = Path(__file__).resolve().parent
 REPO = STUBS.parents[1]
 WORKFLOW = REPO / "workflows" / "ingredients_two_ids_ksampler.json"
 STEPS = 8  # enough for EasyCache / LazyCache to find steps to skip between 15 % and 95 %
-SAME = 1e-5  # largest absolute latent difference that counts as "unchanged"
 PEFT_FILE = "tiny_peft_lora.safetensors"
 SAVED_FILE = "ingredients_core_check.safetensors"
 # Exceptions that are bugs wherever they come from; the pack refuses with its own classes.
@@ -54,12 +54,19 @@ class Row:
     place: str = "ids"  # "ids": between Apply IDs and KSampler; "model": between the loader and Apply IDs
     expect: str = "change"  # or "same": the node should leave the latent alone here
     note: str = ""
+    same_within: float = 1e-5  # largest absolute latent difference that counts as "unchanged"
+    # (node, inputs) of a run whose perturbation reaches nothing: equal to it means the row's node acted on nothing
+    control: tuple[str, dict] | None = None
 
 
+# SkipLayerGuidanceDiT over the whole run; on a block the model does not have, its extra cond pass
+# perturbs nothing: what PAG and SLG give when their patch finds no place in the model.
+SLG = dict(scale=3.0, start_percent=0.0, end_percent=1.0, rescaling_scale=0.0)
+SLG_NOWHERE = ("SkipLayerGuidanceDiT", SLG | dict(double_layers="99", single_layers="99"))
 ROWS = (
-    Row("EasyCache", "EasyCache", dict(reuse_threshold=0.2, start_percent=0.15, end_percent=0.95, verbose=False)),
+    Row("EasyCache", "EasyCache", dict(reuse_threshold=0.5, start_percent=0.15, end_percent=0.95, verbose=False)),
     Row("LazyCache", "LazyCache", dict(reuse_threshold=0.2, start_percent=0.15, end_percent=0.95, verbose=False)),
-    Row("TorchCompileModel", "TorchCompileModel", dict(backend="inductor"), expect="same",
+    Row("TorchCompileModel", "TorchCompileModel", dict(backend="inductor"), expect="same", same_within=1e-3,
         note="inductor on the CPU; compiled = uncompiled within float rounding"),
     Row("ModelSamplingDiscrete (v_prediction, zsnr)", "ModelSamplingDiscrete", dict(sampling="v_prediction", zsnr=True),
         expect="same", note="the MODEL's own sampling: nothing should change"),
@@ -69,10 +76,10 @@ ROWS = (
     Row("ModelSamplingFlux", "ModelSamplingFlux", dict(max_shift=1.15, base_shift=0.5, width=96, height=64)),
     Row("CFGNorm", "CFGNorm", dict(strength=1.0)),
     Row("APG", "APG", dict(eta=0.5, norm_threshold=5.0, momentum=0.0), note="eta 0.5 (eta 1 without a norm is CFG)"),
-    Row("PerturbedAttentionGuidance", "PerturbedAttentionGuidance", dict(scale=3.0)),
-    Row("SkipLayerGuidanceDiT", "SkipLayerGuidanceDiT",
-        dict(double_layers="1", single_layers="1", scale=3.0, start_percent=0.0, end_percent=1.0, rescaling_scale=0.0),
-        note="block 1 of the tiny model's 2, over the whole run"),
+    Row("PerturbedAttentionGuidance", "PerturbedAttentionGuidance", dict(scale=3.0), control=SLG_NOWHERE,
+        note="control: SkipLayerGuidanceDiT on block 99 (the same extra cond pass and formula, nothing skipped)"),
+    Row("SkipLayerGuidanceDiT", "SkipLayerGuidanceDiT", SLG | dict(double_layers="1", single_layers="1"),
+        control=SLG_NOWHERE, note="block 1 of the tiny model's 2 over the whole run; control: block 99"),
     Row("Context Windows (Manual)", "ContextWindowsManual", dict(context_length=2, context_overlap=1, dim=2),
         note="windows of 2 of the 3 latent frames (dim 2 of B, C, F, H, W)"),
     Row("MultiGPU CFG Split", "MultiGPU_WorkUnits", dict(max_gpus=2), expect="same",
@@ -151,7 +158,7 @@ def _error(answer: dict, entry: dict) -> dict | None:
             "node": shown.get("node_type", ""), "frame": frames[-1].strip().splitlines()[0] if frames else ""}
 
 
-def classify(row: Row, error: dict | None, diff: float | None) -> str:
+def classify(row: Row, error: dict | None, diff: float | None, control_diff: float | None = None) -> str:
     if error:
         kind = error["type"].rsplit(".", 1)[-1]
         message = " ".join(error["message"].split())
@@ -162,8 +169,10 @@ def classify(row: Row, error: dict | None, diff: float | None) -> str:
     if diff is None:
         return "raw error: no latent captured"
     if row.expect == "same":
-        return "works" if diff <= SAME else f"works (changes the latent by {diff:.3g}, expected none)"
-    return "works" if diff > SAME else "no-op"
+        return "works" if diff <= row.same_within else f"works (changes the latent by {diff:.3g}, expected none)"
+    if control_diff is not None and control_diff <= row.same_within:
+        return "no-op"  # changed the latent only as the control run that perturbs nothing does
+    return "works" if diff > row.same_within else "no-op"
 
 
 def run_captured(server, prompt: dict, name: str) -> tuple[dict | None, np.ndarray | None, str]:
@@ -194,9 +203,17 @@ def _difference(latent: np.ndarray | None, reference: np.ndarray) -> float | Non
 def check_row(server, definitions: dict, prompt: dict, reference: np.ndarray, row: Row, index: int) -> dict:
     error, latent, text = run_captured(server, with_node(prompt, definitions, row), f"row_{index}")
     diff = _difference(latent, reference)
-    notes = [n for n in (row.note, _log_note(text), "" if diff is None else f"max abs latent diff {diff:.3g}") if n]
-    return {"node": row.label, "result": classify(row, error, diff), "note": "; ".join(notes), "error": error,
-            "diff": diff}
+    notes = [row.note, _log_note(text), "" if diff is None else f"max abs latent diff {diff:.3g}"]
+    control_diff = None
+    if row.control and error is None:
+        control = Row(f"{row.label} control", row.control[0], row.control[1])
+        control_error, control_latent, _ = run_captured(server, with_node(prompt, definitions, control),
+                                                        f"row_{index}_control")
+        control_diff = None if control_error else _difference(latent, control_latent)
+        notes.append(f"control failed: {control_error}" if control_error else
+                     f"vs control {control_diff:.3g}, control vs no node {_difference(control_latent, reference):.3g}")
+    return {"node": row.label, "result": classify(row, error, diff, control_diff),
+            "note": "; ".join(n for n in notes if n), "error": error, "diff": diff, "control_diff": control_diff}
 
 
 def check_save_reload(server, prompt: dict, reference: np.ndarray) -> dict:
