@@ -11,7 +11,7 @@ the file goes back in through the loader's ``transformer_file``. The sampled LAT
 captured (the test-only *IngredientsTestCapture*) and compared with the run without the node.
 
 A row is ``works`` (ran and changed the latent, or ran and left it alone where the node should,
-e.g. MultiGPU CFG Split on a CPU), ``refused: <message>`` (the pack's own error on the node),
+e.g. MultiGPU CFG Split on a CPU), ``refused: <class>: <message>`` (an exception class of the pack's own, as the UI names it),
 ``raw error: <type: message>`` (anything else: a bug), or ``no-op`` (ran, changed nothing, yet should
 have; for PAG and SLG: changed it no more than a control run whose perturbation reaches nothing, since
 their extra cond pass alone moves the latent). The node settings are chosen so that the node would act on the tiny model (2 blocks, 3 latent
@@ -153,19 +153,30 @@ def _error(answer: dict, entry: dict) -> dict | None:
     if entry["status"].get("status_str") == "success":
         return None
     shown = next((m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"), {})
-    frames = [line for line in shown.get("traceback", []) if line.strip().startswith("File ")]
+    frames = [_frame(line) for line in shown.get("traceback", []) if line.strip().startswith("File ")]
+    pack = [f for f in frames if f.startswith("ComfyUI-Ingredients/")]
     return {"type": shown.get("exception_type", "?"), "message": shown.get("exception_message", "").strip(),
-            "node": shown.get("node_type", ""), "frame": frames[-1].strip().splitlines()[0] if frames else ""}
+            "node": shown.get("node_type", ""), "frame": frames[-1] if frames else "",
+            "pack_frame": pack[-1] if pack else ""}
+
+
+def _frame(line: str) -> str:
+    """'File ".../custom_nodes/ComfyUI-Ingredients/x.py", line 3, in f' -> 'ComfyUI-Ingredients/x.py:3 in f'."""
+    first = line.strip().splitlines()[0].removeprefix("File ")
+    path, _, rest = first.partition('", line ')
+    path = path.strip('"').split("custom_nodes/", 1)[-1].split("site-packages/", 1)[-1]
+    number, _, function = rest.partition(", in ")
+    return f"{path}:{number} in {function}"
 
 
 def classify(row: Row, error: dict | None, diff: float | None, control_diff: float | None = None) -> str:
     if error:
-        kind = error["type"].rsplit(".", 1)[-1]
         message = " ".join(error["message"].split())
-        pack = "ComfyUI-Ingredients" in error["frame"] or "ingredients_core" in error["frame"]
-        if pack and kind not in RAW_TYPES:
-            return f"refused: {message}"
-        return f"raw error: {kind}: {message}"
+        # ComfyUI names an exception by module and class, builtins by class alone: the pack refuses with
+        # classes of its own; a builtin (ValueError from deep in the model included) or a foreign class is raw.
+        if "." in error["type"] and ("Ingredients" in error["type"] or "ingredients_core" in error["type"]):
+            return f"refused: {error['type'].rsplit('.', 1)[-1]}: {message}"
+        return f"raw error: {error['type']}: {message}"
     if diff is None:
         return "raw error: no latent captured"
     if row.expect == "same":
@@ -173,6 +184,17 @@ def classify(row: Row, error: dict | None, diff: float | None, control_diff: flo
     if control_diff is not None and control_diff <= row.same_within:
         return "no-op"  # changed the latent only as the control run that perturbs nothing does
     return "works" if diff > row.same_within else "no-op"
+
+
+def _error_note(error: dict | None) -> str:
+    """Where an error showed (the node) and where it was raised (the last frame; the pack's last one)."""
+    if not error:
+        return ""
+    note = f"on {error['node']}"
+    note += f", raised at {error['frame']}" if error.get("frame") else ""
+    if error.get("pack_frame") and error["pack_frame"] != error["frame"]:
+        note += f" (from {error['pack_frame']})"
+    return note
 
 
 def run_captured(server, prompt: dict, name: str) -> tuple[dict | None, np.ndarray | None, str]:
@@ -203,7 +225,7 @@ def _difference(latent: np.ndarray | None, reference: np.ndarray) -> float | Non
 def check_row(server, definitions: dict, prompt: dict, reference: np.ndarray, row: Row, index: int) -> dict:
     error, latent, text = run_captured(server, with_node(prompt, definitions, row), f"row_{index}")
     diff = _difference(latent, reference)
-    notes = [row.note, _log_note(text), "" if diff is None else f"max abs latent diff {diff:.3g}"]
+    notes = [row.note, _error_note(error), _log_note(text), "" if diff is None else f"max abs latent diff {diff:.3g}"]
     control_diff = None
     if row.control and error is None:
         control = Row(f"{row.label} control", row.control[0], row.control[1])
@@ -234,7 +256,7 @@ def check_save_reload(server, prompt: dict, reference: np.ndarray) -> dict:
         error, latent, _ = run_captured(server, reloaded, "save_reload")
     diff = None if error else _difference(latent, reference)
     row = Row(label, "ModelSave", expect="same")
-    note = "saved the loader's MODEL, loaded it back as transformer_file"
+    note = "; ".join(n for n in ("saved the loader's MODEL, loaded it back as transformer_file", _error_note(error)) if n)
     note += "" if diff is None else f"; max abs latent diff {diff:.3g}"
     return {"node": label, "result": classify(row, error, diff), "note": note, "error": error, "diff": diff}
 
