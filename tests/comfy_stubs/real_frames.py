@@ -78,8 +78,8 @@ def _history_outputs(server, entry: dict) -> tuple[dict[str, str], dict[str, lis
         for i, item in enumerate(item for item in output.get("images", []) if isinstance(item, dict)):
             path = server.base / item.get("type", "output") / item.get("subfolder", "") / item.get("filename", "")
             files[f"{node_id}/{i}"] = _sha256(path.read_bytes()) if path.is_file() else "missing"
-        if output.get("text"):
-            texts[node_id] = output["text"]
+        if output.get("text"):  # the work folder (a temporary one) as <work>: the doctor's hints name it
+            texts[node_id] = [t.replace(str(server.root), "<work>") if isinstance(t, str) else t for t in output["text"]]
     return files, texts
 
 
