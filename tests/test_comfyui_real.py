@@ -13,12 +13,10 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,128 +27,32 @@ STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 sys.path.insert(0, str(STUBS))
 import frontend  # noqa: E402
 import harness  # noqa: E402
-import native_workflows  # noqa: E402
+import real_server  # noqa: E402
 import workflow_tools  # noqa: E402
 
 sys.path.remove(str(STUBS))
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
+COMFYUI = real_server.comfyui_path()
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set: the real-ComfyUI test needs a "
                                                      "ComfyUI checkout (and COMFYUI_PYTHON with its requirements)")
 WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
 # The examples as users saved them before the registry metadata (tests/test_workflow_fixtures.py).
 FIXTURES = sorted((harness.REPO / "tests" / "fixtures" / "workflows").glob("*.json"))
-# The tiny transformer has learned positions for 9 frames of 64 x 96: the only override of the examples.
-TINY_SAMPLER = dict(width=96, height=64, frames=9, steps=2)
-TINY_VIDEO = dict(width=96, height=64, frames=9)  # Ingredients Image to Video in the native examples
-START_TIMEOUT, RUN_TIMEOUT = 240, 600
-CLIENT_ID = "ingredients-tests"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, root: Path, flags: tuple[str, ...] = (), base: str = "base", env: dict | None = None):
-        self.root = root
-        self.env = env
-        self.base = root / base
-        self.flags = flags
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = root / f"comfyui_{base}.log"
-        self.process = None
-
-    def start(self) -> None:
-        yaml = self.root / "extra_model_paths.yaml"
-        yaml.write_text(f"ingredients_tests:\n    base_path: {self.root / 'models'}\n    ingredients: ingredients\n"
-                        "    loras: loras\n")
-        command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", *self.flags, "--listen",
-                   "127.0.0.1", "--port", str(self.port), "--base-directory", str(self.base), "--preview-method",
-                   "auto", "--extra-model-paths-config", str(yaml)]
-        env = {**os.environ, **self.env} if self.env else None
-        self.process = subprocess.Popen(command, cwd=COMFYUI, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
-                                        env=env)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-            try:
-                self.get("/object_info/IngredientsSampler")
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(1)
-        pytest.fail(f"ComfyUI did not answer within {START_TIMEOUT} s:\n{self.log()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            return json.loads(response.read())
-
-    def post_prompt(self, prompt: dict) -> tuple[int, dict]:
-        body = json.dumps({"prompt": prompt, "client_id": CLIENT_ID}).encode()
-        request = urllib.request.Request(self.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def wait_for(self, prompt_id: str) -> dict:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while time.monotonic() < deadline:
-            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None and (
-                    entry["status"]["completed"] or entry["status"].get("status_str") == "error"):
-                return entry
-            time.sleep(1)
-        pytest.fail(f"prompt {prompt_id} did not finish within {RUN_TIMEOUT} s:\n{self.log()[-4000:]}")
-
-
-def _base_directory(base: Path) -> None:
-    """A ComfyUI base directory with the pack in custom_nodes and the example photos in input."""
-    sys.path.insert(0, str(STUBS))
-    import tiny_models
-    from PIL import Image
-
-    sys.path.remove(str(STUBS))
-    for sub in ("custom_nodes", "input", "output", "temp", "user"):
-        (base / sub).mkdir(parents=True)
-    (base / "custom_nodes" / "ComfyUI-Ingredients").symlink_to(harness.REPO, target_is_directory=True)
-    (base / "custom_nodes" / "ingredients_test_native_inputs.py").symlink_to(STUBS / "real_native_nodes.py")
-    for i in (1, 2, 3):
-        Image.fromarray(tiny_models.face_photo(i)).save(base / "input" / f"person_{i}.png")
+TINY_SAMPLER = real_server.TINY_SAMPLER  # the tiny transformer's sizes: the only override of the examples
+RUN_TIMEOUT, CLIENT_ID = real_server.RUN_TIMEOUT, real_server.CLIENT_ID
 
 
 @pytest.fixture(scope="module")
 def models_root(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(STUBS))
-    import tiny_models
-
-    sys.path.remove(str(STUBS))
     root = tmp_path_factory.mktemp("comfyui")
-    folder = tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
-    tiny_models.write_tiny_kohya_lora(folder, root / "models" / "loras" / native_workflows.LORA_FILE)
+    real_server.make_models_root(root)
     return root
 
 
 @pytest.fixture(scope="module")
 def server(models_root):
-    _base_directory(models_root / "base")
-    server = Server(models_root)
+    real_server.base_directory(models_root / "base")
+    server = real_server.Server(models_root)
     server.start()
     yield server
     server.stop()
@@ -325,39 +227,11 @@ def test_missing_model_folder_is_refused_on_the_node(server, definitions):
     assert "NotDownloaded" in message and "feizhengcong/Ingredients" in message and "models" in message
 
 
-def _tiny_text(prompt: dict) -> None:
-    """The native examples read T5-XXL through CLIPLoader and CLIPTextEncode; ComfyUI's T5-XXL has a
-    fixed 4096-wide config no tiny file fits, and the tiny model reads the tiny T5's width. So here
-    each CLIPTextEncode becomes Ingredients Encode Prompt (T5) on the tiny folder's T5 (its positive
-    CONDITIONING output, the same CONDITIONING format), and the CLIP loaders leave the prompt."""
-    encoders = [k for k, v in prompt.items() if v["class_type"] == "CLIPTextEncode"]
-    if not encoders:
-        return
-    for key in [k for k, v in prompt.items() if v["class_type"] in ("CLIPLoader", "T5TokenizerOptions")]:
-        del prompt[key]
-    prompt["tiny_t5"] = {"class_type": "IngredientsT5Loader", "inputs": {"model_folder": "Ingredients", "dtype": "auto"}}
-    for key in encoders:
-        prompt[key] = {"class_type": "IngredientsEncodePrompt",
-                       "inputs": {"t5": ["tiny_t5", 0], "prompt": prompt[key]["inputs"]["text"], "negative_prompt": ""}}
-    for node in prompt.values():
-        for name, value in node["inputs"].items():
-            if isinstance(value, list) and value[0] in encoders and value[1] == 0:
-                node["inputs"][name] = [value[0], 1]
-
-
-def _run_workflow(server: Server, definitions: dict, path: Path) -> None:
+def _run_workflow(server: real_server.Server, definitions: dict, path: Path) -> None:
     """One example workflow (tiny sampler sizes) through /prompt to saved outputs."""
     workflow = json.loads(path.read_text())
     assert workflow_tools.check_workflow(workflow, definitions) == []
-    prompt = workflow_tools.to_api(workflow, definitions)
-    _tiny_text(prompt)
-    for node in prompt.values():
-        if node["class_type"] == "IngredientsSampler":
-            node["inputs"].update(TINY_SAMPLER)
-        if node["class_type"] == "IngredientsImageToVideo":
-            node["inputs"].update(TINY_VIDEO)
-        if node["class_type"] == "KSampler":
-            node["inputs"].update(steps=TINY_SAMPLER["steps"])
+    prompt = real_server.tiny_api_prompt(workflow, definitions)
     status, answer = server.post_prompt(prompt)
     assert status == 200 and not answer.get("node_errors"), answer
     entry = server.wait_for(answer["prompt_id"])
@@ -426,8 +300,8 @@ DTYPE_FLAGS = {
 def flag_server(request, models_root):
     """ComfyUI started with one dtype flag (besides --cpu), in a base directory of its own."""
     base = "base" + request.param.replace("-", "_")
-    _base_directory(models_root / base)
-    server = Server(models_root, flags=(request.param,), base=base)
+    real_server.base_directory(models_root / base)
+    server = real_server.Server(models_root, flags=(request.param,), base=base)
     server.start()
     yield request.param, server
     server.stop()
@@ -444,7 +318,7 @@ def test_example_workflows_run_under_comfyuis_dtype_flags(flag_server, path):
 def test_template_browser_lists_every_example_with_its_thumbnail(server):
     """/workflow_templates lists workflows/*.json under the pack's folder name; the frontend then
     fetches /api/workflow_templates/PACK/NAME.json and NAME.jpg (its thumbnail) from the same folder."""
-    pack = "ComfyUI-Ingredients"  # the name of the symlink in custom_nodes (_base_directory)
+    pack = "ComfyUI-Ingredients"  # the name of the symlink in custom_nodes (real_server.base_directory)
     assert sorted(server.get("/workflow_templates")[pack]) == [p.stem for p in WORKFLOWS]
     for path in WORKFLOWS:
         for served in (path, path.with_suffix(".jpg")):
@@ -616,9 +490,9 @@ def broken_insightface_server(models_root):
     shim = models_root / "broken_insightface"
     (shim / "insightface").mkdir(parents=True)
     (shim / "insightface" / "__init__.py").write_text(BROKEN_INSIGHTFACE)
-    _base_directory(models_root / "base_broken_insightface")
+    real_server.base_directory(models_root / "base_broken_insightface")
     path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
-    server = Server(models_root, base="base_broken_insightface", env={"PYTHONPATH": path})
+    server = real_server.Server(models_root, base="base_broken_insightface", env={"PYTHONPATH": path})
     server.start()
     yield server
     server.stop()

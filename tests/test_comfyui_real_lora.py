@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_comfyui_real import COMFYUI, STUBS, Server, _base_directory
+from test_comfyui_real import COMFYUI, STUBS, real_server
 from test_lora_node import ALPHA, LAYERS, RANK, STRENGTH, deltas, lora_files
 
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set (see test_comfyui_real)")
@@ -48,13 +48,13 @@ def run(tmp_path_factory):
     sys.path.remove(str(STUBS))
     root = tmp_path_factory.mktemp("comfyui_lora")
     folder = tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
-    _base_directory(root / "base")
+    real_server.base_directory(root / "base")
     shapes = {k: tuple(v.shape) for k, v in load_transformer(folder, dtype=torch.float32).state_dict().items()}
     (root / "base" / "models" / "loras").mkdir(parents=True)
     for name, tensors in lora_files(shapes).items():
         save_file({k: v.clone() for k, v in tensors.items()}, 
                   str(root / "base" / "models" / "loras" / f"{name}.safetensors"))
-    server = Server(root)
+    server = real_server.Server(root)
     server.start()
     try:
         graph = {"1": loader(), "2": save(["1", 1], "base"),

@@ -71,6 +71,14 @@ def write_tiny_kohya_lora(model_folder: Path, path: Path, rank: int = 2, scale: 
     """A kohya-format LoRA (``lora_unet_<key with _>.lora_down/lora_up/alpha``) for the q and v
     projections of every block of the tiny transformer in ``model_folder``, seeded: what ComfyUI's
     *LoraLoaderModelOnly* applies to the Ingredients MODEL through its own key map."""
+    return write_tiny_lora(model_folder, path, "kohya", rank, scale)
+
+
+def write_tiny_lora(model_folder: Path, path: Path, layout: str = "kohya", rank: int = 2, scale: float = 0.5) -> Path:
+    """A LoRA for the q and v projections of every block of the tiny transformer, seeded, in
+    ``layout`` "kohya" (``lora_unet_<key with _>.lora_down/lora_up/alpha``) or "peft" (diffusers/PEFT,
+    as CogVideoX LoRAs are trained: ``transformer.<key>.lora_A/lora_B``, no alpha); the same
+    numbers in both."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -81,12 +89,20 @@ def write_tiny_kohya_lora(model_folder: Path, path: Path, rank: int = 2, scale: 
             for key in f.keys():
                 if key.startswith("transformer_blocks.") and key.endswith((".attn1.to_q.weight", ".attn1.to_v.weight")):
                     out_features, in_features = f.get_slice(key).get_shape()
-                    name = "lora_unet_" + key.removesuffix(".weight").replace(".", "_")
-                    tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * scale
-                    tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * scale
-                    tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+                    down = torch.randn(rank, in_features, generator=generator) * scale
+                    up = torch.randn(out_features, rank, generator=generator) * scale
+                    tensors.update(_lora_tensors(layout, key.removesuffix(".weight"), down, up, rank))
     if not tensors:
         raise ValueError(f"{model_folder}: no transformer_blocks.N.attn1.to_q/to_v weights to make a LoRA for")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return path
+
+
+def _lora_tensors(layout: str, layer: str, down: torch.Tensor, up: torch.Tensor, rank: int) -> dict:
+    if layout == "kohya":
+        name = "lora_unet_" + layer.replace(".", "_")
+        return {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(float(rank))}
+    if layout == "peft":  # alpha = rank in the kohya file: scale 1, as PEFT without an alpha
+        return {f"transformer.{layer}.lora_A.weight": down, f"transformer.{layer}.lora_B.weight": up}
+    raise ValueError(f"unknown LoRA layout {layout!r} (kohya or peft)")
