@@ -30,7 +30,7 @@ from .doctor import add_doctor_parser
 from .evaluate import add_evaluate_parser, add_generate_options, check_json_path, wants_evaluation
 from .offload import add_memory_options, check_memory_options
 from .pipeline import DTYPE_NAMES, GenerationSettings
-from . import ERROR_NAMESPACE
+from . import InputError  # noqa: F401  (the CLI's input errors; raised here, caught by main)
 
 if TYPE_CHECKING:
     import torch
@@ -44,12 +44,6 @@ DIFFERENCES_FROM_OFFICIAL = (
     f"official decode); faces under {DEFAULT_MIN_FACE_SIZE} px are refused (--min-face-size 0 accepts any, "
     "as officially); "
     "seed 0 is an ordinary seed (official infer.py treats 0 as 'random seed').")
-
-
-class InputError(ValueError):
-    """A command-line value that cannot work (the message says what to give instead)."""
-
-    __module__ = ERROR_NAMESPACE
 
 
 def _seed(text: str) -> int:

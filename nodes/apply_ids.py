@@ -13,6 +13,7 @@ import logging
 
 from comfy_api.latest import io
 
+from ..ingredients_core import InputError
 from . import native_model, qformer_lora
 from .payloads import IngredientsRoutedIDs, IngredientsRouting, RoutedIDsType, RoutingType, check_projected_with
 
@@ -25,7 +26,7 @@ def _check_tokens(routed: IngredientsRoutedIDs, transformer, config) -> None:
     check_projected_with(routed.tokens, getattr(config, "weights", None), config.model_folder, "this MODEL")
     width = int(routed.tokens.tokens.shape[-1])
     if width != transformer.config.ids.token_dim:
-        raise ValueError(f"routed_ids: ID tokens {width} wide, this MODEL reads {transformer.config.ids.token_dim}: "
+        raise InputError(f"routed_ids: ID tokens {width} wide, this MODEL reads {transformer.config.ids.token_dim}: "
                          "project the IDs with the same model.")
 
 
@@ -68,7 +69,7 @@ def put_ids(model, routed_ids: IngredientsRoutedIDs):
     try:
         options.check(len(routed_ids.tokens.ids))
     except RoutingError as error:
-        raise ValueError(f"routed_ids: {error}") from error
+        raise InputError(f"routed_ids: {error}") from error
     patch = IDPatch(routed_ids.tokens.tokens, options, routed_ids.tokens.model_folder)
     return native_model.apply_ids(model, patch)
 
@@ -97,10 +98,10 @@ class ModelRouting(io.ComfyNode):
         transformer = native_model.transformer_of(model)
         patch = native_model.ids_patch(model)
         if patch is None:
-            raise ValueError("model: this MODEL carries no IDs: connect the MODEL output of Ingredients Apply IDs.")
+            raise InputError("model: this MODEL carries no IDs: connect the MODEL output of Ingredients Apply IDs.")
         recorded = patch.recorder.finished if patch.recorder is not None else None
         if recorded is None:
-            raise ValueError("model: no routing was recorded with this MODEL yet (no sampler has run it, or every "
+            raise InputError("model: no routing was recorded with this MODEL yet (no sampler has run it, or every "
                              "person had strength 0 or was outside its start/end range at every step).")
         frames, rows, cols = recorded.grid
         unit = transformer.config.patch_size * 8

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
+from ..ingredients_core import InputError
 from . import host
 from .payloads import MAX_IDS, FaceEncoderType, FaceType, IDsType, IngredientsFaceEncoder, IngredientsIDs
 
@@ -30,7 +31,7 @@ def photos(image: torch.Tensor) -> list[torch.Tensor]:
     """The photos of an IMAGE batch, each (H, W, 3), with a clear error for anything else."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4) or image.shape[0] < 1:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"image: expected a ComfyUI IMAGE batch (B, H, W, 3), got {shape}")
+        raise InputError(f"image: expected a ComfyUI IMAGE batch (B, H, W, 3), got {shape}")
     return [frame[..., :3].cpu() for frame in image]
 
 
@@ -97,7 +98,7 @@ class IDList(io.ComfyNode):
         last = max(i for i, face in enumerate(given) if face is not None)
         gaps = [f"face_{i + 1}" for i in range(last) if given[i] is None]
         if gaps:
-            raise ValueError(f"{', '.join(gaps)} not connected while face_{last + 1} is: connect the faces in "
+            raise InputError(f"{', '.join(gaps)} not connected while face_{last + 1} is: connect the faces in "
                              "order without gaps (the order is the canvas slot order).")
         return io.NodeOutput(IngredientsIDs(tuple(given[: last + 1])))
 

@@ -32,6 +32,7 @@ import comfy.utils
 import folder_paths
 import latent_preview
 import torch
+from ..ingredients_core import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def devices(role: str) -> tuple[torch.device, torch.device]:
         return mm.vae_device(), mm.vae_offload_device()
     if role in ("diffusion", "projector", "face"):
         return mm.get_torch_device(), mm.unet_offload_device()
-    raise ValueError(f"unknown model role {role!r}; expected one of {ROLES}")
+    raise InputError(f"unknown model role {role!r}; expected one of {ROLES}")
 
 
 # -- dtypes per role -----------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 def _named(choice: str) -> torch.dtype:
     dtype = getattr(torch, choice, None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"dtype: {choice!r} is not a dtype; choose auto, bfloat16, float16 or float32")
+        raise InputError(f"dtype: {choice!r} is not a dtype; choose auto, bfloat16, float16 or float32")
     return dtype
 
 
@@ -245,11 +246,11 @@ def _comfy_t5_config(config: dict) -> dict:
     act = config.get("dense_act_fn") or ("gelu_new" if projection == "gated-gelu" else projection.split("-")[-1])
     where = "text_encoder/config.json"
     if act not in T5_ACTIVATIONS:
-        raise ValueError(f"{where}: activation {act!r} is not one ComfyUI's T5 has ({', '.join(T5_ACTIVATIONS)}); "
+        raise InputError(f"{where}: activation {act!r} is not one ComfyUI's T5 has ({', '.join(T5_ACTIVATIONS)}); "
                          "use CLIPLoader with this T5 instead")
     buckets = (config.get("relative_attention_num_buckets", 32), config.get("relative_attention_max_distance", 128))
     if buckets != (32, 128):
-        raise ValueError(f"{where}: relative attention of {buckets[0]} buckets over {buckets[1]} tokens; ComfyUI's "
+        raise InputError(f"{where}: relative attention of {buckets[0]} buckets over {buckets[1]} tokens; ComfyUI's "
                          "T5 has 32 over 128 (T5 v1.1 XXL's)")
     gated = config.get("is_gated_act", projection.startswith("gated"))
     return dict(config, dense_act_fn=T5_ACTIVATIONS[act], is_gated_act=gated, model_type=config.get("model_type", "t5"))
@@ -274,7 +275,7 @@ def native_t5(config: dict, tensors, storage: torch.dtype) -> torch.nn.Module:
             params[key] = convert(tensor, storage if tensor.is_floating_point() else tensor.dtype, offload)
     missing = sorted(expected - set(params))
     if missing:
-        raise ValueError(f"text_encoder: {len(missing)} T5 weights missing ({', '.join(missing[:6])}); "
+        raise InputError(f"text_encoder: {len(missing)} T5 weights missing ({', '.join(missing[:6])}); "
                          "download the complete text_encoder/ folder")
     model.load_state_dict(params, strict=True, assign=True)
     return model.eval().requires_grad_(False)

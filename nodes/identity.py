@@ -8,6 +8,7 @@ import logging
 import torch
 from comfy_api.latest import io, ui
 
+from ..ingredients_core import InputError
 from . import host
 from .payloads import (
     MAX_IDS,
@@ -30,14 +31,14 @@ def check_frames(frames) -> torch.Tensor:
     """The IMAGE batch (T, H, W, 3+), or a ValueError naming the input and the fix."""
     if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] not in (3, 4):
         shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-        raise ValueError(f"frames: expected an IMAGE batch (frames, height, width, 3), got {shape}; connect "
+        raise InputError(f"frames: expected an IMAGE batch (frames, height, width, 3), got {shape}; connect "
                          "Ingredients Decode's frames or a video loader's IMAGE output.")
     return frames
 
 
 def check_ids(ids) -> IngredientsIDs:
     if not isinstance(ids, IngredientsIDs) or len(ids) == 0:
-        raise ValueError(f"ids: expected the people from Ingredients IDs (1 to {MAX_IDS}), got "
+        raise InputError(f"ids: expected the people from Ingredients IDs (1 to {MAX_IDS}), got "
                          f"{type(ids).__name__}; connect the same Ingredients IDs node the sampler's "
                          "Project IDs uses.")
     return ids

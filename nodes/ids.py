@@ -11,6 +11,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
+from ..ingredients_core import InputError
 from . import host, native_model, qformer_lora
 from .payloads import (
     MASK_MODES,
@@ -59,7 +60,7 @@ class ProjectIDs(io.ComfyNode):
         # MODEL (ComfyUI applies its patches as it loads it); under DynamicVRAM the MODEL's patcher, which
         # ComfyUI streams per layer (only the q-former's weights are then read)
         if patched_model is not None and native_model.transformer_of(patched_model) is not model.transformer:
-            raise ValueError("patched_model: this MODEL holds another transformer than model: connect the MODEL of "
+            raise InputError("patched_model: this MODEL holds another transformer than model: connect the MODEL of "
                              "the same Load Ingredients Model (after Ingredients LoRA).")
         patcher = qformer_lora.projecting_patcher(model, patched_model)
         host.load_part(patcher)
@@ -90,7 +91,7 @@ def _mask(mask, name: str) -> torch.Tensor:
     """A ComfyUI MASK (H, W) or (B, H, W) -> float (H, W) (static) or (frames, H, W) on the CPU."""
     if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3) or 0 in mask.shape:
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"{name}: expected a ComfyUI MASK of shape (height, width) or (frames, height, width), "
+        raise InputError(f"{name}: expected a ComfyUI MASK of shape (height, width) or (frames, height, width), "
                          f"got {shape}")
     mask = mask.detach().float().cpu()
     return mask[0] if mask.dim() == 3 and mask.shape[0] == 1 else mask
@@ -103,13 +104,13 @@ def routing_options(people: int, mode: str, strength: float, mask_mode: str, mas
 
     extra = [n for n in range(people + 1, MAX_IDS + 1) if values.get(f"mask_{n}") is not None]
     if extra:
-        raise ValueError(f"mask_{extra[0]} is connected but there are only {people} IDs: disconnect it, or add "
+        raise InputError(f"mask_{extra[0]} is connected but there are only {people} IDs: disconnect it, or add "
                          f"person {extra[0]} on Ingredients IDs.")
     strengths, ranges, masks = [], [], []
     for n in range(1, people + 1):
         start, end = float(values.get(f"start_{n}", 0.0)), float(values.get(f"end_{n}", 1.0))
         if not 0.0 <= start <= end <= 1.0:
-            raise ValueError(f"start_{n}/end_{n}: {start}/{end}; person {n} needs 0 <= start <= end <= 1.")
+            raise InputError(f"start_{n}/end_{n}: {start}/{end}; person {n} needs 0 <= start <= end <= 1.")
         strengths.append(float(strength) * float(values.get(f"strength_{n}", 1.0)))
         ranges.append((start, end))
         mask = values.get(f"mask_{n}")
@@ -166,6 +167,6 @@ class RouteIDs(io.ComfyNode):
         try:
             options.check(people)
         except RoutingError as error:
-            raise ValueError(f"Route IDs: {error}") from error
+            raise InputError(f"Route IDs: {error}") from error
         logger.debug("routing for %d IDs: masks %s, mode %s", people, options.masks is not None, options.mask_mode)
         return io.NodeOutput(IngredientsRoutedIDs(id_tokens, options, follow_model))

@@ -19,6 +19,7 @@ import logging
 import torch
 from comfy_api.latest import io, ui
 
+from ..ingredients_core import InputError
 from . import host, native_model
 from .faces import to_image
 from .payloads import IDsType, IngredientsIDs, IngredientsVAE, VAEType
@@ -41,24 +42,24 @@ def _check_size(width: int, height: int, frames: int) -> None:
 
 def _check_conditioning(value, name: str) -> None:
     if not isinstance(value, list) or not value or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in value):
-        raise ValueError(f"{name}: expected a ComfyUI CONDITIONING (from Ingredients Encode Prompt or "
+        raise InputError(f"{name}: expected a ComfyUI CONDITIONING (from Ingredients Encode Prompt or "
                          f"CLIPTextEncode), got {type(value).__name__}")
 
 
 def _pick_vae(vae: IngredientsVAE | None, comfy_vae, encoding: str) -> None:
     """Refuse a missing, doubled or unusable VAE with the fix."""
     if vae is None and comfy_vae is None:
-        raise ValueError("vae: connect Load Ingredients VAE to vae (or a CogVideoX VAE from VAELoader to comfy_vae) "
+        raise InputError("vae: connect Load Ingredients VAE to vae (or a CogVideoX VAE from VAELoader to comfy_vae) "
                          "to encode the face canvas.")
     if vae is not None and comfy_vae is not None:
-        raise ValueError("vae, comfy_vae: both are connected; connect only one (they encode the same canvas).")
+        raise InputError("vae, comfy_vae: both are connected; connect only one (they encode the same canvas).")
     if comfy_vae is None:
         return
     if not native_model.is_cogvideox_vae(comfy_vae):
-        raise ValueError("comfy_vae: this VAE is not ComfyUI's CogVideoX VAE (ComfyUI 0.21 and later load one "
+        raise InputError("comfy_vae: this VAE is not ComfyUI's CogVideoX VAE (ComfyUI 0.21 and later load one "
                          "with VAELoader; 0.3.x cannot): connect Load Ingredients VAE to vae instead.")
     if encoding == "official":
-        raise ValueError("encoding: official samples the canvas latent, and ComfyUI's VAE gives only its mean: "
+        raise InputError("encoding: official samples the canvas latent, and ComfyUI's VAE gives only its mean: "
                          "choose mean, or connect Load Ingredients VAE to vae for the official encoding.")
 
 
@@ -152,7 +153,7 @@ class ImageToVideo(io.ComfyNode):
         _check_conditioning(positive, "positive")
         _check_conditioning(negative, "negative")
         if encoding not in ENCODINGS:
-            raise ValueError(f"encoding: {encoding!r} is not one of {', '.join(ENCODINGS)}")
+            raise InputError(f"encoding: {encoding!r} is not one of {', '.join(ENCODINGS)}")
         _pick_vae(vae, comfy_vae, encoding)
         canvas = make_canvas([face.crop for face in ids.faces])
         first, image = encode_canvas_latent(canvas, height, width, batch_size, encoding, canvas_seed, vae, comfy_vae)

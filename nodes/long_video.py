@@ -9,6 +9,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
+from ..ingredients_core import InputError
 from . import native_model, native_windows
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class LongVideo(io.ComfyNode):
     def execute(cls, model, frames: int, overlap: int, fuse_method: str) -> io.NodeOutput:
         config = native_model.transformer_of(model).config
         if fuse_method not in FUSE_METHODS:
-            raise ValueError(f"fuse_method: {fuse_method!r}; take one of {FUSE_METHODS}.")
+            raise InputError(f"fuse_method: {fuse_method!r}; take one of {FUSE_METHODS}.")
         plan = native_windows.plan(config, frames, overlap)
         patched = native_model.with_context_windows(model, plan.window, plan.overlap, fuse_method)
         text = native_windows.describe(plan)

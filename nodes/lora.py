@@ -14,6 +14,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
+from ..ingredients_core import InputError
 from ..ingredients_core import lora_keys
 from . import host, native_model, qformer_lora
 
@@ -58,7 +59,7 @@ class LoraLoader(io.ComfyNode):
         key_map.update(lora_keys.lora_key_map(model_shapes))
         fit = lora_keys.match({k: tuple(v.shape) for k, v in lora.items()}, model_shapes, key_map)
         if not fit.matched:
-            raise ValueError(f"lora_name: none of the {fit.total} layers of {lora_name} fit the Ingredients "
+            raise InputError(f"lora_name: none of the {fit.total} layers of {lora_name} fit the Ingredients "
                              f"transformer ({fit.summary(lora_name)}). Understood: {lora_keys.FORMATS}. Is it a "
                              "LoRA for CogVideoX-5B?")
         patched, weights = native_model.apply_lora(model, lora, fit.key_map, strength_model)

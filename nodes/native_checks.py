@@ -20,6 +20,7 @@ calls it):
 from __future__ import annotations
 
 from typing import Callable, Optional
+from ..ingredients_core import InputError
 
 MODEL_NAME = "Ingredients MODEL"
 SAMPLING_FIX = ("the Ingredients model predicts v on CogVideoX's discrete 1000-step schedule (zero terminal SNR), "
@@ -52,7 +53,7 @@ def check_size(config, noise_shape, window_frames: Optional[int] = None, schedul
     except SettingsError as error:
         w, h, f = config.sample_width * 8, config.sample_height * 8, config.sample_frames
         if window_frames:
-            raise ValueError(
+            raise InputError(
                 f"{MODEL_NAME}: a context window of {window_frames} latent frames ({settings.frames} frames"
                 f"{', schedule ' + schedule if schedule else ''}) at {width * 8} x {height * 8}; this checkpoint takes "
                 f"windows of exactly {(f - 1) // 4 + 1} latent frames ({f} frames) at {w} x {h}: {error} Use "
@@ -60,7 +61,7 @@ def check_size(config, noise_shape, window_frames: Optional[int] = None, schedul
                 "and the standard_static schedule (batched leaves a shorter last window).") from error
         longer = (f" For more than {f} frames, put Ingredients Long Video on the MODEL (windows of {f} frames)."
                   if settings.frames > f and (width * 8, height * 8) == (w, h) else "")
-        raise ValueError(
+        raise InputError(
             f"{MODEL_NAME}: the latent is {width * 8} x {height * 8} x {settings.frames} frames (width x height x "
             f"frames); this checkpoint takes {w} x {h} x {f} only: {error} Set width {w}, height {h}, "
             f"frames {f} on Ingredients Image to Video (or on the node that made the empty latent).{longer}"
@@ -80,7 +81,7 @@ def check_canvas(image_shape, noise_shape) -> None:
     if tuple(image_shape[1:]) != tuple(noise_shape[1:]):
         def frames(f):
             return (f - 1) * 4 + 1
-        raise ValueError(
+        raise InputError(
             f"{MODEL_NAME}: the canvas latent (concat_latent_image) is {tuple(image_shape[1:])} (channels, latent "
             f"frames, height, width: {frames(image_shape[2])} frames), the sampled latent {tuple(noise_shape[1:])} "
             f"({frames(noise_shape[2])} frames): sample the LATENT output of the same Ingredients Image to Video, "
@@ -94,12 +95,12 @@ def check_model_sampling(model_sampling) -> None:
     node = next((SAMPLING_NODES[n] for n in names if n in SAMPLING_NODES), None)
     if node is not None or not hasattr(model_sampling, "num_timesteps"):
         kind = "flow-matching" if "CONST" in names else "continuous"
-        raise ValueError(f"{MODEL_NAME}: {node or type(model_sampling).__name__} is on this MODEL (a {kind} "
+        raise InputError(f"{MODEL_NAME}: {node or type(model_sampling).__name__} is on this MODEL (a {kind} "
                          f"model_sampling: a shift or sigma range of another model family does not apply); "
                          f"{SAMPLING_FIX}.")
     if "V_PREDICTION" not in names:
         prediction = next((n for n in names if n.isupper()), type(model_sampling).__name__)
-        raise ValueError(f"{MODEL_NAME}: the MODEL's sampling predicts {prediction} (ModelSamplingDiscrete with "
+        raise InputError(f"{MODEL_NAME}: the MODEL's sampling predicts {prediction} (ModelSamplingDiscrete with "
                          f"sampling {prediction.lower()}?); {SAMPLING_FIX}.")
 
 
@@ -109,7 +110,7 @@ def check_model_options(model_options: dict, blocks: int) -> None:
     (a UNet's middle-block attention) and ``transformer_options`` patches (:func:`block_replaces`)."""
     for function in model_options.get("sampler_post_cfg_function", []):
         if "PerturbedAttentionGuidance" in getattr(function, "__qualname__", "").split("."):
-            raise ValueError(
+            raise InputError(
                 f"{MODEL_NAME}: PerturbedAttentionGuidance replaces the self-attention of a UNet's middle block "
                 "(patches_replace attn1 ('middle', 0, 0)); the Ingredients transformer is a DiT without one, so "
                 "it would do nothing: remove it (SkipLayerGuidanceDiT works on this MODEL: double_layers are "
@@ -125,19 +126,19 @@ def block_replaces(transformer_options: dict, blocks: int) -> dict:
         for key, patch in table.items():
             if name == "dit" and isinstance(key, tuple) and len(key) == 2 and key[0] == "double_block":
                 if not 0 <= key[1] < blocks:
-                    raise ValueError(f"{MODEL_NAME}: a block replace (SkipLayerGuidanceDiT double_layers?) names "
+                    raise InputError(f"{MODEL_NAME}: a block replace (SkipLayerGuidanceDiT double_layers?) names "
                                      f"block {key[1]}; the model has blocks 0 to {blocks - 1}.")
                 replaces[key[1]] = patch
                 continue
             node = PATCH_NODES.get(name, "a MODEL patch")
             if name == "dit" and isinstance(key, tuple) and key and key[0] == "single_block":
                 node = "SkipLayerGuidanceDiT single_layers (use double_layers)"
-            raise ValueError(f"{MODEL_NAME}: {node} sets patches_replace[{name!r}][{key!r}], which the Ingredients "
+            raise InputError(f"{MODEL_NAME}: {node} sets patches_replace[{name!r}][{key!r}], which the Ingredients "
                              "transformer cannot honour (it has only 'dit' ('double_block', i) replaces, one per "
                              f"CogVideoX block 0 to {blocks - 1}): remove that node.")
     for name, patches in (transformer_options.get("patches") or {}).items():
         if patches:
-            raise ValueError(f"{MODEL_NAME}: a MODEL patch sets transformer_options patches[{name!r}], which the "
+            raise InputError(f"{MODEL_NAME}: a MODEL patch sets transformer_options patches[{name!r}], which the "
                              "Ingredients transformer never calls: remove that node.")
     return replaces
 

@@ -38,6 +38,7 @@ import comfy.samplers
 import comfy.supported_models_base
 import torch
 
+from ..ingredients_core import InputError
 from ..ingredients_core.settings import FF_CHUNK  # the feed-forward chunk the pack's sampler runs with
 from . import host, native_checks, native_windows
 
@@ -134,9 +135,9 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
     def _context(self, context, device, dtype):
         width = self.diffusion_model.config.text_embed_dim
         if context is None:
-            raise ValueError(f"Ingredients MODEL: no text conditioning reached the model; {TEXT_FIX}.")
+            raise InputError(f"Ingredients MODEL: no text conditioning reached the model; {TEXT_FIX}.")
         if context.shape[-1] != width:
-            raise ValueError(f"Ingredients MODEL: the text conditioning is {context.shape[-1]} wide, the model reads "
+            raise InputError(f"Ingredients MODEL: the text conditioning is {context.shape[-1]} wide, the model reads "
                              f"{width} (T5-XXL); {TEXT_FIX}.")
         return comfy.model_management.cast_to_device(context, device, dtype)
 
@@ -210,7 +211,7 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         end token (the pack's Encode Prompt nodes do exactly that). Called once per sampling run."""
         tokens = self.diffusion_model.config.max_text_seq_length
         if text.shape[-2] < tokens:
-            raise ValueError(
+            raise InputError(
                 f"Ingredients MODEL: the text conditioning has {text.shape[-2]} tokens, the model reads {tokens} "
                 f"(padded T5 tokens, as the official pipeline): put ComfyUI's T5TokenizerOptions (min_length {tokens}) "
                 "between CLIPLoader and CLIPTextEncode, use CLIPLoader type cogvideox, or take the positive/"
@@ -244,7 +245,7 @@ def _step_inputs(model: IngredientsBaseModel, patch, hidden: torch.Tensor, optio
                                  _position(model, options, timestep), options.get("cond_or_uncond") or [],
                                  window=native_windows.call_window(options, hidden.shape[1]))
     except RoutingError as error:
-        raise ValueError(f"Ingredients Apply IDs: {error} (mask_N of Ingredients Route IDs; the latent has "
+        raise InputError(f"Ingredients Apply IDs: {error} (mask_N of Ingredients Route IDs; the latent has "
                          f"{hidden.shape[1]} frames)") from error
 
 
@@ -279,7 +280,7 @@ def transformer_of(model) -> Any:
     """The IngredientsTransformer of a MODEL, or a ValueError naming the fix."""
     inner = getattr(model, "model", None)
     if not isinstance(inner, IngredientsBaseModel):
-        raise ValueError(f"model: this MODEL is a {type(inner).__name__}, not the Ingredients model: connect the "
+        raise InputError(f"model: this MODEL is a {type(inner).__name__}, not the Ingredients model: connect the "
                          "MODEL output of Load Ingredients Model (or a patch of it).")
     return inner.diffusion_model
 
@@ -455,7 +456,7 @@ def with_teacache(model, threshold: float):
 
     transformer_of(model)
     if not threshold >= 0:
-        raise ValueError(f"threshold: must be 0 (off) or above (0.10-0.20 for CogVideoX-5B); got {threshold}")
+        raise InputError(f"threshold: must be 0 (off) or above (0.10-0.20 for CogVideoX-5B); got {threshold}")
     clone = model.clone()
     options = clone.model_options.setdefault("transformer_options", {})
     if options.pop(TEACACHE_KEY, None) is not None:

@@ -8,6 +8,7 @@ import logging
 
 from comfy_api.latest import io
 
+from ..ingredients_core import InputError
 from . import native_model
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class OfficialSampler(io.ComfyNode):
     @classmethod
     def execute(cls, scheduler: str) -> io.NodeOutput:
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {scheduler!r}")
+            raise InputError(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {scheduler!r}")
         return io.NodeOutput(native_model.official_sampler(scheduler))
 
 
@@ -67,7 +68,7 @@ class OfficialScheduler(io.ComfyNode):
         from ..ingredients_core.native_sampling import official_sigmas
 
         if steps < 1:
-            raise ValueError(f"steps must be at least 1; got {steps}")
+            raise InputError(f"steps must be at least 1; got {steps}")
         return io.NodeOutput(official_sigmas(native_model.model_sampling(model), steps))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
+from ..ingredients_core import InputError
 from . import native_checks
 
 FRAME_DIM = 2  # CogVideoX latents in ComfyUI: (B, C, F, H, W)
@@ -59,7 +60,7 @@ def call_window(transformer_options: dict, call_frames: int, video_frames_hint: 
         return None
     frames = window_frames(window)
     if len(frames) != call_frames:
-        raise ValueError(f"{native_checks.MODEL_NAME}: the context window holds {len(frames)} latent frames, the "
+        raise InputError(f"{native_checks.MODEL_NAME}: the context window holds {len(frames)} latent frames, the "
                          f"model was given {call_frames}: windows must run along the frames (dim {FRAME_DIM}); use "
                          f"{LONG_VIDEO_NODE}, or Context Windows (Manual) with dim {FRAME_DIM}.")
     total = int(getattr(window, "total_frames", 0) or video_frames_hint or (max(frames) + 1))
@@ -74,7 +75,7 @@ def canvas_for_call(concat, transformer_options: dict, call_frames: int):
         return concat
     window = call_window(transformer_options, call_frames, concat.shape[FRAME_DIM])
     if window is None or concat.shape[FRAME_DIM] != window[1]:
-        raise ValueError(f"{native_checks.MODEL_NAME}: the canvas latent has {concat.shape[FRAME_DIM]} latent frames, "
+        raise InputError(f"{native_checks.MODEL_NAME}: the canvas latent has {concat.shape[FRAME_DIM]} latent frames, "
                          f"the model was given {call_frames}"
                          + ("" if window is None else f" of a {window[1]}-frame video") +
                          f": sample the LATENT of the same Ingredients Image to Video (windows: {LONG_VIDEO_NODE}).")
@@ -100,11 +101,11 @@ def check_run(config, noise_shape, model_options: dict) -> None:
         native_checks.check_size(config, noise_shape)  # no windows: the whole latent must fit
         return
     if dim != FRAME_DIM:
-        raise ValueError(f"{native_checks.MODEL_NAME}: Context Windows run along dim {dim} of the latent (batch, "
+        raise InputError(f"{native_checks.MODEL_NAME}: Context Windows run along dim {dim} of the latent (batch, "
                          f"channels, frames, height, width); this video model's frames are dim {FRAME_DIM}: set dim "
                          f"{FRAME_DIM} on Context Windows (Manual), or use {LONG_VIDEO_NODE}.")
     if getattr(handler, "causal_window_fix", False):
-        raise ValueError(
+        raise InputError(
             f"{native_checks.MODEL_NAME}: causal_window_fix is on (Context Windows (Manual)): it puts one more frame "
             "in front of every window but the first, so the windows would hold two lengths, and this checkpoint's "
             f"learned positions take exactly {_latent_length(config)} latent frames. Turn causal_window_fix off "
@@ -151,11 +152,11 @@ def plan(config, frames: int, overlap_frames: int) -> Plan:
     latent frame), or a ValueError naming the input and the values it takes."""
     window = _latent_length(config)
     if frames < 1 or (frames - 1) % 4:
-        raise ValueError(f"frames: {frames} is not 4k+1 (the VAE makes 1 + 4 frames per latent frame); take "
+        raise InputError(f"frames: {frames} is not 4k+1 (the VAE makes 1 + 4 frames per latent frame); take "
                          f"{frames - (frames - 1) % 4 if frames > 1 else 1} or {frames + 4 - (frames - 1) % 4}.")
     overlap = overlap_frames // 4
     if overlap_frames % 4 or not 0 <= overlap < window:
-        raise ValueError(f"overlap: {overlap_frames} frames; take a multiple of 4 from 0 to {(window - 1) * 4} "
+        raise InputError(f"overlap: {overlap_frames} frames; take a multiple of 4 from 0 to {(window - 1) * 4} "
                          f"(windows of {video_frames(window)} frames, {window} latent frames, move by "
                          "window - overlap).")
     latent = latent_frames(frames)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_api.latest import io
+from ..ingredients_core import InputError
 
 ModelType = io.Custom("INGREDIENTS_MODEL")
 VAEType = io.Custom("INGREDIENTS_VAE")
@@ -51,12 +52,12 @@ def check_projected_with(tokens: "IngredientsIDTokens", weights: Any, folder: Pa
     mine = getattr(tokens, "weights", None)
     if mine is not None and weights is not None:
         if mine != weights:
-            raise ValueError(f"routed_ids: the ID tokens were projected with {mine}, {user} holds {weights}: feed "
+            raise InputError(f"routed_ids: the ID tokens were projected with {mine}, {user} holds {weights}: feed "
                              "Project IDs the model output of the same Load Ingredients Model (same model_folder, "
                              "transformer_file, dtype and weight_dtype).")
         return
     if folder is not None and tokens.model_folder != folder:
-        raise ValueError(f"routed_ids: the ID tokens were projected with the model in {tokens.model_folder}, {user} "
+        raise InputError(f"routed_ids: the ID tokens were projected with the model in {tokens.model_folder}, {user} "
                          f"comes from {folder}: feed Project IDs the model output of the same Load Ingredients Model.")
 
 
@@ -188,10 +189,10 @@ class IngredientsRouting:
         import torch
 
         if not self.layers:
-            raise ValueError("routing: nothing was recorded (every person had strength 0 or was outside its "
+            raise InputError("routing: nothing was recorded (every person had strength 0 or was outside its "
                              "start/end range at every step): give a person a strength above 0 on Route IDs.")
         if not -1 <= layer < len(self.layers):
-            raise ValueError(f"layer: {layer} is out of range; this model has {len(self.layers)} routed layers: "
+            raise InputError(f"layer: {layer} is out of range; this model has {len(self.layers)} routed layers: "
                              f"use -1 (mean over all) or 0 to {len(self.layers) - 1}.")
         per_layer = self.last if steps == "last" else self.mean
         return torch.stack(per_layer).mean(0) if layer == -1 else per_layer[layer]

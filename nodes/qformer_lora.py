@@ -7,6 +7,8 @@ strength_model, offset, function)); no ComfyUI import.
 
 from __future__ import annotations
 
+from ..ingredients_core import InputError
+
 QFORMER = "diffusion_model.local_facial_extractor."
 
 
@@ -43,7 +45,7 @@ def check_tokens_have_model_qformer(tokens, model) -> None:
     change nothing)."""
     patches = qformer_patches(model)
     if patches and tuple(getattr(tokens, "qformer_patches", ())) != patches:
-        raise ValueError(f"routed_ids: this MODEL carries LoRA patches on {len(patches)} q-former weights "
+        raise InputError(f"routed_ids: this MODEL carries LoRA patches on {len(patches)} q-former weights "
                          "(local_facial_extractor, from Ingredients LoRA or a LoRA loader) that the ID tokens were "
                          "not projected with, so they would change nothing: connect this MODEL to the patched_model "
                          "input of Ingredients Project IDs.")

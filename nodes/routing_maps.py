@@ -7,6 +7,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
+from ..ingredients_core import InputError
 from . import host
 from .payloads import IngredientsRouting, RoutingType
 
@@ -22,7 +23,7 @@ def _frames(frames, routing: IngredientsRouting):
         return None
     if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] < 3:
         shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-        raise ValueError(f"frames: expected an IMAGE batch (frames, height, width, 3), got {shape}; connect "
+        raise InputError(f"frames: expected an IMAGE batch (frames, height, width, 3), got {shape}; connect "
                          "Ingredients Decode's frames.")
     if frames.shape[0] != routing.frames:
         logger.warning("frames: %d images for a %d-frame routing; the maps are spread over them",

@@ -12,6 +12,7 @@ import logging
 import torch
 from comfy_api.latest import io, ui
 
+from ..ingredients_core import InputError
 from . import host, native_model, native_windows
 from .apply_ids import put_ids, routing_payload
 from .payloads import (
@@ -58,14 +59,14 @@ def _check_frames(config, settings, patched_model) -> None:
     except SettingsError as error:
         if settings.frames <= config.sample_frames:
             raise
-        raise ValueError(f"frames: {settings.frames} frames need the MODEL sampled in windows of the checkpoint's "
+        raise InputError(f"frames: {settings.frames} frames need the MODEL sampled in windows of the checkpoint's "
                          f"{config.sample_frames} frames: put Ingredients Long Video on the MODEL and connect it to "
                          f"patched_model (or set frames {config.sample_frames}). {error}") from error
 
 
 def _check_prompt(prompt: IngredientsPrompt, config) -> None:
     if prompt.width != config.text_embed_dim:
-        raise ValueError(f"prompt: embeddings are {prompt.width} wide ({prompt.source}) but the model reads "
+        raise InputError(f"prompt: embeddings are {prompt.width} wide ({prompt.source}) but the model reads "
                          f"{config.text_embed_dim}: encode the prompt with this model's T5 (or a t5xxl CLIP for "
                          "the official model).")
 
@@ -80,7 +81,7 @@ def _check_masks(routed: IngredientsRoutedIDs, frames: int) -> None:
             try:
                 resize_mask(mask, (latent_frame_count(frames), 1, 1), f"mask_{n}")
             except RoutingError as error:
-                raise ValueError(f"routed_ids: {error} (mask_{n} of Ingredients Route IDs; the sampler makes "
+                raise InputError(f"routed_ids: {error} (mask_{n} of Ingredients Route IDs; the sampler makes "
                                  f"{frames} frames)") from error
 
 
@@ -96,7 +97,7 @@ def _sampled_model(model: IngredientsModel, patched_model, routed: IngredientsRo
     (the Ingredients TeaCache node's patch) when on."""
     base = model.patcher if patched_model is None else patched_model
     if patched_model is not None and native_model.transformer_of(patched_model) is not model.transformer:
-        raise ValueError("patched_model: this MODEL is not the model's transformer (another Load Ingredients Model "
+        raise InputError("patched_model: this MODEL is not the model's transformer (another Load Ingredients Model "
                          "or settings): connect the MODEL output of the same Load Ingredients Model as model, "
                          "after your MODEL patches.")
     sampled = put_ids(base, routed)
@@ -287,7 +288,7 @@ def _latent_samples(samples) -> torch.Tensor:
     tensor = samples.get("samples") if isinstance(samples, dict) else None
     if not isinstance(tensor, torch.Tensor) or tensor.ndim != 5 or tensor.shape[1] != 16:
         found = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(samples).__name__
-        raise ValueError(f"samples: expected a CogVideoX video LATENT (B, 16, frames, h, w), got {found}: connect "
+        raise InputError(f"samples: expected a CogVideoX video LATENT (B, 16, frames, h, w), got {found}: connect "
                          "the LATENT of a sampler that ran the Ingredients MODEL (or Ingredients Image to Video).")
     return tensor
 

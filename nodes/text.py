@@ -17,6 +17,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
+from ..ingredients_core import InputError
 from . import host
 from .payloads import IngredientsPrompt, IngredientsT5, PromptType, T5Type
 
@@ -90,7 +91,7 @@ def clip_t5_embeddings(clip, text: str, input_name: str, lengths: list | None = 
     token count (end token included) is appended to ``lengths`` when given."""
     tokens = clip.tokenize(text, tokenizer_options={f"{T5_KEY}_min_length": TOKENS}, disable_weights=True)
     if T5_KEY not in tokens:
-        raise ValueError(f"{input_name}: this CLIP has no T5-XXL encoder (it has {', '.join(sorted(tokens))}). "
+        raise InputError(f"{input_name}: this CLIP has no T5-XXL encoder (it has {', '.join(sorted(tokens))}). "
                          "Load t5xxl with CLIPLoader type 'sd3' (or 'cogvideox' on newer ComfyUI).")
     if lengths is not None:
         lengths.append(_token_count(tokens[T5_KEY]))
@@ -98,7 +99,7 @@ def clip_t5_embeddings(clip, text: str, input_name: str, lengths: list | None = 
     only_t5 = {key: (t5_tokens if key == T5_KEY else []) for key in tokens}
     embeds = clip.encode_from_tokens(only_t5)
     if embeds.ndim != 3 or embeds.shape[1] != TOKENS:
-        raise ValueError(f"{input_name}: the CLIP returned embeddings of shape {tuple(embeds.shape)}, "
+        raise InputError(f"{input_name}: the CLIP returned embeddings of shape {tuple(embeds.shape)}, "
                          f"expected (1, {TOKENS}, 4096): this ComfyUI ignores tokenizer_options; update ComfyUI "
                          "or use Load Ingredients T5.")
     return embeds[:1].float().to(host.output_device())
