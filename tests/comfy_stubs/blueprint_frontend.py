@@ -103,10 +103,10 @@ def build_and_publish(page, spec: dict) -> None:
     page.evaluate(_CONVERT, spec)
 
 
-def blueprint_types(page) -> dict[str, str]:
-    """The blueprint node types the frontend's node library knows, by display name."""
+def library(page) -> dict[str, list[str]]:
+    """The blueprints the frontend's node library shows: display name -> [node type, category]."""
     return page.evaluate("() => Object.fromEntries([...(" + _STORE + ").subgraphBlueprints]"
-                         ".map(d => [d.display_name, d.name]))")
+                         ".map(d => [d.display_name, [d.name, d.category]]))")
 
 
 def place(page, node_type: str, outer: list[dict], links: list, overrides: dict) -> dict:
