@@ -36,6 +36,8 @@ def _core_nodes(prompt: str) -> list[dict]:
         dict(key="project", type="IngredientsProjectIDs", pos=[COLUMNS[3], 420]),
         dict(key="route", type="IngredientsRouteIDs", pos=[COLUMNS[3], 560],
              widgets=dict(routing_mode="from model", strength=1.0)),
+        # The seed is exposed as an input of the blueprint: the value the artist sets is the one used,
+        # so the inner control stays "fixed".
         dict(key="sampler", type="IngredientsSampler", pos=[COLUMNS[2], 0],
              widgets=dict(width=720, height=480, frames=49, steps=50, cfg=6.0, seed=42,
                           control_after_generate="fixed", scheduler="dpm", dynamic_cfg=False)),
