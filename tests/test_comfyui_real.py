@@ -211,7 +211,9 @@ def test_every_node_is_listed_and_nothing_failed_to_import(server, definitions):
 def test_core_node_table_matches_this_comfyui(definitions):
     table = json.loads(workflow_tools.CORE_NODES.read_text())
     for name, ours in table.items():
-        assert workflow_tools.widget_layout(definitions[name]) == workflow_tools.widget_layout(ours), name
+        # the table is 0.33's: an older ComfyUI may lack widgets appended since (CreateVideo's bit_depth)
+        real = workflow_tools.widget_layout(definitions[name])
+        assert real == workflow_tools.widget_layout(ours)[:len(real)], name
         # outputs may be added in newer ComfyUI (0.33's PreviewImage passes its images on); links to
         # the ones the table lists must stay valid
         assert definitions[name]["output"][:len(ours["output"])] == ours["output"], name

@@ -75,6 +75,17 @@ def stamp(workflow: dict, pack_types: set[str], core_version: str = CORE_VERSION
     return workflow
 
 
+def stamp_blueprint(blueprint: dict, pack_types: set[str], core_version: str = CORE_VERSION) -> dict:
+    """A subgraph blueprint (``subgraphs/*.json``) stamped: every inner node as in :func:`stamp`, and the
+    blueprint's own node (its type is the subgraph's id) as the pack's."""
+    cnr_id, version = pack_registry()
+    for subgraph in blueprint["definitions"]["subgraphs"]:
+        stamp(subgraph, pack_types, core_version)
+    for node in blueprint["nodes"]:
+        node.setdefault("properties", {}).update(cnr_id=cnr_id, ver=version)
+    return blueprint
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write cnr_id/ver into example workflows.")
     parser.add_argument("files", nargs="*", type=Path, help="workflow files (default: every workflows/*.json)")
