@@ -15,13 +15,15 @@ import json
 import sys
 
 import pytest
-from test_comfyui_real import COMFYUI, STUBS, TINY_SAMPLER, Server, _base_directory, _pack_node_ids
+from test_comfyui_real import COMFYUI, STUBS, TINY_SAMPLER, _pack_node_ids
 
 sys.path.insert(0, str(STUBS))
 import blueprint_frontend  # noqa: E402
 import blueprint_tools  # noqa: E402
 import frontend  # noqa: E402
 import harness  # noqa: E402
+import real_server  # noqa: E402
+from real_server import Server  # noqa: E402
 
 sys.path.remove(str(STUBS))
 
@@ -39,7 +41,7 @@ def server(tmp_path_factory):
     sys.path.remove(str(STUBS))
     root = tmp_path_factory.mktemp("comfyui_blueprints")
     tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
-    _base_directory(root / "base")
+    real_server.base_directory(root / "base")
     server = Server(root)
     server.start()
     yield server
