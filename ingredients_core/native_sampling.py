@@ -135,16 +135,20 @@ def _to_pack(x: torch.Tensor) -> torch.Tensor:
 def sample_official(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, model_sampling, scheduler_name: str,
                     seed: Optional[int] = None, callback: Optional[StepCallback] = None,
                     disable: Optional[bool] = True, generator: Optional[torch.Generator] = None,
-                    dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                    dtype: Optional[torch.dtype] = None, v_space: bool = False,
+                    start: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sample ``x`` (B, 16, F, h, w), k-diffusion space at ``sigmas[0]``, down ``sigmas`` with the
     official ``scheduler_name`` (``ddim`` or ``dpm``); returns x in k-diffusion space at ``sigmas[-1]``.
 
-    ``denoise(x, sigma)`` -> guided x0 (the host's model call); the DPM draws from ``generator``, or
-    from one seeded with ``seed`` on the latents' device; ``dtype``: the state's dtype between steps
-    (the model's compute dtype, as the official pipeline keeps its latents; default x's);
-    ``callback(StepInfo)`` after every step, as the CLI's loop calls it (DDPM-space latents after the
-    step and the scheduler's x0 estimate, in the pack's layout (B, F, C, h, w));
-    ``disable``: no console progress bar (tqdm), as k-diffusion samplers take it.
+    ``denoise(x, sigma)``: the host's guided model call, x0 for k-space x; with ``v_space`` it takes
+    the DDPM sample x_t itself and gives the guided v-prediction (the host's model in the official
+    loop's own space: no rescaling of x by sqrt(1 + sigma^2) and back, so the run is the CLI's loop to
+    the bit); ``start``: x_t at ``sigmas[0]`` when the host has it exactly (its unscaled noise), else
+    x / sqrt(1 + sigma^2). The DPM draws from ``generator``, or from one seeded with ``seed`` on the
+    latents' device; ``dtype``: the state's dtype between steps (the model's compute dtype, as the
+    official pipeline keeps its latents; default x's); ``callback(StepInfo)`` after every step, as
+    the CLI's loop calls it (DDPM-space latents after the step and the scheduler's x0 estimate, in the
+    pack's layout (B, F, C, h, w)); ``disable``: no console progress bar (tqdm).
     """
     from functools import partial
 
@@ -167,6 +171,8 @@ def sample_official(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, mo
     s_in = x.new_ones([x.shape[0]])
 
     def predict_v(i: int, sample: torch.Tensor) -> torch.Tensor:
+        if v_space:
+            return _to_pack(denoise(_to_pack(sample).to(x.dtype), sigmas[i] * s_in).float())
         sigma = _wide(sigmas[i])
         x_k = x if i == 0 else (_to_pack(_wide(sample)) * (1 + sigma ** 2) ** 0.5).to(x.dtype)
         x0 = denoise(x_k, sigmas[i] * s_in)
@@ -177,9 +183,12 @@ def sample_official(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, mo
     def report(i: int, sample: torch.Tensor, x0: torch.Tensor) -> None:
         callback(StepInfo(step=i, total=len(plan.timesteps), timestep=plan.timesteps[i], latents=sample, denoised=x0))
 
-    start = _to_pack(_wide(x) / (1 + _wide(sigmas[0]) ** 2) ** 0.5)     # x_t, DDPM space, (B, F, C, h, w)
-    sample = run_official(predict_v, start, plan, scheduler, generator, dtype or x.dtype,
+    if start is None:
+        start = _wide(x) / (1 + _wide(sigmas[0]) ** 2) ** 0.5
+    sample = run_official(predict_v, _to_pack(start), plan, scheduler, generator, dtype or x.dtype,
                           report if callback is not None else None, partial(trange, disable=disable))
+    if float(sigmas[-1]) == 0:
+        return _to_pack(sample).to(x.dtype)
     return (_to_pack(_wide(sample)) * (1 + _wide(sigmas[-1]) ** 2) ** 0.5).to(x.dtype)
 
 

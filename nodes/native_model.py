@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 IDS_KEY = "ingredients_ids"          # transformer_options key of the ID patch
 FF_CHUNK_KEY = "ingredients_ff_chunk"  # optional transformer_options key: feed-forward token chunk
 WRAPPER_KEY = "ingredients_ids"      # key of the OUTER_SAMPLE wrapper that bounds a run
+SPACE_KEY = "ingredients_space"      # transformer_options key: "ddpm" when the official SAMPLER samples
 TEXT_FIX = ("encode the prompt with CLIPTextEncode on a CogVideoX/T5-XXL CLIP (CLIPLoader, type cogvideox or sd3) "
             "or the pack's Encode Prompt nodes")
 
@@ -90,13 +92,6 @@ def rotary_for(config, frames: int, height: int, width: int, device: torch.devic
     return cos.to(device), sin.to(device)
 
 
-def _wide(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` in float64 where the device has it (not MPS): the k-diffusion scalings (x / sqrt(1 +
-    sigma^2) at sigma up to 4519, x0 from v) then lose no bits beyond the final float32 rounding, so
-    the transformer sees the x_t the official loop holds."""
-    return tensor.double() if tensor.device.type != "mps" else tensor.float()
-
-
 # -- 3. the BaseModel ----------------------------------------------------------------------------
 class IngredientsBaseModel(comfy.model_base.BaseModel):
     """ComfyUI's view of the Ingredients transformer (V-prediction, CogVideoX latents, image latent
@@ -114,9 +109,12 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
         return self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
 
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        """Denoised x0 (B, 16, F, H, W) for the sampler's x at sigma ``t``."""
+        """Denoised x0 (B, 16, F, H, W) for the sampler's x at sigma ``t``; under the official SAMPLER
+        (``transformer_options[SPACE_KEY] == "ddpm"``) x is the DDPM sample x_t and the result the
+        v-prediction, as the official loop steps them (ComfyUI's guidance, linear, is the same on both)."""
         sigma = t
-        xc = self.model_sampling.calculate_input(_wide(sigma), _wide(x))        # x_t, (B, 16, F, H, W)
+        ddpm = transformer_options.get(SPACE_KEY) == "ddpm"
+        xc = x if ddpm else self.model_sampling.calculate_input(sigma, x)       # x_t, (B, 16, F, H, W)
         if c_concat is not None:                                                # + image latent: (B, 32, F, H, W)
             c_concat = native_windows.canvas_for_call(c_concat, transformer_options, x.shape[2])  # 0.3.64's windows
             xc = torch.cat([xc, comfy.model_management.cast_to_device(c_concat, xc.device, xc.dtype)], dim=1)
@@ -130,7 +128,9 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
                                                             options)
         out = comfy.patcher_extension.WrapperExecutor.new_class_executor(
             self._diffusion_forward, self.diffusion_model, wrappers).execute(xc, timestep, context, control, options)
-        return self.model_sampling.calculate_denoised(_wide(sigma), _wide(out), _wide(x)).to(x.dtype)
+        if ddpm:
+            return out.float()
+        return self.model_sampling.calculate_denoised(sigma, out.float(), x)
 
     def _context(self, context, device, dtype):
         width = self.diffusion_model.config.text_embed_dim
@@ -325,19 +325,30 @@ def ids_patch(model):
 
 # -- 5. sampling the MODEL (issue 15, part 4) ------------------------------------------------------
 def _official_sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                               scheduler: str = "dpm", generator: Optional[torch.Generator] = None):
+                               scheduler: str = "dpm", generator: Optional[torch.Generator] = None,
+                               result: Optional[list] = None):
     """A k-diffusion sampler function (ComfyUI's protocol): ``model`` is ComfyUI's
-    ``KSamplerX0Inpaint`` around the guider, ``model(x, sigma * s_in, **extra_args)`` -> guided x0;
+    ``KSamplerX0Inpaint`` around the guider, ``model(x, sigma * s_in, **extra_args)`` -> guided output;
     the guider's base model carries ``model_sampling`` and the compute dtype (the loop keeps its state
     in it, as the official pipeline); ``extra_args["seed"]`` seeds the DPM unless ``generator`` (the
-    Ingredients Sampler's, which drew the canvas latent and the noise) is given."""
+    Ingredients Sampler's, which drew the canvas latent and the noise) is given; ``result`` (a list)
+    receives the sampled latents in model space, before ComfyUI rescales them. Where ComfyUI's
+    guidance is linear (``_v_space_fits``) the model runs in the official loop's own space (x_t in,
+    v out: the command line's loop to the bit); else in k-diffusion space, to float rounding."""
     from ..ingredients_core.native_sampling import sample_official
 
     extra_args = {} if extra_args is None else extra_args
     base = model.inner_model.inner_model
+    v_space = _v_space_fits(extra_args)
+    logger.debug("official %s SAMPLER: %s space", scheduler, "the official loop's (v)" if v_space else "k-diffusion")
+    call_args = extra_args
+    if v_space:
+        options = dict(extra_args.get("model_options") or {})
+        options["transformer_options"] = dict(options.get("transformer_options") or {}, **{SPACE_KEY: "ddpm"})
+        call_args = dict(extra_args, model_options=options)
 
-    def denoise(x_k: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return model(x_k, sigma, **extra_args)
+    def denoise(x_in: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return model(x_in, sigma, **call_args)
 
     def report(info) -> None:  # the core's StepInfo -> ComfyUI's callback dict (x at the next sigma, x0)
         i, sigma = info.step, sigmas[info.step]
@@ -345,17 +356,46 @@ def _official_sampler_function(model, x, sigmas, extra_args=None, callback=None,
         callback({"x": x_next, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": info.denoised.transpose(1, 2)})
 
     dtype = base.get_dtype_inference() if hasattr(base, "get_dtype_inference") else x.dtype
-    return sample_official(denoise, x, sigmas, base.model_sampling, scheduler, extra_args.get("seed"),
-                           report if callback is not None else None, disable=disable, generator=generator,
-                           dtype=dtype)
+    out = sample_official(denoise, x, sigmas, base.model_sampling, scheduler, extra_args.get("seed"),
+                          report if callback is not None else None, disable=disable, generator=generator,
+                          dtype=dtype, v_space=v_space, start=_exact_start(model, x, sigmas) if v_space else None)
+    if result is not None:
+        result.append(out)
+    return out
 
 
-def official_sampler(scheduler: str, generator: Optional[torch.Generator] = None):
+def _v_space_fits(extra_args: dict) -> bool:
+    """Whether ComfyUI's guidance gives the same result on v as on x0 (it is affine in the model's
+    output): no sampler_cfg_function or pre-CFG function (RescaleCFG, ...), no post-CFG function but
+    the pack's Dynamic CFG (APG, CFGNorm and SLG's act on x0), no inpainting mask."""
+    options = extra_args.get("model_options") or {}
+    if extra_args.get("denoise_mask") is not None or "sampler_cfg_function" in options \
+            or options.get("sampler_pre_cfg_function"):
+        return False
+    return all(isinstance(fn, DynamicCFG) for fn in options.get("sampler_post_cfg_function", []))
+
+
+def _exact_start(model, x: torch.Tensor, sigmas: torch.Tensor) -> Optional[torch.Tensor]:
+    """The unscaled noise ComfyUI's KSAMPLER kept (``model.noise``): x_t itself when x is that noise
+    scaled to the model's largest sigma on an empty latent (x_t = x / sqrt(1 + sigma^2) would round)."""
+    noise, latent = getattr(model, "noise", None), getattr(model, "latent_image", None)
+    if noise is None or noise.shape != x.shape or (latent is not None and bool(torch.count_nonzero(latent))):
+        return None
+    sigma_max, first = float(model.inner_model.inner_model.model_sampling.sigma_max), float(sigmas[0])
+    if not (math.isclose(sigma_max, first, rel_tol=1e-5) or first > sigma_max):
+        return None
+    return noise.to(device=x.device, dtype=x.dtype)
+
+
+def official_sampler(scheduler: str, generator: Optional[torch.Generator] = None, result: Optional[list] = None):
     """A ComfyUI ``SAMPLER`` running the pack's official ``scheduler`` (``dpm`` or ``ddim``); the DPM
-    draws from ``generator`` when given, else from one seeded with the run's seed."""
+    draws from ``generator`` when given, else from one seeded with the run's seed; ``result`` (a
+    list) receives the sampled latents in model space (the Ingredients Sampler's output)."""
     options = {"scheduler": scheduler}
     if generator is not None:
         options["generator"] = generator
+    if result is not None:
+        options["result"] = result
     return comfy.samplers.KSAMPLER(_official_sampler_function, extra_options=options)
 
 

@@ -141,26 +141,31 @@ def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: Ingr
     scale = float(vae.vae.config.scaling_factor)
     factors, bias = fit_rgb_factors(canvas, concat[0, :, 0] * scale)
     report = host.step_reporter(settings.steps, device, factors, bias, scale)
-    raw = sample_from(sampled, prompt.positive, prompt.negative, concat, noise, settings, generator,
-                      lambda step, x0, x, total: report(step + 1, preview_frame(x0.permute(0, 2, 1, 3, 4))))
-    return raw.permute(0, 2, 1, 3, 4) * scale, sampled
+    latents = sample_from(sampled, prompt.positive, prompt.negative, concat, noise, settings, generator,
+                          lambda step, x0, x, total: report(step + 1, preview_frame(x0.permute(0, 2, 1, 3, 4))))
+    return latents.permute(0, 2, 1, 3, 4), sampled
 
 
 def sample_from(sampled, positive: torch.Tensor, negative: torch.Tensor, concat: torch.Tensor, noise: torch.Tensor,
                 settings, generator: torch.Generator, callback=None) -> torch.Tensor:
     """The Sampler's sampling of the MODEL ``sampled`` from its start: prompt embeddings (1, 226, D),
     the raw canvas latent and the noise (1, 16, F, h, w), the official sigmas and SAMPLER drawing from
-    ``generator``; raw latents (1, 16, F, h, w) as ComfyUI's samplers return them."""
+    ``generator``; the sampled latents (1, 16, F, h, w) in model space (scaled by the VAE's factor), as
+    the official SAMPLER ends (ComfyUI's own output divides them by the factor; the Sampler's
+    latents keep the pack's scale, so Decode sees what it always saw)."""
     from ..ingredients_core.native_sampling import official_sigmas
 
     values = {"concat_latent_image": concat}
     guided = settings.cfg > 1.0  # the official loop runs no guidance at 1 or less; ComfyUI's at exactly 1
-    return native_model.sample(
-        sampled, noise, settings.cfg if guided else 1.0, native_model.official_sampler(settings.scheduler, generator),
+    result: list = []
+    native_model.sample(
+        sampled, noise, settings.cfg if guided else 1.0,
+        native_model.official_sampler(settings.scheduler, generator, result),
         official_sigmas(native_model.model_sampling(sampled), settings.steps),
         native_model.conditioning_with([[positive, {}]], values),
         native_model.conditioning_with([[negative if negative is not None else positive, {}]], values),
         callback, settings.seed)
+    return result[-1].to(host.output_device())
 
 
 class Sampler(io.ComfyNode):

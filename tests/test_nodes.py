@@ -220,10 +220,10 @@ def test_sampler_and_decode_match_the_core_pipeline(nodes, graph):
                                   torch.device("cpu"), torch.float32)
     settings = pipeline.GenerationSettings(steps=2, seed=7, device="cpu", dtype="float32", **TINY)
     expected = pipeline.generate(bundle, graph["faces"], prompt.positive, prompt.negative, settings)
-    # the node samples through ComfyUI's sampling (k-diffusion space: x scaled by sqrt(1 + sigma^2) and back,
-    # v recovered from x0), the core in DDPM space: the same loop, steps and draws, float32 rounding apart
-    torch.testing.assert_close(latents.latents, expected.latents, rtol=1e-4, atol=5e-5)
-    torch.testing.assert_close(frames, expected.frames, rtol=0, atol=1e-4)
+    # the node samples through ComfyUI's sampling with the official SAMPLER in the loop's own space: the same
+    # loop, steps, draws and guidance as the command line's, to the bit
+    torch.testing.assert_close(latents.latents, expected.latents, rtol=0, atol=0)
+    torch.testing.assert_close(frames, expected.frames, rtol=0, atol=0)
 
 
 def test_t5_loader_runs_the_folders_t5_on_comfyuis_t5_with_the_official_embeddings(nodes, graph, models_dir):
