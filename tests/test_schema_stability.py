@@ -121,7 +121,7 @@ def _node_removed(nodes):
     (_retype, "type INT -> FLOAT"),
     (_new_default, "default 42 -> 0"),
     (_option_removed, "options ['dpm', 'ddim'] -> ['dpm']"),
-    (_narrower_range, "max 49 -> 13"),
+    (_narrower_range, "max 1025 -> 13"),
     (_required_appended, "new REQUIRED input"),
     (_made_optional, "optional False -> True"),
     (_made_socket, "forceInput None -> True"),
