@@ -130,9 +130,12 @@ def block_replaces(transformer_options: dict, blocks: int) -> dict:
                                      f"block {key[1]}; the model has blocks 0 to {blocks - 1}.")
                 replaces[key[1]] = patch
                 continue
-            node = PATCH_NODES.get(name, "a MODEL patch")
             if name == "dit" and isinstance(key, tuple) and key and key[0] == "single_block":
-                node = "SkipLayerGuidanceDiT single_layers (use double_layers)"
+                raise InputError(f"{MODEL_NAME}: SkipLayerGuidanceDiT's single_layers name block {key[1:]} of the "
+                                 "'single' kind, which this model does not have (its CogVideoX blocks are all of one "
+                                 f"kind: double_layers, 0 to {blocks - 1}): clear single_layers (its default is "
+                                 "'7, 8, 9') and name the blocks to skip in double_layers.")
+            node = PATCH_NODES.get(name, "a MODEL patch")
             raise InputError(f"{MODEL_NAME}: {node} sets patches_replace[{name!r}][{key!r}], which the Ingredients "
                              "transformer cannot honour (it has only 'dit' ('double_block', i) replaces, one per "
                              f"CogVideoX block 0 to {blocks - 1}): remove that node.")

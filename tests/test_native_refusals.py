@@ -200,7 +200,7 @@ def test_d_a_replace_that_calls_original_block_is_bit_identical(loaded, one_pass
 def test_d_replaces_the_model_cannot_honour_are_refused_by_key(loaded, one_pass):
     model, x, sigma, cond = one_pass
     blocks = len(loaded["payload"].transformer.transformer_blocks)
-    with pytest.raises(ValueError, match=r"SkipLayerGuidanceDiT single_layers.*\('single_block', 0\)"):
+    with pytest.raises(ValueError, match=r"SkipLayerGuidanceDiT's single_layers name block \(0,\).*clear single_layers"):
         _slg_pass(model, x, sigma, cond, [], single=[0])
     with pytest.raises(ValueError, match=f"names block {blocks}; the model has blocks 0 to {blocks - 1}"):
         _slg_pass(model, x, sigma, cond, [blocks])

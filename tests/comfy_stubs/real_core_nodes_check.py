@@ -63,6 +63,7 @@ class Row:
 # perturbs nothing: what PAG and SLG give when their patch finds no place in the model.
 SLG = dict(scale=3.0, start_percent=0.0, end_percent=1.0, rescaling_scale=0.0)
 SLG_NOWHERE = ("SkipLayerGuidanceDiT", SLG | dict(double_layers="99", single_layers="99"))
+SLG_BLOCK_0 = ("SkipLayerGuidanceDiT", SLG | dict(double_layers="0", single_layers=""))
 ROWS = (
     Row("EasyCache", "EasyCache", dict(reuse_threshold=0.5, start_percent=0.15, end_percent=0.95, verbose=False)),
     Row("LazyCache", "LazyCache", dict(reuse_threshold=0.2, start_percent=0.15, end_percent=0.95, verbose=False)),
@@ -78,10 +79,15 @@ ROWS = (
     Row("APG", "APG", dict(eta=0.5, norm_threshold=5.0, momentum=0.0), note="eta 0.5 (eta 1 without a norm is CFG)"),
     Row("PerturbedAttentionGuidance", "PerturbedAttentionGuidance", dict(scale=3.0), control=SLG_NOWHERE,
         note="control: SkipLayerGuidanceDiT on block 99 (the same extra cond pass and formula, nothing skipped)"),
-    Row("SkipLayerGuidanceDiT", "SkipLayerGuidanceDiT", SLG | dict(double_layers="1", single_layers="1"),
-        control=SLG_NOWHERE, note="block 1 of the tiny model's 2 over the whole run; control: block 99"),
-    Row("Context Windows (Manual)", "ContextWindowsManual", dict(context_length=2, context_overlap=1, dim=2),
-        note="windows of 2 of the 3 latent frames (dim 2 of B, C, F, H, W)"),
+    Row("SkipLayerGuidanceDiT", "SkipLayerGuidanceDiT", SLG | dict(double_layers="1", single_layers=""),
+        control=SLG_BLOCK_0, note="block 1 of the tiny model's 2 over the whole run; control: block 0"),
+    Row("SkipLayerGuidanceDiT (its default single_layers)", "SkipLayerGuidanceDiT",
+        SLG | dict(double_layers="1", single_layers="7, 8, 9"), note="this model has no 'single' blocks"),
+    Row("Context Windows (Manual) (causal_window_fix on, the default)", "ContextWindowsManual",
+        dict(context_length=2, context_overlap=1, dim=2), note="windows of 2 of the 3 latent frames"),
+    Row("Context Windows (Manual) (the checkpoint's length, causal_window_fix off)", "ContextWindowsManual",
+        dict(context_length=3, context_overlap=1, dim=2, causal_window_fix=False), expect="same",
+        note="one window the latent's length = the plain run; longer videos: Ingredients Long Video"),
     Row("MultiGPU CFG Split", "MultiGPU_WorkUnits", dict(max_gpus=2), expect="same",
         note="one device here (--cpu): passes through"),
     Row("LoraLoaderModelOnly (kohya)", "LoraLoaderModelOnly", dict(lora_name=native_workflows.LORA_FILE, strength_model=1.0),
