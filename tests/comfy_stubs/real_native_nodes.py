@@ -3,7 +3,7 @@ custom_nodes only (``real_server.base_directory``), never shipped.
 
 - *IngredientsTestTinyNativeInputs*: the tiny model's CONDITIONING and LATENT. The tiny transformer
   reads 32-wide text embeddings (no CLIP of ComfyUI's makes them), so this node gives positive and
-  negative CONDITIONING (1, 226, 32) with an image latent (``concat_latent_image``, one latent frame)
+  negative CONDITIONING (1, 226, 32) with an image latent (``concat_latent_image``: a canvas frame, then zero frames)
   and the empty LATENT (1, 16, 3, 8, 12) of a 9-frame 96 x 64 video, seeded.
 - *IngredientsTestCapture*: an output node that writes what reaches it (an IMAGE, a LATENT's
   ``samples``, any tensor) unchanged as float32 to ``OUTPUT/captures/NAME.npy``, so a script reads
@@ -28,7 +28,8 @@ class IngredientsTestTinyNativeInputs:
 
     def make(self, seed):
         g = torch.Generator().manual_seed(seed)
-        image = torch.randn(1, 16, 1, 8, 12, generator=g)
+        first = torch.randn(1, 16, 1, 8, 12, generator=g)  # the canvas latent, then zero frames (the official layout)
+        image = torch.cat([first, torch.zeros(1, 16, 2, 8, 12)], dim=2)
         positive = [[torch.randn(1, 226, 32, generator=g), {"concat_latent_image": image}]]
         negative = [[torch.randn(1, 226, 32, generator=g), {"concat_latent_image": image}]]
         return positive, negative, {"samples": torch.zeros(1, 16, 3, 8, 12)}
