@@ -21,7 +21,6 @@ from comfy_api.latest import io, ui
 
 from ..ingredients_core import InputError
 from . import host, native_model
-from .faces import to_image
 from .payloads import IDsType, IngredientsIDs, IngredientsVAE, VAEType
 
 logger = logging.getLogger(__name__)

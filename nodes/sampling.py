@@ -20,7 +20,6 @@ from .payloads import (
     IngredientsModel,
     IngredientsPrompt,
     IngredientsRoutedIDs,
-    IngredientsRouting,
     IngredientsVAE,
     LatentsType,
     ModelType,
