@@ -107,8 +107,8 @@ def _sampled_model(model: IngredientsModel, patched_model, routed: IngredientsRo
     return sampled
 
 
-def _start(model: IngredientsModel, vae: IngredientsVAE, routed: IngredientsRoutedIDs, settings,
-           generator: torch.Generator, dtype: torch.dtype):
+def _start(vae: IngredientsVAE, routed: IngredientsRoutedIDs, settings, generator: torch.Generator,
+           dtype: torch.dtype):
     """(canvas RGB, raw canvas latent (1, 16, F, h, w), noise (1, 16, F, h, w)) in the official draw
     order from ``generator``: the canvas latent sample, then the initial noise (in ``dtype``, the
     official pipeline's latents dtype; CogVideoX's ``init_noise_sigma`` is 1)."""
@@ -136,7 +136,7 @@ def run_sampler(model: IngredientsModel, prompt: IngredientsPrompt, routed: Ingr
     sampled = _sampled_model(model, patched_model, routed, settings)
     device = host.load_device(model.patcher)
     generator = torch.Generator(_noise_device(device, host.load_device(vae.patcher))).manual_seed(settings.seed)
-    canvas, concat, noise = _start(model, vae, routed, settings, generator, sampled.model.get_dtype_inference())
+    canvas, concat, noise = _start(vae, routed, settings, generator, sampled.model.get_dtype_inference())
     scale = float(vae.vae.config.scaling_factor)
     factors, bias = fit_rgb_factors(canvas, concat[0, :, 0] * scale)
     report = host.step_reporter(settings.steps, device, factors, bias, scale)
