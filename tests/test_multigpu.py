@@ -23,7 +23,6 @@ import torch
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 sys.path.insert(0, str(STUBS))
 import harness  # noqa: E402
-import tiny_models  # noqa: E402
 
 sys.path.remove(str(STUBS))
 
@@ -32,12 +31,6 @@ SEED, STEPS, ROUNDS = 7, 3, 3
 
 def comfy(name: str):
     return importlib.import_module(name)
-
-
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory):
-    with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as nodes:
-        yield nodes
 
 
 @pytest.fixture()

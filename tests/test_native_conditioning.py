@@ -26,12 +26,6 @@ SCALE = 0.7  # the CogVideoX VAE's scaling_factor: the MODEL's latent format sca
 PROMPT = "Two friends sit at a cafe table, laughing."
 
 
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory):
-    with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as nodes:
-        yield nodes
-
-
 def run(node, **inputs):
     return node.execute(**inputs).args
 

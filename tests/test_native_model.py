@@ -23,23 +23,11 @@ STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 sys.path.insert(0, str(STUBS))
 import fake_gpu  # noqa: E402
 import harness  # noqa: E402
-import tiny_models  # noqa: E402
 
 sys.path.remove(str(STUBS))
 
 TOLERANCE = 1e-5
 UNCOND_COND = [1, 0]  # ComfyUI's row order with both CFG halves in one call
-
-
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory):
-    with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as nodes:
-        yield nodes
-
-
-@pytest.fixture(scope="module")
-def loaded(nodes):
-    return harness.model_outputs(nodes, "official")
 
 
 def _alphas(payload) -> torch.Tensor:

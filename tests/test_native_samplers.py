@@ -17,23 +17,11 @@ import torch
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 sys.path.insert(0, str(STUBS))
 import harness  # noqa: E402
-import tiny_models  # noqa: E402
 
 sys.path.remove(str(STUBS))
 
 SCALE = 0.7  # the latent format's scale factor: LATENT / concat_latent_image are raw VAE latents
 SEED = 123
-
-
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory):
-    with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as nodes:
-        yield nodes
-
-
-@pytest.fixture(scope="module")
-def loaded(nodes):
-    return harness.model_outputs(nodes, "official")
 
 
 @pytest.fixture(scope="module")

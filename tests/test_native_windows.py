@@ -18,23 +18,11 @@ import torch
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 sys.path.insert(0, str(STUBS))
 import harness  # noqa: E402
-import tiny_models  # noqa: E402
 
 sys.path.remove(str(STUBS))
 
 SEED = 5
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory):
-    with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as nodes:
-        yield nodes
-
-
-@pytest.fixture(scope="module")
-def loaded(nodes):
-    return harness.model_outputs(nodes, "official")
 
 
 def comfy(name: str):
