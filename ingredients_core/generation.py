@@ -1,12 +1,13 @@
-"""The one generation path shared by :func:`ingredients_core.pipeline.generate` (CLI, scripts) and
-the ComfyUI sampler node: face canvas latent, initial noise, sampling loop and step cache.
+"""The generation path of :func:`ingredients_core.pipeline.generate` (CLI, scripts): face canvas latent,
+initial noise, the one official sampling loop and the step cache. (The ComfyUI Sampler node draws
+its start the same way and samples through ComfyUI with the same loop: ``nodes/sampling.py``.)
 
 Order of work and of random draws (the official ``IngredientsPipeline``): one generator seeded
 with the run's seed on the device where the noise is made; the face canvas is VAE-encoded and its
 latent *sampled* with that generator; the initial noise is drawn next from it and scaled by the
 scheduler's ``init_noise_sigma``; the scheduler's own draws follow during sampling. The caller says
 where each model computes (:class:`RunPlacement`) and is told, through :class:`RunHooks`, before
-each model is used, so a host can load it there first (ComfyUI) or move it (CLI offloading).
+each model is used, so a caller can move it there first (CLI offloading).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -44,18 +45,12 @@ def _no_load(stage: str) -> None:
     return None
 
 
-def _no_start(canvas, image_latents) -> None:
-    return None
-
-
 @dataclass
 class RunHooks:
     """Calls out of a run: ``load(stage)`` before the VAE (``"vae"``) and the transformer
-    (``"transformer"``) are used; ``started(canvas, image_latents)`` once the start latents exist;
-    ``step(info)`` after every sampling step (raise from it to stop)."""
+    (``"transformer"``) are used; ``step(info)`` after every sampling step (raise from it to stop)."""
 
     load: Callable[[str], None] = _no_load
-    started: Callable[[Any, torch.Tensor], None] = _no_start
     step: Optional[Callable[[StepInfo], None]] = None
 
 
@@ -90,7 +85,6 @@ def sample_video(transformer, vae, scheduler_config: dict, crops: Sequence, prom
     generator = torch.Generator(placement.noise_device).manual_seed(settings.seed)
     image_latents, latents = start_latents(vae, canvas, settings.height, settings.width, settings.frames,
                                            generator, placement.dtype, scheduler.init_noise_sigma)
-    hooks.started(canvas, image_latents)
     cache = TeaCache(settings.teacache, settings.steps) if settings.teacache > 0 else None
     hooks.load(TRANSFORMER_STAGE)
     guided = settings.cfg > 1.0
