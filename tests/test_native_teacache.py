@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_native_samplers import (SCALE, SEED, case, comfy, ksampler, loaded, nodes,  # noqa: F401
+from test_native_samplers import (SCALE, SEED, case, comfy, ksampler,  # noqa: F401  (case: a fixture)
                                   official, official_sigmas, relative, sampler_custom_advanced)
 
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
