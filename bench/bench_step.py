@@ -39,8 +39,8 @@ def _inputs(golden: Path):
 def run_ours(golden: Path, weights: Path, steps: int, out: Path) -> list[float]:
     import torch
 
-    from ingredients_core.checkpoint import load_transformer
-    from ingredients_core.sampling import denoise, make_scheduler
+    from ingredients_core.weights.checkpoint import load_transformer
+    from ingredients_core.sampling.official import denoise, make_scheduler
 
     case, x = _inputs(golden)
     model = load_transformer(weights, dtype=torch.float32)
@@ -67,7 +67,7 @@ def run_official(golden: Path, weights: Path, steps: int, out: Path, official: P
     from models.pipeline_ingredients import IngredientsPipeline  # noqa: E402  (the official checkout)
     from models.transformer_ingredients import IngredientsTransformer3DModel  # noqa: E402
 
-    from ingredients_core.sampling import make_scheduler
+    from ingredients_core.sampling.official import make_scheduler
 
     case, x = _inputs(golden)
     folder = weights / "transformer"
@@ -145,7 +145,7 @@ def main() -> None:
         return
     import torch
 
-    from ingredients_core.parity import write_golden_checkpoint
+    from ingredients_core.testing.parity import write_golden_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -217,7 +217,7 @@ def _random_routed(torch, config, people: int):
     import comfy_inproc as inproc
 
     payloads = inproc.pack_module("nodes.payloads")
-    routing = inproc.pack_module("ingredients_core.routing")
+    routing = inproc.pack_module("ingredients_core.routing.plan")
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randn(people, config.ids.num_tokens, config.ids.token_dim, generator=generator)
     ids = payloads.IngredientsIDTokens(tokens=tokens, ids=payloads.IngredientsIDs(faces=(None,) * people),

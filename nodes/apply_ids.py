@@ -58,8 +58,8 @@ class ApplyIDs(io.ComfyNode):
 def put_ids(model, routed_ids: IngredientsRoutedIDs):
     """A clone of the Ingredients MODEL ``model`` carrying the routed IDs (Apply IDs, and the
     Ingredients Sampler on its MODEL); the "from model" routing mode is the loader's."""
-    from ..ingredients_core.native_ids import IDPatch
-    from ..ingredients_core.routing import RoutingError
+    from ..ingredients_core.routing.host_ids import IDPatch
+    from ..ingredients_core.routing.plan import RoutingError
 
     transformer = native_model.transformer_of(model)
     config = model.model.model_config

@@ -1,4 +1,4 @@
-"""Ingredients Check Install: the doctor (:mod:`ingredients_core.doctor`) on the folders ComfyUI
+"""Ingredients Check Install: the doctor (:mod:`ingredients_core.doctor.checkup`) on the folders ComfyUI
 searches, its report shown on the node. It never downloads anything."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from ..ingredients_core.model_folders import INGREDIENTS_FOLDER, INSIGHTFACE_FOLDER, TEXT_ENCODERS_FOLDER
+from ..ingredients_core.weights.model_folders import INGREDIENTS_FOLDER, INSIGHTFACE_FOLDER, TEXT_ENCODERS_FOLDER
 from . import host
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class CheckInstall(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        from ..ingredients_core.doctor import run_doctor
+        from ..ingredients_core.doctor.checkup import run_doctor
 
         roots = {name: host.model_roots(name) for name in (INGREDIENTS_FOLDER, INSIGHTFACE_FOLDER,
                                                             TEXT_ENCODERS_FOLDER)}

@@ -23,8 +23,8 @@ from .payloads import (
 logger = logging.getLogger(__name__)
 
 CATEGORY = "Ingredients"
-DEFAULT_FRAMES = 24  # ingredients_core.faces.identity.OFFICIAL_FRAMES (a test ties them)
-DEFAULT_THRESHOLD = 0.35  # ingredients_core.faces.identity_scores.DEFAULT_THRESHOLD (a test ties them)
+DEFAULT_FRAMES = 24  # ingredients_core.identity.check.OFFICIAL_FRAMES (a test ties them)
+DEFAULT_THRESHOLD = 0.35  # ingredients_core.identity.scores.DEFAULT_THRESHOLD (a test ties them)
 
 
 def check_frames(frames) -> torch.Tensor:
@@ -46,7 +46,7 @@ def check_ids(ids) -> IngredientsIDs:
 
 def routing_grid(routing: IngredientsRouting | None):
     """The sampler's routing as the core's grid (mean over steps and routed layers), or None."""
-    from ..ingredients_core.faces.identity_scores import RoutingGrid
+    from ..ingredients_core.identity.scores import RoutingGrid
 
     if routing is None:
         return None
@@ -103,8 +103,8 @@ class IdentityCheck(io.ComfyNode):
     @classmethod
     def execute(cls, face_encoder: IngredientsFaceEncoder, ids: IngredientsIDs, frames: torch.Tensor,
                 frames_to_sample: int, threshold: float, routing: IngredientsRouting | None = None) -> io.NodeOutput:
-        from ..ingredients_core.faces.identity import IdentityModels, Reference, evaluate_identity
-        from ..ingredients_core.faces.identity_plot import render_identity_plot
+        from ..ingredients_core.identity.check import IdentityModels, Reference, evaluate_identity
+        from ..ingredients_core.identity.plot import render_identity_plot
 
         frames, ids = check_frames(frames), check_ids(ids)
         people = [dataclasses.replace(Reference.from_features(face), name="") for face in ids.faces]

@@ -100,7 +100,7 @@ def _mask(mask, name: str) -> torch.Tensor:
 def routing_options(people: int, mode: str, strength: float, mask_mode: str, mask_strength: float,
                     values: dict):
     """``RoutingOptions`` for ``people`` IDs from the node's inputs (``values``: mask_N, strength_N, ...)."""
-    from ..ingredients_core.routing import RoutingOptions
+    from ..ingredients_core.routing.plan import RoutingOptions
 
     extra = [n for n in range(people + 1, MAX_IDS + 1) if values.get(f"mask_{n}") is not None]
     if extra:
@@ -158,7 +158,7 @@ class RouteIDs(io.ComfyNode):
     @classmethod
     def execute(cls, id_tokens: IngredientsIDTokens, routing_mode: str, strength: float, mask_mode: str = "soft",
                 mask_strength: float = 5.0, **persons) -> io.NodeOutput:
-        from ..ingredients_core.routing import RoutingError
+        from ..ingredients_core.routing.plan import RoutingError
 
         follow_model = routing_mode == MODEL_DEFAULT
         people = len(id_tokens.ids)

@@ -34,7 +34,7 @@ MAX_LONG_FRAMES = 1025  # 4k + 1, as Ingredients Long Video's frames
 
 
 def _check_size(width: int, height: int, frames: int) -> None:
-    from ..ingredients_core.pipeline import GenerationSettings
+    from ..ingredients_core.sampling.pipeline import GenerationSettings
 
     GenerationSettings(height=height, width=width, frames=frames).validate()  # names the input at fault
 
@@ -69,7 +69,7 @@ def encode_canvas_latent(canvas, height: int, width: int, batch: int, encoding: 
     ``official``: one latent sample per video, drawn in turn from one generator seeded with ``seed``
     on the VAE's load device (the first equals the official single-video draw); ``mean``: the mean.
     """
-    from ..ingredients_core.vae import canvas_pixels, encode_first_frame, spatial_factor
+    from ..ingredients_core.encoders.vae import canvas_pixels, encode_first_frame, spatial_factor
 
     if comfy_vae is not None:
         pixels = canvas_pixels(canvas, height, width)                       # (1, 3, H, W) in [-1, 1]
@@ -146,7 +146,7 @@ class ImageToVideo(io.ComfyNode):
     def execute(cls, positive, negative, ids: IngredientsIDs, width: int, height: int, frames: int, batch_size: int,
                 encoding: str, canvas_seed: int, vae: IngredientsVAE | None = None, comfy_vae=None) -> io.NodeOutput:
         from ..ingredients_core.faces import make_canvas
-        from ..ingredients_core.vae import latent_frame_count
+        from ..ingredients_core.encoders.vae import latent_frame_count
 
         _check_size(width, height, frames)
         _check_conditioning(positive, "positive")

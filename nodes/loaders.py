@@ -57,7 +57,7 @@ def _parameter_count(folder) -> int:
     formats), for ComfyUI's dtype picker, which weighs the model against the free memory."""
     from safetensors import safe_open
 
-    from ..ingredients_core.checkpoint import resolve
+    from ..ingredients_core.weights.checkpoint_files import resolve
 
     count = 0
     for path in resolve(folder).weights:
@@ -103,7 +103,7 @@ def transformer_dtypes(folder, choice: str, weight_choice: str = "default") -> t
 def stored_fp8(weights, weight_choice: str):
     """The fp8 dtype of weights stored in fp8 (a ModelSave file of an fp8 model, an fp8 repack) when
     ``weight_dtype`` is ``default``: kept as stored, as users of fp8 files expect; else None."""
-    from ..ingredients_core.checkpoint_keys import stored_dtype
+    from ..ingredients_core.weights.checkpoint_keys import stored_dtype
     from ..ingredients_core.model.storage import FP8_DTYPES
 
     stored = stored_dtype(weights) if weight_choice == "default" else None
@@ -122,7 +122,7 @@ def transformer_source(folder, transformer_file: str):
     """(weights: the folder or the chosen file, config.json for a file: the folder's transformer config)."""
     if transformer_file == FOLDER_OWN:
         return folder, None
-    from ..ingredients_core.checkpoint import resolve
+    from ..ingredients_core.weights.checkpoint_files import resolve
 
     return host.single_file_path(transformer_file, "transformer_file"), resolve(folder).config
 
@@ -180,7 +180,7 @@ class ModelLoader(io.ComfyNode):
 def load_model(model_folder: str, dtype: str, routing_mode: str, weight_dtype: str = "default",
                transformer_file: str = FOLDER_OWN, disable_dynamic: bool = False) -> IngredientsModel:
     """The INGREDIENTS_MODEL payload (its ``patcher`` is the MODEL) for the loader's inputs."""
-    from ..ingredients_core.checkpoint import load_transformer
+    from ..ingredients_core.weights.checkpoint import load_transformer
 
     folder = model_files.resolve(MODEL, model_folder, "model_folder")
     config_file = model_files.require_file(folder / "scheduler" / "scheduler_config.json",
@@ -229,7 +229,7 @@ class VAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_folder: str, dtype: str) -> io.NodeOutput:
-        from ..ingredients_core.vae import load_vae
+        from ..ingredients_core.encoders.vae import load_vae
 
         folder = model_files.resolve(VAE, model_folder, "model_folder")
         model_files.require_file(folder / "vae" / "config.json", "VAE config", folder / "vae")
@@ -262,7 +262,7 @@ class T5Loader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_folder: str, dtype: str) -> io.NodeOutput:
-        from ..ingredients_core.text import load_tokenizer, text_encoder_config, text_encoder_tensors
+        from ..ingredients_core.encoders.text import load_tokenizer, text_encoder_config, text_encoder_tensors
 
         folder = model_files.resolve(T5, model_folder, "model_folder")
         model_files.require_file(folder / "text_encoder" / "config.json", "T5 config", folder / "text_encoder")
@@ -313,7 +313,7 @@ class FaceEncoderLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_folder: str, provider: str) -> io.NodeOutput:
         from ..ingredients_core.faces import FaceEncoder, find_face_models
-        from ..ingredients_core.faces.identity import IdentityModels
+        from ..ingredients_core.identity.check import IdentityModels
 
         folder = model_files.resolve(FACES, model_folder, "model_folder")
         paths = find_face_models(model_files.search_dirs(folder / "face_encoder", [host.INSIGHTFACE_FOLDER]))

@@ -1,5 +1,5 @@
 """Ingredients LoRA: a LoRA file onto the Ingredients MODEL, in any of the formats CogVideoX LoRAs
-come in (kohya, PEFT/diffusers, ComfyUI-native; :mod:`ingredients_core.lora_keys`).
+come in (kohya, PEFT/diffusers, ComfyUI-native; :mod:`ingredients_core.weights.lora_keys`).
 
 ComfyUI's *LoraLoaderModelOnly* already applies kohya files and ``diffusion_model.``-prefixed ones
 to the MODEL; its key map has no hook a model can extend, so PEFT/diffusers and native names need
@@ -15,7 +15,7 @@ import logging
 from comfy_api.latest import io, ui
 
 from ..ingredients_core import InputError
-from ..ingredients_core import lora_keys
+from ..ingredients_core.weights import lora_keys
 from . import host, native_model, qformer_lora
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..ingredients_core import model_folders
-from ..ingredients_core.integrity import COMPONENTS, doctor_hint
-from ..ingredients_core.model_folders import FACES, MODEL, T5, VAE, FolderKind
+from ..ingredients_core.weights import model_folders
+from ..ingredients_core.weights.integrity import COMPONENTS, doctor_hint
+from ..ingredients_core.weights.model_folders import FACES, MODEL, T5, VAE, FolderKind
 from . import host
 
 SOURCE = "Hugging Face feizhengcong/Ingredients"

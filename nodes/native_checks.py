@@ -44,7 +44,7 @@ def check_size(config, noise_shape, window_frames: Optional[int] = None, schedul
     """Refuse a latent (B, 16, F, H, W) whose size the checkpoint's learned positions do not cover
     (``window_frames``: the frames of a context window when ComfyUI samples the video in windows,
     ``schedule`` the handler's schedule that made it; ``native_windows.check_run`` decides)."""
-    from ..ingredients_core.settings import GenerationSettings, SettingsError
+    from ..ingredients_core.sampling.settings import GenerationSettings, SettingsError
 
     frames, height, width = window_frames or noise_shape[2], noise_shape[3], noise_shape[4]
     settings = GenerationSettings(height=height * 8, width=width * 8, frames=(frames - 1) * 4 + 1)

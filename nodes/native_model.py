@@ -11,14 +11,14 @@ MODEL patches), beside the pack's own sampler. The one module besides ``host.py`
   runs ComfyUI's ``DIFFUSION_MODEL`` wrappers (EasyCache) around the transformer in ComfyUI's latent
   layout (B, C, F, H, W) and applies the IDs of *Ingredients Apply IDs* from ``transformer_options``;
 - :func:`model_patcher`: the ``MODEL`` (a ``CoreModelPatcher`` where the host has one);
-- :func:`apply_ids`: a clone of a MODEL carrying an ``IDPatch`` (``ingredients_core.native_ids``);
+- :func:`apply_ids`: a clone of a MODEL carrying an ``IDPatch`` (``ingredients_core.routing.host_ids``);
 - sampling the MODEL (section 5): the official DDIM/DPM as a ``KSAMPLER``, dynamic CFG as a
-  ``sampler_post_cfg_function`` (the maths in ``ingredients_core.native_sampling``);
+  ``sampler_post_cfg_function`` (the maths in ``ingredients_core.sampling.host_sampler``);
 - LoRAs on the MODEL (section 6: ComfyUI's key map, ``load_lora``, ``add_patches``; the pack's key
-  map is ``ingredients_core.lora_keys``) and the conditioning/ComfyUI-VAE helpers of Image to Video
+  map is ``ingredients_core.weights.lora_keys``) and the conditioning/ComfyUI-VAE helpers of Image to Video
   (section 7);
 - TeaCache on the MODEL (section 8): :func:`with_teacache`, :func:`teacache_report` (the cache is
-  ``ingredients_core.step_cache``'s, one per sampling run, bounded by an OUTER_SAMPLE wrapper).
+  ``ingredients_core.sampling.step_cache``'s, one per sampling run, bounded by an OUTER_SAMPLE wrapper).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import comfy.supported_models_base
 import torch
 
 from ..ingredients_core import InputError
-from ..ingredients_core.settings import FF_CHUNK  # the feed-forward chunk the pack's sampler runs with
+from ..ingredients_core.sampling.settings import FF_CHUNK  # the feed-forward chunk the pack's sampler runs with
 from . import host, native_checks, native_windows
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class IngredientsModelConfig(comfy.supported_models_base.BASE):
 # -- 2. rotary embeddings (CPU, cached per grid; moved to the call's device per call) ------------
 @functools.lru_cache(maxsize=8)
 def _rotary_cpu(config, height: int, width: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..ingredients_core.sampling import rotary_embeddings
+    from ..ingredients_core.sampling.official import rotary_embeddings
 
     return rotary_embeddings(config, height, width, frames, torch.device("cpu"))
 
@@ -226,8 +226,8 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
 
     def memory_required(self, input_shape, cond_shapes={}):
         """Activation bytes of one forward on ``input_shape`` (B, 16, F, H, W) (the pack's estimate)."""
-        from ..ingredients_core.memory import forward_size, transformer_activation_bytes
-        from ..ingredients_core.routing import MAX_IDS
+        from ..ingredients_core.sampling.memory import forward_size, transformer_activation_bytes
+        from ..ingredients_core.routing.plan import MAX_IDS
 
         batch, _, frames, height, width = input_shape
         size = forward_size(self.diffusion_model.config, batch, frames, height, width, MAX_IDS)
@@ -238,7 +238,7 @@ class IngredientsBaseModel(comfy.model_base.BaseModel):
 def _step_inputs(model: IngredientsBaseModel, patch, hidden: torch.Tensor, options: dict, timestep: torch.Tensor):
     """The ID patch's inputs for this call; routing options that do not fit the video (a mask's frame
     count) are refused naming the node to fix."""
-    from ..ingredients_core.routing import RoutingError
+    from ..ingredients_core.routing.plan import RoutingError
 
     try:
         return patch.step_inputs(model.diffusion_model, hidden.shape, hidden.device, hidden.dtype,
@@ -250,7 +250,7 @@ def _step_inputs(model: IngredientsBaseModel, patch, hidden: torch.Tensor, optio
 
 
 def _position(model: IngredientsBaseModel, options: dict, timestep: torch.Tensor) -> tuple[int, int]:
-    from ..ingredients_core.native_ids import step_position
+    from ..ingredients_core.routing.host_ids import step_position
 
     return step_position(options["sigmas"], options.get("sample_sigmas"), timestep,
                          model.model_sampling.num_timesteps)
@@ -335,7 +335,7 @@ def _official_sampler_function(model, x, sigmas, extra_args=None, callback=None,
     receives the sampled latents in model space, before ComfyUI rescales them. Where ComfyUI's
     guidance is linear (``_v_space_fits``) the model runs in the official loop's own space (x_t in,
     v out: the command line's loop to the bit); else in k-diffusion space, to float rounding."""
-    from ..ingredients_core.native_sampling import sample_official
+    from ..ingredients_core.sampling.host_sampler import sample_official
 
     extra_args = {} if extra_args is None else extra_args
     base = model.inner_model.inner_model
@@ -423,7 +423,7 @@ class DynamicCFG:
     the sigmas being sampled; without an unconditional pass (cfg 1) the result is left as it is."""
 
     def __call__(self, args: dict) -> torch.Tensor:
-        from ..ingredients_core.native_sampling import dynamic_cfg_scale
+        from ..ingredients_core.sampling.host_sampler import dynamic_cfg_scale
 
         cfg, uncond = args["cond_scale"], args["uncond_denoised"]
         if args.get("uncond") is None or cfg <= 1.0:
@@ -483,7 +483,7 @@ def comfy_vae_encode(vae, image: torch.Tensor) -> torch.Tensor:
     return vae.encode(image).float().to(host.output_device())
 
 
-# -- 8. TeaCache on the MODEL (the one cache: ingredients_core.step_cache) -------------------------
+# -- 8. TeaCache on the MODEL (the one cache: ingredients_core.sampling.step_cache) -------------------------
 TEACACHE_KEY = "ingredients_teacache"  # transformer_options key of the TeaCachePatch, and of its OUTER_SAMPLE wrapper
 
 
@@ -492,7 +492,7 @@ def with_teacache(model, threshold: float):
     unchanged (``threshold`` > 0; the published CogVideoX-5B values are 0.10-0.20). 0: a clone
     without TeaCache (one the MODEL carried is removed), sampling exactly as without it. Each
     sampling run gets a cache of its own (OUTER_SAMPLE); :func:`teacache_report` reads the last run."""
-    from ..ingredients_core.step_cache import TeaCachePatch
+    from ..ingredients_core.sampling.step_cache import TeaCachePatch
 
     transformer_of(model)
     if not threshold >= 0:
@@ -519,7 +519,7 @@ def teacache_report(model):
 def _teacache_call(model: IngredientsBaseModel, options: dict, timestep: torch.Tensor, order):
     """This call's TeaCache (its step in the run's schedule, its chunks in the transformer's row
     order), or None."""
-    from ..ingredients_core.step_cache import chunk_keys
+    from ..ingredients_core.sampling.step_cache import chunk_keys
 
     patch = options.get(TEACACHE_KEY)
     if patch is None:

@@ -65,7 +65,7 @@ class OfficialScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps: int) -> io.NodeOutput:
-        from ..ingredients_core.native_sampling import official_sigmas
+        from ..ingredients_core.sampling.host_sampler import official_sigmas
 
         if steps < 1:
             raise InputError(f"steps must be at least 1; got {steps}")

@@ -61,7 +61,7 @@ class RoutingMaps(io.ComfyNode):
     @classmethod
     def execute(cls, routing: IngredientsRouting, steps: str, layer: int, opacity: float,
                 frames=None) -> io.NodeOutput:
-        from ..ingredients_core.routing_maps import render
+        from ..ingredients_core.routing.maps import render
 
         maps = routing.maps(steps, layer)
         images = render(maps, frames=_frames(frames, routing), size=(routing.height, routing.width),

@@ -2,7 +2,7 @@
 
 The sampler keeps the official order of random draws from one generator seeded with ``seed``: the
 canvas latent sample, then the initial noise, then the scheduler's own draws (see
-``ingredients_core.pipeline``). Progress, previews and Cancel are handled after every step.
+``ingredients_core.sampling.pipeline``). Progress, previews and Cancel are handled after every step.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
 def _settings(**values):
-    from ..ingredients_core.pipeline import GenerationSettings
+    from ..ingredients_core.sampling.pipeline import GenerationSettings
 
     settings = GenerationSettings(**values)
     settings.validate()
@@ -49,7 +49,7 @@ def _settings(**values):
 def _check_frames(config, settings, patched_model) -> None:
     """The checkpoint's size, or, when ``patched_model`` samples in windows (Ingredients Long Video),
     any length: the windows are checked against the checkpoint when sampling starts."""
-    from ..ingredients_core.settings import SettingsError
+    from ..ingredients_core.sampling.settings import SettingsError
 
     if patched_model is not None and native_windows.window_length(patched_model.model_options) is not None:
         return
@@ -72,8 +72,8 @@ def _check_prompt(prompt: IngredientsPrompt, config) -> None:
 
 def _check_masks(routed: IngredientsRoutedIDs, frames: int) -> None:
     """Refuse masks whose frame count does not fit the video before anything runs (the core's message)."""
-    from ..ingredients_core.routing import RoutingError, resize_mask
-    from ..ingredients_core.vae import latent_frame_count
+    from ..ingredients_core.routing.plan import RoutingError, resize_mask
+    from ..ingredients_core.encoders.vae import latent_frame_count
 
     for n, mask in enumerate(routed.routing.masks or [], start=1):
         if mask is not None:
@@ -115,7 +115,7 @@ def _start(vae: IngredientsVAE, routed: IngredientsRoutedIDs, settings, generato
     from diffusers.utils.torch_utils import randn_tensor
 
     from ..ingredients_core.faces.canvas import make_canvas
-    from ..ingredients_core.vae import encode_first_frame, latent_frame_count
+    from ..ingredients_core.encoders.vae import encode_first_frame, latent_frame_count
     from .image_to_video import image_latent
 
     canvas = make_canvas([face.crop for face in routed.tokens.ids.faces])
@@ -152,7 +152,7 @@ def sample_from(sampled, positive: torch.Tensor, negative: torch.Tensor, concat:
     ``generator``; the sampled latents (1, 16, F, h, w) in model space (scaled by the VAE's factor), as
     the official SAMPLER ends (ComfyUI's own output divides them by the factor; the Sampler's
     latents keep the pack's scale, so Decode sees what it always saw)."""
-    from ..ingredients_core.native_sampling import official_sigmas
+    from ..ingredients_core.sampling.host_sampler import official_sigmas
 
     values = {"concat_latent_image": concat}
     guided = settings.cfg > 1.0  # the official loop runs no guidance at 1 or less; ComfyUI's at exactly 1
@@ -267,8 +267,8 @@ class Decode(io.ComfyNode):
 def decode_video(vae: IngredientsVAE, raw: torch.Tensor, tiling: bool, node: str) -> torch.Tensor:
     """Frames (B*T, H, W, 3) on the output device from raw latents (B, 16, F, h, w): ComfyUI loads
     the VAE with room for the decode; an untiled decode that runs out of memory is retried tiled."""
-    from ..ingredients_core.memory import vae_decode_bytes
-    from ..ingredients_core.vae import decode_raw
+    from ..ingredients_core.sampling.memory import vae_decode_bytes
+    from ..ingredients_core.encoders.vae import decode_raw
 
     batch, _, frames, height, width = raw.shape
     sliced = batch > 1  # one video at a time: the memory estimate is per video, the frames the same

@@ -75,8 +75,8 @@ class EncodePrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, t5: IngredientsT5, prompt: str, negative_prompt: str) -> io.NodeOutput:
-        from ..ingredients_core.memory import t5_activation_bytes
-        from ..ingredients_core.text import length_notice, prompt_lengths, tokenize_prompts
+        from ..ingredients_core.sampling.memory import t5_activation_bytes
+        from ..ingredients_core.encoders.text import length_notice, prompt_lengths, tokenize_prompts
 
         ids = tokenize_prompts(t5.tokenizer, [prompt, negative_prompt])   # (2, 226), no attention mask
         embeds = host.run_t5(t5.patcher, t5.encoder, ids, t5_activation_bytes(t5.config, *ids.shape))
@@ -144,7 +144,7 @@ class EncodePromptCLIP(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, prompt: str, negative_prompt: str) -> io.NodeOutput:
-        from ..ingredients_core.text import length_notice
+        from ..ingredients_core.encoders.text import length_notice
 
         lengths: list[int] = []
         positive = clip_t5_embeddings(clip, prompt, "prompt", lengths)

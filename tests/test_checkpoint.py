@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from ingredients_core.checkpoint import CheckpointError, infer_config, load_transformer, resolve
+from ingredients_core.weights.checkpoint import infer_config, load_transformer
+from ingredients_core.weights.checkpoint_files import CheckpointError, resolve
 from ingredients_core.testing.tiny_transformer import tiny_config, tiny_state_dict
 from ingredients_core.testing.weights import write_transformer_folder
 
@@ -134,7 +135,7 @@ def test_wrapped_torch_state_dict(tmp_path, state):
 def test_streamed_safetensors_equal_the_library_reader(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from ingredients_core.checkpoint import _iter_tensors
+    from ingredients_core.weights.checkpoint_files import _iter_tensors
 
     tensors = {"a": torch.randn(3, 4).to(torch.bfloat16), "b": torch.randn(5, dtype=torch.float16),
                "c": torch.arange(6, dtype=torch.int64).view(2, 3), "d": torch.randn(2, 2, 2),

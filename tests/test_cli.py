@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingredients_core import cli
+from ingredients_core.standalone import cli
 from ingredients_core.faces import encoder as face_encoder
 from ingredients_core.faces.features import Detection
 from ingredients_core.testing.make_tiny import make_tiny_model
@@ -156,7 +156,7 @@ def test_photo_without_face_is_reported(tiny_dir, photos, tmp_path, capsys, monk
 
 
 def test_ctrl_c_exits_130(tiny_dir, photos, tmp_path, capsys, monkeypatch):
-    from ingredients_core import pipeline
+    from ingredients_core.sampling import pipeline
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -176,7 +176,7 @@ def _copy_model(tiny_dir, tmp_path):
 
 
 def _no_heavy_work(monkeypatch):
-    from ingredients_core import pipeline
+    from ingredients_core.sampling import pipeline
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the run started before the inputs were checked")
@@ -190,7 +190,7 @@ def test_failed_mp4_write_leaves_no_partial_file_and_keeps_the_old_one(tmp_path,
     import av
     import torch
 
-    from ingredients_core.video import write_mp4
+    from ingredients_core.standalone.video import write_mp4
 
     frames = torch.rand(5, 32, 48, 3)
     calls = []
@@ -225,8 +225,8 @@ def test_bad_transformer_config_is_one_line_naming_the_file(tiny_dir, photos, tm
                                                               monkeypatch, change, message):
     import json
 
-    from ingredients_core.checkpoint import CheckpointError
-    from ingredients_core.pipeline import read_transformer_config
+    from ingredients_core.weights.checkpoint_files import CheckpointError
+    from ingredients_core.sampling.pipeline import read_transformer_config
 
     model = _copy_model(tiny_dir, tmp_path)
     config_file = model / "transformer" / "config.json"

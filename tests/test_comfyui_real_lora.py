@@ -40,7 +40,7 @@ def lora(node: str, model: list, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from ingredients_core.checkpoint import load_transformer
+    from ingredients_core.weights.checkpoint import load_transformer
 
     sys.path.insert(0, str(STUBS))
     import tiny_models

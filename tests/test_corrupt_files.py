@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ingredients_core import cli
-from ingredients_core.doctor import run_doctor
-from ingredients_core.integrity import check_file
+from ingredients_core.standalone import cli
+from ingredients_core.doctor.checkup import run_doctor
+from ingredients_core.weights.integrity import check_file
 from ingredients_core.testing.tiny_curricularface import write_tiny_curricularface
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "comfy_stubs"))

@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 from PIL import Image
 
-from ingredients_core import cli, demo
+from ingredients_core.standalone import cli
+from ingredients_core.standalone import demo
 
 
 @pytest.fixture(scope="module")

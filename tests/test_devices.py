@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from ingredients_core import cli, pipeline
+from ingredients_core.standalone import cli
+from ingredients_core.sampling import pipeline
 from ingredients_core.faces import FaceEncoder, find_face_models
 from ingredients_core.faces import arcface as arcface_module
 from ingredients_core.faces.detector import DETECTION_THRESHOLD, load_retinaface

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ingredients_core import cli, doctor
-from ingredients_core.doctor_files import FAIL, OK, WARN
+from ingredients_core.standalone import cli
+from ingredients_core.doctor import checkup as doctor
+from ingredients_core.doctor.files import FAIL, OK, WARN
 from ingredients_core.faces.paths import ARCFACE_FILE, EVA_CLIP_FILE, find_face_models
 from ingredients_core.testing.make_tiny import make_tiny_model
 
@@ -72,7 +73,7 @@ def test_a_missing_shard_and_a_cut_shard_are_named(capsys, copy):
 
     import json
 
-    from ingredients_core.config import TransformerConfig
+    from ingredients_core.model.config import TransformerConfig
 
     config = json.loads((copy / "transformer" / "config.json").read_text())
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ingredients_core import cli
+from ingredients_core.standalone import cli
 from ingredients_core.faces import deps
 
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"

@@ -217,7 +217,7 @@ def _encode_and_decode(nodes, vae, face) -> torch.Tensor:
     """The canvas through the VAE as the sampler encodes it, then one latent frame through Decode."""
     from ingredients_core.faces import make_canvas
 
-    vae_module = harness.pack_module("ingredients_core.vae")
+    vae_module = harness.pack_module("ingredients_core.encoders.vae")
     harness.pack_module("nodes.host").load(vae.patcher)
     generator = torch.Generator(vae.patcher.load_device).manual_seed(0)
     latent = vae_module.encode_canvas(vae.vae, make_canvas([face.crop]), TINY["height"], TINY["width"], 1,

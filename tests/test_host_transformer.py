@@ -197,7 +197,7 @@ def test_sampler_teacache_input_and_its_report(nodes, graph, monkeypatch):  # no
     bit (the cache path only observes computed steps); one that skips changes them and says so."""
     from harness import pack_module
 
-    tea_cache = pack_module("ingredients_core.step_cache").TeaCache
+    tea_cache = pack_module("ingredients_core.sampling.step_cache").TeaCache
     teacache = next(i for i in nodes["IngredientsSampler"].define_schema().inputs if i.id == "teacache")
     assert teacache.optional and teacache.default == 0.0  # saved workflows without the input: off
     with fake_gpu.computing():
@@ -222,7 +222,7 @@ def test_decode_falls_back_to_tiles_when_the_untiled_decode_runs_out_of_memory(n
                                                                                 caplog):
     from harness import pack_module
 
-    vae_module = pack_module("ingredients_core.vae")
+    vae_module = pack_module("ingredients_core.encoders.vae")
     with fake_gpu.computing():
         latents, _ = run(nodes["IngredientsSampler"], **sampler_inputs(nodes, graph["models"], graph["faces"]))
         tiled, = run(nodes["IngredientsDecode"], vae=graph["models"]["vae"], latents=latents, tiling=True)
@@ -249,8 +249,8 @@ def test_t5_loads_partially_and_streams_the_rest_with_the_same_embeddings(nodes,
     encode = nodes["IngredientsEncodePrompt"]
     with fake_gpu.computing():
         full, _, _ = run(encode, t5=t5, prompt="two people", negative_prompt="")
-    ids = pack_module("ingredients_core.text").tokenize_prompts(t5.tokenizer, ["two people", ""])
-    needed = pack_module("ingredients_core.memory").t5_activation_bytes(t5.config, *ids.shape)
+    ids = pack_module("ingredients_core.encoders.text").tokenize_prompts(t5.tokenizer, ["two people", ""])
+    needed = pack_module("ingredients_core.sampling.memory").t5_activation_bytes(t5.config, *ids.shape)
     size = t5.patcher.model_size()
     _gpu_with(int(max(mm.minimum_inference_memory(), needed + mm.extra_reserved_memory()) + 0.3 * size))
     try:

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from ingredients_core.faces import Detection, FaceEncoder, find_face_models
-from ingredients_core.faces.curricularface import CURRICULARFACE_FILE
+from ingredients_core.identity.curricularface import CURRICULARFACE_FILE
 from ingredients_core.faces.detector import align_face
-from ingredients_core.faces.identity import (
+from ingredients_core.identity.check import (
     OFFICIAL_FRAMES,
     IdentityInputError,
     IdentityModels,
@@ -24,8 +24,8 @@ from ingredients_core.faces.identity import (
     evaluate_identity,
     sample_indices,
 )
-from ingredients_core.faces.identity_plot import render_identity_plot
-from ingredients_core.faces.identity_scores import (
+from ingredients_core.identity.plot import render_identity_plot
+from ingredients_core.identity.scores import (
     DEFAULT_THRESHOLD,
     FrameFaces,
     RoutingGrid,
@@ -33,7 +33,7 @@ from ingredients_core.faces.identity_scores import (
     official_score,
     score_people,
 )
-from ingredients_core.routing_maps import ID_COLORS
+from ingredients_core.routing.maps import ID_COLORS
 from ingredients_core.testing.tiny_curricularface import write_tiny_curricularface
 from ingredients_core.testing.tiny_faces import write_tiny_face_models
 

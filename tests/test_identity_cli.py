@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ingredients_core import cli
+from ingredients_core.standalone import cli
 from ingredients_core.faces import encoder as face_encoder
 from ingredients_core.faces.features import Detection
 from ingredients_core.testing.make_tiny import make_tiny_model
-from ingredients_core.video import write_mp4
+from ingredients_core.standalone.video import write_mp4
 
 # The tiny detector finds nothing: every image (photo or frame) gets this face, as in test_cli.
 FACE = Detection(box=(70.0, 60.0, 186.0, 200.0), score=0.99,
@@ -86,7 +86,7 @@ def test_evaluate_reads_animated_webp_as_saved_by_comfyui(tiny_dir, files, tmp_p
 
 
 def test_identical_frames_merged_by_the_webp_encoder_keep_their_place_on_the_timeline(tmp_path):
-    from ingredients_core.evaluate import read_video
+    from ingredients_core.standalone.evaluate import read_video
 
     dark, light = (Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (0, 200))
     dark.save(tmp_path / "runs.webp", save_all=True, append_images=[light] * 3, duration=125, lossless=True)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ingredients_core.faces import FaceModelsError
-from ingredients_core.faces.curricularface import (
+from ingredients_core.identity.curricularface import (
     ARCFACE_TEMPLATE_112,
     CURRICULARFACE_FILE,
     IRBackbone,

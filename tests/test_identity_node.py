@@ -16,9 +16,9 @@ import tiny_models  # noqa: E402
 
 sys.path.remove(str(Path(__file__).resolve().parent / "comfy_stubs"))
 
-from ingredients_core.faces.curricularface import CURRICULARFACE_FILE  # noqa: E402
-from ingredients_core.faces.identity import OFFICIAL_FRAMES  # noqa: E402
-from ingredients_core.faces.identity_scores import DEFAULT_THRESHOLD  # noqa: E402
+from ingredients_core.identity.curricularface import CURRICULARFACE_FILE  # noqa: E402
+from ingredients_core.identity.check import OFFICIAL_FRAMES  # noqa: E402
+from ingredients_core.identity.scores import DEFAULT_THRESHOLD  # noqa: E402
 from ingredients_core.testing.tiny_curricularface import write_tiny_curricularface  # noqa: E402
 
 NODE = "IngredientsIdentityCheck"
@@ -73,8 +73,8 @@ def test_schema_has_the_issue_inputs_and_outputs(nodes):
 
 
 def test_light_copies_of_the_core_defaults_match_it(nodes):
-    from ingredients_core import evaluate
-    from ingredients_core.faces.identity_scores import DEFAULT_MARGIN
+    from ingredients_core.standalone import evaluate
+    from ingredients_core.identity.scores import DEFAULT_MARGIN
 
     node = harness.pack_module("nodes.identity")
     assert (node.DEFAULT_FRAMES, node.DEFAULT_THRESHOLD) == (OFFICIAL_FRAMES, DEFAULT_THRESHOLD)

@@ -32,3 +32,103 @@ def test_importing_every_library_module_loads_no_comfyui_module():
             "print(bad)\nsys.exit(1 if bad else 0)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the library's folders and what each may import (their docstrings say the same) ------------------
+#: folder -> the folders it may import (the package root, ``ingredients_core/__init__.py``, always).
+ALLOWED = {
+    "routing": set(),
+    "model": {"routing"},
+    "weights": {"model", "routing"},
+    "encoders": {"weights", "model", "routing"},
+    "faces": {"weights", "model", "routing"},
+    "identity": {"faces", "weights", "model", "routing"},
+    "sampling": {"encoders", "faces", "weights", "model", "routing"},
+    "doctor": {"identity", "faces", "encoders", "weights", "model", "routing"},
+    "testing": {"sampling", "identity", "encoders", "faces", "weights", "model", "routing"},
+    "standalone": {"doctor", "testing", "sampling", "identity", "encoders", "faces", "weights", "model", "routing"},
+}
+
+
+def _pack_imports() -> dict[str, set[str]]:
+    """Module -> the pack modules it imports (top level and inside functions), from the source."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for root in ("ingredients_core", "nodes"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            package = parts[:-1]
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found = graph.setdefault(name, set())
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    base = package[:len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
+                    targets = [".".join(base)] + [".".join(base + [a.name]) for a in node.names]
+                    found.update(t for t in targets if _is_module(t))
+                elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                    found.update(n for n in names if n.split(".")[0] == "ingredients_core" and _is_module(n))
+            found.discard(name)
+    return graph
+
+
+def _is_module(name: str) -> bool:
+    path = REPO.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def test_library_folders_import_only_the_folders_below_them():
+    offenders = []
+    for module, targets in _pack_imports().items():
+        parts = module.split(".")
+        if parts[0] != "ingredients_core" or len(parts) < 3:
+            continue
+        for target in targets:
+            tparts = target.split(".")
+            if tparts[0] != "ingredients_core" or len(tparts) < 2 or tparts[1] == parts[1]:
+                continue
+            if tparts[1] not in ALLOWED.get(parts[1], set()):
+                offenders.append(f"{module} -> {target}")
+    assert not offenders, "a library folder imports one it may not (see its docstring): " + ", ".join(offenders)
+
+
+def test_every_library_folder_says_what_lives_there():
+    folders = sorted(p.parent.name for p in (REPO / "ingredients_core").glob("*/__init__.py"))
+    assert sorted(ALLOWED) == folders
+    for folder in folders:
+        doc = (REPO / "ingredients_core" / folder / "__init__.py").read_text(encoding="utf-8")
+        assert doc.startswith('"""') and "import" in doc, f"ingredients_core/{folder}/__init__.py: no docstring"
+    top = sorted(p.name for p in (REPO / "ingredients_core").glob("*.py"))
+    assert top == ["__init__.py", "__main__.py"], top
+
+
+def test_no_import_circles_in_the_pack():
+    graph = _pack_imports()
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    assert not circles, f"import circles: {circles}"

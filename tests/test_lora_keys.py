@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ingredients_core.lora_keys import lora_key_map, lora_layers, match, native_name
+from ingredients_core.weights.lora_keys import lora_key_map, lora_layers, match, native_name
 from ingredients_core.model.transformer import IngredientsTransformer
 from ingredients_core.testing.tiny_transformer import tiny_config
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ingredients_core.lora_keys import native_name
+from ingredients_core.weights.lora_keys import native_name
 
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 sys.path.insert(0, str(STUBS))
@@ -68,7 +68,7 @@ def lora_files(shapes: dict) -> dict[str, dict[str, torch.Tensor]]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from ingredients_core.checkpoint import load_transformer
+    from ingredients_core.weights.checkpoint import load_transformer
 
     shared = tiny_models.shared_models_dir(tmp_path_factory)
     root = tmp_path_factory.mktemp("lora_models")

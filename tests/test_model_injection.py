@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from ingredients_core.checkpoint import load_transformer
+from ingredients_core.weights.checkpoint import load_transformer
 from ingredients_core.model.layers import sdpa_attention
 from ingredients_core.model.storage import enable_storage_casting, storage_module_names, weight_bytes
-from ingredients_core.parity import relative_error, write_golden_checkpoint
-from ingredients_core.sampling import denoise, make_scheduler, rotary_embeddings
-from ingredients_core.step_cache import COGVIDEOX_5B_COEFFICIENTS, TeaCache
+from ingredients_core.testing.parity import relative_error, write_golden_checkpoint
+from ingredients_core.sampling.official import denoise, make_scheduler, rotary_embeddings
+from ingredients_core.sampling.step_cache import COGVIDEOX_5B_COEFFICIENTS, TeaCache
 from ingredients_core.testing.make_tiny import COGVIDEOX_I2V_SCHEDULER_CONFIG as SCHEDULER_CONFIG
 
 # fp8 rounding of every Linear weight of the golden model (random weights, 2 blocks at full width),
@@ -134,7 +134,7 @@ def _count_block_runs(model):
 def test_teacache_off_is_bit_identical_to_no_cache(tiny_transformer_dir):
     """Threshold 0 (the default) means no cache; a cache whose estimate always exceeds its
     threshold computes every step, stores residuals and still changes nothing."""
-    from ingredients_core.pipeline import GenerationSettings
+    from ingredients_core.sampling.pipeline import GenerationSettings
 
     model = load_transformer(tiny_transformer_dir, dtype=torch.float32)
     plain = _denoise(model)
@@ -176,8 +176,8 @@ def test_teacache_uses_the_published_cogvideox_5b_coefficients_in_their_fitted_r
 
 def test_feed_forward_in_token_chunks_gives_the_same_output(tiny_transformer_dir):
     """ff_chunk bounds the (B, tokens, 4 D) activation; every token is computed on its own."""
-    from ingredients_core.memory import forward_size, transformer_activation_bytes
-    from ingredients_core.settings import FF_CHUNK, GenerationSettings
+    from ingredients_core.sampling.memory import forward_size, transformer_activation_bytes
+    from ingredients_core.sampling.settings import FF_CHUNK, GenerationSettings
 
     model = load_transformer(tiny_transformer_dir, dtype=torch.float32)
     x, text, t = _tiny_inputs()
@@ -188,7 +188,7 @@ def test_feed_forward_in_token_chunks_gives_the_same_output(tiny_transformer_dir
         chunked = model(x, text, t, rot, ids=ids, ff_chunk=50)  # 226 + 72 tokens in 6 pieces
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
     assert GenerationSettings().ff_chunk == FF_CHUNK
-    from ingredients_core.config import TransformerConfig
+    from ingredients_core.model.config import TransformerConfig
 
     size = forward_size(TransformerConfig(), 2, 13, 60, 90, 2)
     assert transformer_activation_bytes(size, 2, FF_CHUNK) < 0.8 * transformer_activation_bytes(size, 2)
@@ -197,7 +197,7 @@ def test_feed_forward_in_token_chunks_gives_the_same_output(tiny_transformer_dir
 def test_teacache_decides_per_step_for_every_call_and_keeps_a_residual_per_chunk():
     """A host's calls (cond and uncond apart, two per step) get their step's one decision; each chunk
     reuses its own residual, put together in the call's row order."""
-    from ingredients_core.step_cache import WHOLE, chunk_keys
+    from ingredients_core.sampling.step_cache import WHOLE, chunk_keys
 
     assert chunk_keys(4, [1, 0]) == [(1, 0), (0, 0)] and chunk_keys(2, [0], ["c"]) == [(0, "c")]
     assert chunk_keys(4, [0, 1], ["c", "u"], torch.tensor([2, 3, 0, 1])) == [(1, "u"), (0, "c")]

@@ -165,8 +165,8 @@ def test_teacache_under_a_concurrent_split(nodes, two_devices, monkeypatch):
 
 
 def test_the_run_cache_makes_each_entry_once_under_concurrent_calls():
-    from comfyui_ingredients_under_test.ingredients_core.native_ids import IDPatch
-    from comfyui_ingredients_under_test.ingredients_core.routing import RoutingOptions
+    from comfyui_ingredients_under_test.ingredients_core.routing.host_ids import IDPatch
+    from comfyui_ingredients_under_test.ingredients_core.routing.plan import RoutingOptions
 
     patch = IDPatch(torch.zeros(2, 4, 8), RoutingOptions("per_sample"))
     made = []
@@ -199,7 +199,7 @@ def test_the_run_cache_makes_each_entry_once_under_concurrent_calls():
 def test_the_recorder_keeps_the_exact_row_whatever_the_threads_timing():
     """Two calls of one step offer at once (MultiGPU CFG Split): the exact row wins even when the
     stand-in's offer is still being taken (its detach slow) while the exact one lands."""
-    from comfyui_ingredients_under_test.ingredients_core.native_ids import EXACT, STAND_IN, StepRecorder
+    from comfyui_ingredients_under_test.ingredients_core.routing.host_ids import EXACT, STAND_IN, StepRecorder
 
     class Slow:
         def __init__(self, value, delay):

@@ -115,7 +115,7 @@ def test_official_encoding_is_the_pack_samplers_image_latent(nodes, graph):
     """concat_latent_image x 0.7 (what the MODEL's process_latent_in makes of it) equals the image
     latent the pack's sampler starts from with the same seed: the canvas latent sampled first from
     a generator seeded with the seed, zero frames after it."""
-    from ingredients_core.vae import start_latents
+    from ingredients_core.encoders.vae import start_latents
 
     positive, negative, latent, image = to_video(nodes, graph, canvas_seed=7)
     concat = positive[0][1]["concat_latent_image"]

@@ -70,8 +70,8 @@ def native_x0(model, x_t, image, text, t: int, **options):
 
 def pack_x0(payload, routed, x_t, image, text, t: int, step=(0, 1), alphas=None, plan_rows=None):
     """x0 from the pack's transformer called as its own sampler calls it (layout (B, F, C, H, W))."""
-    from comfyui_ingredients_under_test.ingredients_core.routing import RoutingPlan
-    from comfyui_ingredients_under_test.ingredients_core.sampling import rotary_embeddings
+    from comfyui_ingredients_under_test.ingredients_core.routing.plan import RoutingPlan
+    from comfyui_ingredients_under_test.ingredients_core.sampling.official import rotary_embeddings
 
     transformer = payload.transformer
     config = transformer.config
@@ -184,8 +184,8 @@ def test_official_mode_routes_with_the_uncond_row_whatever_the_row_order(nodes, 
 # -- golden weights -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def golden(nodes, tmp_path_factory, golden_dir):
-    from comfyui_ingredients_under_test.ingredients_core.checkpoint import load_transformer
-    from comfyui_ingredients_under_test.ingredients_core.parity import write_golden_checkpoint
+    from comfyui_ingredients_under_test.ingredients_core.weights.checkpoint import load_transformer
+    from comfyui_ingredients_under_test.ingredients_core.testing.parity import write_golden_checkpoint
     from safetensors.torch import load_file
 
     folder = write_golden_checkpoint(golden_dir, tmp_path_factory.mktemp("golden"))
@@ -380,11 +380,11 @@ def test_every_pack_patcher_is_comfyuis_core_model_patcher_of_the_moment(nodes, 
 
 
 def test_memory_estimate_is_the_packs_and_fp8_weights_compute_in_the_compute_dtype(nodes, loaded):
-    from comfyui_ingredients_under_test.ingredients_core.memory import forward_size, transformer_activation_bytes
+    from comfyui_ingredients_under_test.ingredients_core.sampling.memory import forward_size, transformer_activation_bytes
 
     payload, model = loaded["payload"], loaded["model"]
     config = payload.transformer.config
-    from comfyui_ingredients_under_test.ingredients_core.settings import FF_CHUNK
+    from comfyui_ingredients_under_test.ingredients_core.sampling.settings import FF_CHUNK
 
     # the pack sampler's estimate (feed-forward in FF_CHUNK pieces, as both paths run it), four people
     want = transformer_activation_bytes(forward_size(config, 2, 3, 8, 12, 4), 4, FF_CHUNK)

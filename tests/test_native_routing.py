@@ -1,6 +1,6 @@
 """(g) Routing Maps from the native MODEL path equal the pack sampler's, and ComfyUI's hooks fire.
 
-The pack's loop (``ingredients_core.sampling.denoise``, DDIM) runs on the tiny model with a
+The pack's loop (``ingredients_core.sampling.official.denoise``, DDIM) runs on the tiny model with a
 recorder; the native MODEL is then evaluated at the same steps on the same inputs (the latents the
 pack's loop had at each step), inside its ``OUTER_SAMPLE`` wrapper as ComfyUI's sampler runs it,
 batched and with cond and uncond split into two calls. *Ingredients MODEL Routing* must give the
@@ -49,8 +49,8 @@ def _inputs(config):
 
 def pack_run(payload, routed, inputs):
     """The pack's loop: (routing payload, the latents at each step's start, the timesteps)."""
-    from comfyui_ingredients_under_test.ingredients_core.routing import RoutingRecorder
-    from comfyui_ingredients_under_test.ingredients_core.sampling import denoise, make_scheduler
+    from comfyui_ingredients_under_test.ingredients_core.routing.plan import RoutingRecorder
+    from comfyui_ingredients_under_test.ingredients_core.sampling.official import denoise, make_scheduler
 
     sampling = harness.pack_module("nodes.sampling")
     scheduler = make_scheduler("ddim", payload.scheduler_config)

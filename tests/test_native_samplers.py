@@ -63,7 +63,7 @@ def ksampler(model, case, steps, cfg=6.0, seed=SEED, sampler_name="euler", sched
 
 def pack_run(loaded, case, scheduler, steps, cfg=6.0, seed=SEED, dynamic_cfg=False, routed=None):
     """The pack's sampler with the same initial noise, image latent, embeddings and generator seed."""
-    from comfyui_ingredients_under_test.ingredients_core.sampling import denoise, make_scheduler
+    from comfyui_ingredients_under_test.ingredients_core.sampling.official import denoise, make_scheduler
 
     payload = loaded["payload"]
     noise = comfy("comfy.sample").prepare_noise(case["latent"], seed).transpose(1, 2)
@@ -309,8 +309,8 @@ def golden(nodes, golden_dir):
     """The golden transformer as the loader's MODEL, the golden inputs and the two golden people routed."""
     import tempfile
 
-    from comfyui_ingredients_under_test.ingredients_core.checkpoint import load_transformer
-    from comfyui_ingredients_under_test.ingredients_core.parity import write_golden_checkpoint
+    from comfyui_ingredients_under_test.ingredients_core.weights.checkpoint import load_transformer
+    from comfyui_ingredients_under_test.ingredients_core.testing.parity import write_golden_checkpoint
     from safetensors.torch import load_file
 
     host, payloads = harness.pack_module("nodes.host"), harness.pack_module("nodes.payloads")
@@ -335,7 +335,7 @@ def golden(nodes, golden_dir):
 
 def _golden_cli(golden, scheduler, steps, seed):
     """The CLI's loop (``sampling.denoise``) on the golden inputs: raw latents as ComfyUI's LATENT."""
-    from comfyui_ingredients_under_test.ingredients_core.sampling import denoise, make_scheduler
+    from comfyui_ingredients_under_test.ingredients_core.sampling.official import denoise, make_scheduler
 
     inputs = golden["inputs"]
     # the image latent as the MODEL reads its conditioning (raw VAE units scaled back by the latent format)

@@ -1,4 +1,4 @@
-"""The official DDIM/DPM as a k-diffusion sampler loop (ingredients_core.native_sampling), against the
+"""The official DDIM/DPM as a k-diffusion sampler loop (ingredients_core.sampling.host_sampler), against the
 pack's sampler, with a ComfyUI-style discrete schedule and denoiser (no ComfyUI, no stand-ins)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from ingredients_core.native_sampling import (
+from ingredients_core.sampling.host_sampler import (
     OFFICIAL_SCHEDULER_CONFIG,
     dynamic_cfg_scale,
     official_sigmas,
@@ -17,7 +17,7 @@ from ingredients_core.native_sampling import (
     plan_steps,
     sample_official,
 )
-from ingredients_core.sampling import ddim_step, denoise, dpm_step, dynamic_guidance, make_scheduler, rotary_embeddings
+from ingredients_core.sampling.official import ddim_step, denoise, dpm_step, dynamic_guidance, make_scheduler, rotary_embeddings
 from ingredients_core.testing.make_tiny import COGVIDEOX_I2V_SCHEDULER_CONFIG
 
 TERMINAL = 4.8973451890853435e-08  # ComfyUI's last alpha_cumprod under zsnr
@@ -93,7 +93,7 @@ def _pack(transformer, noise, image, positive, negative, *, scheduler, steps, cf
 
 @pytest.fixture(scope="module")
 def tiny():
-    from ingredients_core.checkpoint import load_transformer
+    from ingredients_core.weights.checkpoint import load_transformer
     from ingredients_core.testing.tiny_transformer import write_tiny_transformer
 
     import tempfile
@@ -198,8 +198,8 @@ def test_native_loop_equals_pack_sampler_golden(golden_dir):
     3 does not divide 1000: the official landing rule). The golden DDIM run itself is test_sampling's."""
     from safetensors.torch import load_file
 
-    from ingredients_core.checkpoint import load_transformer
-    from ingredients_core.parity import write_golden_checkpoint
+    from ingredients_core.weights.checkpoint import load_transformer
+    from ingredients_core.testing.parity import write_golden_checkpoint
 
     import tempfile
     from pathlib import Path

@@ -37,7 +37,7 @@ def native_model():
 
 
 def step_cache():
-    return harness.pack_module("ingredients_core.step_cache")
+    return harness.pack_module("ingredients_core.sampling.step_cache")
 
 
 def variant(transformer, scale: float):
@@ -57,9 +57,9 @@ def tiny(loaded, case):
 
 
 def pack_run(transformer, case, scheduler, threshold, steps=STEPS, tokens=None, routing=None):
-    """The pack's sampler (ingredients_core.sampling.denoise) with today's TeaCache, from the same
+    """The pack's sampler (ingredients_core.sampling.official.denoise) with today's TeaCache, from the same
     noise and seed as :func:`custom_advanced`: (latents in ComfyUI's LATENT layout, the cache)."""
-    from comfyui_ingredients_under_test.ingredients_core.sampling import denoise, make_scheduler
+    from comfyui_ingredients_under_test.ingredients_core.sampling.official import denoise, make_scheduler
 
     cache = step_cache().TeaCache(threshold, steps) if threshold > 0 else None
     noise = comfy("comfy.sample").prepare_noise(case["latent"], SEED).transpose(1, 2)
@@ -240,8 +240,8 @@ def test_golden_variant_with_two_ids_skips_the_pack_sampler_steps(nodes, golden_
     """Golden weights (time embedding scaled by 0.003: rel-L1 0.05 per step), the golden image latent,
     prompts and two people's faces (the noise from the seed, the same for both paths), the stochastic
     DPM over 6 steps at 0.3: the MODEL path skips the pack sampler's steps and gives its latents."""
-    from comfyui_ingredients_under_test.ingredients_core.checkpoint import load_transformer
-    from comfyui_ingredients_under_test.ingredients_core.parity import write_golden_checkpoint
+    from comfyui_ingredients_under_test.ingredients_core.weights.checkpoint import load_transformer
+    from comfyui_ingredients_under_test.ingredients_core.testing.parity import write_golden_checkpoint
     from safetensors.torch import load_file
 
     host, payloads = harness.pack_module("nodes.host"), harness.pack_module("nodes.payloads")

@@ -156,7 +156,7 @@ def test_every_window_gets_the_canvas_latent_in_its_first_frame(nodes, loaded, m
 
 def test_routing_masks_are_the_windows_frames_and_steps_count_as_without_windows(nodes, loaded, monkeypatch):
     config, case, spy, _, long = _long_run(nodes, loaded, monkeypatch)
-    routing = harness.pack_module("ingredients_core.routing")
+    routing = harness.pack_module("ingredients_core.routing.plan")
     patch = harness.pack_module("nodes.native_model").ids_patch(long)
     grid = (5, config.sample_height // config.patch_size, config.sample_width // config.patch_size)
     whole = routing.RoutingPlan(patch.options, patch.num_ids, grid, config.local_face_scale, torch.device("cpu"))

@@ -207,7 +207,7 @@ def test_project_and_route_ids(graph):
 def test_sampler_and_decode_match_the_core_pipeline(nodes, graph):
     from comfy import utils
 
-    pipeline = harness.pack_module("ingredients_core.pipeline")
+    pipeline = harness.pack_module("ingredients_core.sampling.pipeline")
     utils.updates.clear()
     latents = sample(nodes, graph)
     assert [u[:2] for u in utils.updates] == [(1, 2), (2, 2)]
@@ -232,7 +232,7 @@ def test_t5_loader_runs_the_folders_t5_on_comfyuis_t5_with_the_official_embeddin
     in float32 its embeddings equal the transformers T5EncoderModel's (the official encoder)."""
     import comfy.ops
 
-    text = harness.pack_module("ingredients_core.text")
+    text = harness.pack_module("ingredients_core.encoders.text")
     assert graph["t5"].encoder.shared.weight.dtype == torch.float16  # auto: ComfyUI's text-encoder dtype
     t5, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="float32")
     linears = [m for m in t5.encoder.modules() if isinstance(m, torch.nn.Linear)]
@@ -340,8 +340,8 @@ def test_node_constants_equal_the_library_ones(pack):
     import typing
 
     from ingredients_core.faces.choice import FACE_CHOICES
-    from ingredients_core.routing import MAX_IDS, RoutingMode
-    from ingredients_core.sampling import SCHEDULERS
+    from ingredients_core.routing.plan import MAX_IDS, RoutingMode
+    from ingredients_core.sampling.official import SCHEDULERS
 
     payloads = harness.pack_module("nodes.payloads")
     assert payloads.MAX_IDS == MAX_IDS

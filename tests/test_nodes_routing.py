@@ -62,7 +62,7 @@ def test_hard_masks_give_routing_maps_equal_to_the_masks(nodes, graph):
         for layer in (-1, 0, len(routing.layers) - 1):
             torch.testing.assert_close(routing.maps(steps, layer), expected)
     maps, = run(nodes["IngredientsRoutingMaps"], routing=routing, steps="last", layer=-1, opacity=0.55)
-    colors = harness.pack_module("ingredients_core.routing_maps").ID_COLORS
+    colors = harness.pack_module("ingredients_core.routing.maps").ID_COLORS
     assert maps.shape == (TINY["frames"], H, W, 3)
     torch.testing.assert_close(maps[:, 8, 8], torch.tensor([colors[0]] * TINY["frames"]))   # left: person 1
     torch.testing.assert_close(maps[:, 8, 88], torch.tensor([colors[1]] * TINY["frames"]))  # right: person 2

@@ -10,10 +10,10 @@ from test_cli import FACE, _args
 from test_cli import photos as photos  # noqa: F401  (fixture)
 from test_pipeline import _face
 
-from ingredients_core import cli
-from ingredients_core import pipeline as P
+from ingredients_core.standalone import cli
+from ingredients_core.sampling import pipeline as P
 from ingredients_core.faces import encoder as face_encoder
-from ingredients_core.offload import (
+from ingredients_core.sampling.offload import (
     OptionError,
     resolve_attention,
     resolve_weight_dtype,

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ingredients_core import pipeline as P
-from ingredients_core.config import TransformerConfig
+from ingredients_core.sampling import pipeline as P
+from ingredients_core.model.config import TransformerConfig
 from ingredients_core.faces.features import FaceFeatures
-from ingredients_core.sampling import Interrupted
+from ingredients_core.sampling.official import Interrupted
 from ingredients_core.testing.make_tiny import make_tiny_model
 from ingredients_core.testing.tiny_faces import TINY_EVA_WIDTH
 
@@ -133,8 +133,8 @@ def test_random_draw_order_follows_official_pipeline(bundle, faces, settings, mo
     """One generator: canvas latent sample first, then the initial noise, then the scheduler."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    from ingredients_core import sampling
-    from ingredients_core.vae import encode_canvas
+    from ingredients_core.sampling import official as sampling
+    from ingredients_core.encoders.vae import encode_canvas
 
     seen = {}
 
@@ -211,7 +211,8 @@ def test_placement_treats_bare_cuda_as_the_current_gpu(monkeypatch, settings_dev
 
 
 def test_shared_constants_have_one_definition():
-    from ingredients_core import routing, sampling
+    from ingredients_core.routing import plan as routing
+    from ingredients_core.sampling import official as sampling
     from ingredients_core.faces import canvas
 
     assert not hasattr(P, "MAX_IDS") and not hasattr(P, "SCHEDULER_NAMES")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ingredients_core.checkpoint import load_transformer
-from ingredients_core.routing import RoutingError, RoutingOptions, RoutingPlan, RoutingRecorder, resize_mask
-from ingredients_core.sampling import rotary_embeddings
+from ingredients_core.weights.checkpoint import load_transformer
+from ingredients_core.routing.plan import RoutingError, RoutingOptions, RoutingPlan, RoutingRecorder, resize_mask
+from ingredients_core.sampling.official import rotary_embeddings
 
 GRID = (3, 4, 6)  # tiny model at 9 x 64 x 96: 3 latent frames, 4 x 6 tokens
 
@@ -126,7 +126,7 @@ def test_bad_masks_and_counts():
 
 
 def test_render_routing_maps():
-    from ingredients_core.routing_maps import ID_COLORS, render
+    from ingredients_core.routing.maps import ID_COLORS, render
 
     maps = torch.zeros(3, 4, 6, 2)
     maps[..., :3, 0] = 1   # ID 1 on the left half

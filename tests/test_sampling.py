@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from ingredients_core.config import TransformerConfig
-from ingredients_core.parity import main as parity_main
-from ingredients_core.parity import run_parity
-from ingredients_core.sampling import Interrupted, StepInfo, denoise, dynamic_guidance, make_scheduler
+from ingredients_core.model.config import TransformerConfig
+from ingredients_core.testing.parity import main as parity_main
+from ingredients_core.testing.parity import run_parity
+from ingredients_core.sampling.official import Interrupted, StepInfo, denoise, dynamic_guidance, make_scheduler
 from ingredients_core.testing.make_tiny import COGVIDEOX_I2V_SCHEDULER_CONFIG as SCHEDULER_CONFIG
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ingredients_core.checkpoint import CheckpointError, load_transformer
-from ingredients_core.checkpoint_keys import stored_dtype
+from ingredients_core.weights.checkpoint import load_transformer
+from ingredients_core.weights.checkpoint_files import CheckpointError
+from ingredients_core.weights.checkpoint_keys import stored_dtype
 from ingredients_core.testing.tiny_transformer import tiny_config, tiny_state_dict
 from ingredients_core.testing.weights import write_transformer_folder
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from ingredients_core import text
+from ingredients_core.encoders import text
 from ingredients_core.testing.tiny_text_vae import (
     TINY_TEXT_DIM,
     write_tiny_text_encoder,
@@ -44,7 +44,7 @@ def test_real_tokenizer_pads_to_226_with_eos(real_tokenizer):
 
 def test_real_tokenizer_truncates_long_prompt_and_warns(real_tokenizer, caplog):
     prompt = " ".join(f"word{i}" for i in range(400))
-    with caplog.at_level(logging.WARNING, logger="ingredients_core.text"):
+    with caplog.at_level(logging.WARNING, logger="ingredients_core.encoders.text"):
         ids = text.tokenize_prompts(real_tokenizer, [prompt])
     assert ids.shape == (1, 226)
     assert ids[0, -1].item() == real_tokenizer.eos_token_id
@@ -52,7 +52,7 @@ def test_real_tokenizer_truncates_long_prompt_and_warns(real_tokenizer, caplog):
 
 
 def test_short_prompt_does_not_warn(real_tokenizer, caplog):
-    with caplog.at_level(logging.WARNING, logger="ingredients_core.text"):
+    with caplog.at_level(logging.WARNING, logger="ingredients_core.encoders.text"):
         text.tokenize_prompts(real_tokenizer, ["a short prompt"])
     assert not caplog.records
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ingredients_core.checkpoint import load_transformer
-from ingredients_core.config import ConfigError, IDModuleConfig, TransformerConfig
+from ingredients_core.weights.checkpoint import load_transformer
+from ingredients_core.model.config import ConfigError, IDModuleConfig, TransformerConfig
 from ingredients_core.model.id_modules import RoutedCrossAttention
-from ingredients_core.routing import RoutingOptions, RoutingPlan
-from ingredients_core.sampling import rotary_embeddings
+from ingredients_core.routing.plan import RoutingOptions, RoutingPlan
+from ingredients_core.sampling.official import rotary_embeddings
 
 
 def _faces(n, seed=0, scales=5):
@@ -180,7 +180,7 @@ def test_interval_two_matches_diffusers_blocks_and_official_mix(tmp_path):
 
 
 def test_strength_scales_injection_linearly(model):
-    from ingredients_core.routing import RoutingOptions, RoutingPlan
+    from ingredients_core.routing.plan import RoutingOptions, RoutingPlan
 
     ids = model.prepare_ids(model.project_ids(_faces(2)))
     video = torch.randn(2, 72, model.config.inner_dim)
@@ -192,7 +192,7 @@ def test_strength_scales_injection_linearly(model):
 
 
 def test_bfloat16_forward_and_denoise(tiny_transformer_dir):
-    from ingredients_core.sampling import denoise, make_scheduler
+    from ingredients_core.sampling.official import denoise, make_scheduler
     from ingredients_core.testing.make_tiny import COGVIDEOX_I2V_SCHEDULER_CONFIG as SCHEDULER_CONFIG
 
     m = load_transformer(tiny_transformer_dir, dtype=torch.bfloat16)

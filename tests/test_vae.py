@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ingredients_core import vae as vae_ops
+from ingredients_core.encoders import vae as vae_ops
 from ingredients_core.testing.tiny_text_vae import write_tiny_vae
 
 

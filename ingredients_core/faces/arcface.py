@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..integrity import check_file
+from ..weights.integrity import check_file
 from .deps import require
 from .errors import FaceModelsError
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from ..routing import MAX_IDS
+from ..routing.plan import MAX_IDS
 
 CANVAS_WIDTH = 720
 CANVAS_HEIGHT = 480

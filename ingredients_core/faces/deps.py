@@ -104,16 +104,6 @@ def fix_for(package: str, error: BaseException) -> str:
     return f'{pip} --force-reinstall --no-deps "{requirement}" ({where}), then restart ComfyUI'
 
 
-def require_face_packages() -> None:
-    """Import the modules the face models use (detector, ArcFace, EVA-CLIP), so a broken package is
-    named before any model file is read (and, in the CLI, before minutes of text encoding)."""
-    from .eva_clip import import_eva_clip  # its import notes go to the log
-
-    for name in FACE_MODULES:
-        require(name)
-    import_eva_clip()
-
-
 def require(name: str):
     """Import ``name`` (a face package or one of its modules, e.g. ``"facexlib.detection.retinaface"``)
     and return the module, or raise :class:`FaceDependencyError` for its top-level package."""

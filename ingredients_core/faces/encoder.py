@@ -28,7 +28,7 @@ import torch
 
 from .arcface import ArcFace
 from .choice import FaceChoice, choose_face
-from .deps import require_face_packages
+from .eva_clip import require_face_packages
 from .detector import align_face, detect_faces, load_retinaface
 from .errors import FaceError
 from .eva_clip import eva_features, eva_pixel_values, load_eva_clip

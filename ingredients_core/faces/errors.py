@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..integrity import doctor_hint, download_location
+from ..weights.integrity import doctor_hint, download_location
 from .. import ERROR_NAMESPACE
 
 FACE_ENCODER_SOURCE = "https://huggingface.co/feizhengcong/Ingredients/tree/main/face_encoder"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .deps import require
+from .deps import FACE_MODULES, require
 from .errors import FaceModelsError
 from .weights import load_torch_file
 
@@ -76,6 +76,14 @@ def eva_clip_notes_to_debug() -> Iterator[None]:
             root.removeHandler(placeholder)
         for line in buffer.getvalue().splitlines():
             logger.debug("consisid_eva_clip: %s", line)
+
+
+def require_face_packages() -> None:
+    """Import the modules the face models use (detector, ArcFace, EVA-CLIP), so a broken package is
+    named before any model file is read (and, in the CLI, before minutes of text encoding)."""
+    for name in FACE_MODULES:
+        require(name)
+    import_eva_clip()  # its import notes go to the log
 
 
 def import_eva_clip():

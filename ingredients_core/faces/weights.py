@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..integrity import check_file
+from ..weights.integrity import check_file
 from .errors import FaceModelsError
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def load_torch_file(path: str | Path) -> Mapping[str, torch.Tensor]:
 
     Legacy (non-zip) files cannot be memory-mapped; they are read again without ``mmap``, still
     with ``weights_only=True``. Raises :class:`FaceModelsError` when the file cannot be read; a cut
-    or foreign file is named before ``torch.load`` runs (:func:`~ingredients_core.integrity.check_file`).
+    or foreign file is named before ``torch.load`` runs (:func:`~ingredients_core.weights.integrity.check_file`).
     """
     state = check_file(path)
     if not state.ok:

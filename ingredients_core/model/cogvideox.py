@@ -17,7 +17,7 @@ import torch
 from diffusers.models.embeddings import get_3d_sincos_pos_embed
 from torch import nn
 
-from ..config import TransformerConfig
+from .config import TransformerConfig
 from .layers import (
     TORCH_OPS,
     AttentionFn,

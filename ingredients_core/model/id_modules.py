@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..config import IDModuleConfig
+from .config import IDModuleConfig
 from .layers import TORCH_OPS, AttentionFn, cast_like, sdpa_attention, split_heads
 
 

@@ -28,8 +28,8 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..config import TransformerConfig
-from ..routing import StepRouting
+from .config import TransformerConfig
+from ..routing.plan import StepRouting
 from .cogvideox import CogVideoXBlock, PatchEmbed
 from .id_modules import FacialProjector, IDRouter, RoutedCrossAttention
 from .layers import TORCH_OPS, AdaptiveOutputNorm, AttentionFn, TimestepEmbedding, sdpa_attention, timestep_features

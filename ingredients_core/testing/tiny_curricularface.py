@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ingredients_core.faces.curricularface import IRBackbone, ir_layout
+from ingredients_core.identity.curricularface import IRBackbone, ir_layout
 
 IR101_UNITS = (3, 13, 30, 3)
 TINY_WIDTHS = (4, 4, 6, 8, 10)  # widening at every stage, as in IR-101 (the layout is read from the shapes)

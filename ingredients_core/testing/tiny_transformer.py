@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..config import IDModuleConfig, TransformerConfig
+from ..model.config import IDModuleConfig, TransformerConfig
 from .tiny_faces import TINY_EVA_EMBED_DIM, TINY_EVA_WIDTH
 from .weights import deterministic_state_dict, write_transformer_folder
 

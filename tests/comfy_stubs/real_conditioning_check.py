@@ -78,7 +78,7 @@ def vae_check(pack_dir: str) -> dict:
     pack = text_node.__name__.removesuffix(".nodes.text")
     native_model = importlib.import_module(f"{pack}.nodes.native_model")
     to_video = importlib.import_module(f"{pack}.nodes.image_to_video")
-    core_vae = importlib.import_module(f"{pack}.ingredients_core.vae")
+    core_vae = importlib.import_module(f"{pack}.ingredients_core.encoders.vae")
     canvas = importlib.import_module(f"{pack}.ingredients_core.faces.canvas")
 
     torch.manual_seed(0)

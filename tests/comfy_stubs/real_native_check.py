@@ -64,7 +64,7 @@ def build(name: str):
 def with_ids(name, model, transformer, mode: str):
     import torch
 
-    native_ids, routing = _pack(name, "ingredients_core.native_ids"), _pack(name, "ingredients_core.routing")
+    native_ids, routing = _pack(name, "ingredients_core.routing.host_ids"), _pack(name, "ingredients_core.routing.plan")
     ids = transformer.config.ids
     tokens = torch.randn(2, ids.num_tokens, ids.token_dim, generator=torch.Generator().manual_seed(3))
     patch = native_ids.IDPatch(tokens, routing.RoutingOptions(mode=mode))
@@ -74,7 +74,7 @@ def with_ids(name, model, transformer, mode: str):
 def forward_check(name, model, transformer) -> dict:
     import torch
 
-    sampling_mod, routing = _pack(name, "ingredients_core.sampling"), _pack(name, "ingredients_core.routing")
+    sampling_mod, routing = _pack(name, "ingredients_core.sampling.official"), _pack(name, "ingredients_core.routing.plan")
     config = transformer.config
     g = torch.Generator().manual_seed(1)
     x_t = torch.randn(2, 16, 3, config.sample_height, config.sample_width, generator=g)

@@ -2,7 +2,7 @@
 
 ``python real_sampling_check.py COMFYUI_PATH PACK_DIR MODELS_DIR`` (ComfyUI's interpreter, CPU),
 ``MODELS_DIR/ingredients/Ingredients`` holding a tiny model (``tiny_models.make_tiny_model_folder``).
-What runs, each against the pack's own sampler (``ingredients_core.sampling.denoise``) with the same
+What runs, each against the pack's own sampler (``ingredients_core.sampling.official.denoise``) with the same
 noise (ComfyUI's ``prepare_noise``), image latent, embeddings and generator seed:
 
 - SamplerCustomAdvanced (RandomNoise, CFGGuider, Ingredients Official Sampler dpm/ddim,
@@ -75,7 +75,7 @@ def pack_run(payload, case, scheduler, steps, dynamic_cfg=False, routed=None):
     import comfy.sample
     import torch
 
-    core = importlib.import_module("ComfyUI_Ingredients.ingredients_core.sampling")
+    core = importlib.import_module("ComfyUI_Ingredients.ingredients_core.sampling.official")
     noise = comfy.sample.prepare_noise(case["latent"]["samples"], SEED).transpose(1, 2)
     tokens = routing = None
     if routed is not None:

@@ -21,7 +21,7 @@ def main(comfyui: str, pack_dir: str, model_dir: str) -> dict:
 
     text_node = load_pack(pack_dir)
     host = importlib.import_module(text_node.__name__.replace(".text", ".host"))
-    core_text = importlib.import_module(text_node.__name__.replace(".nodes.text", ".ingredients_core.text"))
+    core_text = importlib.import_module(text_node.__name__.replace(".nodes.text", ".ingredients_core.encoders.text"))
     tokenizer = core_text.load_tokenizer(model_dir)
     ids = core_text.tokenize_prompts(tokenizer, ["Two women at a table.", ""])
     result = {}

@@ -47,7 +47,7 @@ def same_ids_as_official(clip, sd3, text) -> bool:
 
     from transformers import T5TokenizerFast
 
-    core_text = importlib.import_module(text.__name__.replace(".nodes.text", ".ingredients_core.text"))
+    core_text = importlib.import_module(text.__name__.replace(".nodes.text", ".ingredients_core.encoders.text"))
     official = T5TokenizerFast.from_pretrained(os.path.join(os.path.dirname(sd3.__file__), "t5_tokenizer"))
     for prompt in PROMPTS:
         ids = core_text.tokenize_prompts(official, [prompt])[0].tolist()
