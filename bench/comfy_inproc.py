@@ -281,18 +281,6 @@ def pack_module(name: str) -> types.ModuleType:
     return importlib.import_module(f"{PACK}.{name}")
 
 
-def tiny_models() -> types.ModuleType:
-    """``tests/comfy_stubs/tiny_models.py``, imported by path (its folder also holds ComfyUI
-    stand-ins, which must never shadow the real ComfyUI)."""
-    name = "ingredients_bench_tiny_models"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "comfy_stubs" / "tiny_models.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def missing_modules(names: list[str]) -> list[str]:
     """Which of the top-level modules ``names`` cannot be found on this ``sys.path``."""
     return [name for name in names if importlib.util.find_spec(name) is None]

@@ -85,8 +85,9 @@ def _chain(env: dict, torch, fullsize, mode: str) -> tuple[dict, dict]:
     """The node chain; returns (its result, what the native checks reuse)."""
     import folder_paths
 
+    from ingredients_core.testing import tiny_models as tiny  # the repository is on sys.path once ComfyUI started
+
     mm, nodes = env["mm"], env["nodes"]
-    tiny = inproc.tiny_models()
     root = Path(inproc.scratch_dir("ingredients-gpu-check-"))
     tiny.make_tiny_model_folder(root / "ingredients" / "Ingredients")
     folder_paths.add_model_folder_path("ingredients", str(root / "ingredients"))

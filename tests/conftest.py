@@ -43,15 +43,9 @@ def tiny_transformer_dir(tmp_path_factory) -> Path:
 def nodes(tmp_path_factory):
     """The pack's nodes, loaded on the ComfyUI stand-ins with the shared tiny model folder (one load per
     test module; a module that defines its own ``nodes`` keeps it)."""
-    import sys
+    from ingredients_core.testing import tiny_models
+    from tests.support import harness
 
-    stubs = str(REPO / "tests" / "comfy_stubs")
-    sys.path.insert(0, stubs)
-    try:
-        import harness
-        import tiny_models
-    finally:
-        sys.path.remove(stubs)
     with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as loaded_nodes:
         yield loaded_nodes
 
@@ -60,6 +54,6 @@ def nodes(tmp_path_factory):
 def loaded(request, nodes):
     """Load Ingredients Model's outputs on the tiny model, with the module's ``ROUTING_MODE`` (default
     ``official``) as the loader's routing mode."""
-    import harness  # on sys.path once ``nodes`` has loaded the pack
+    from tests.support import harness
 
     return harness.model_outputs(nodes, getattr(request.module, "ROUTING_MODE", "official"))

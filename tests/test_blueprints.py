@@ -9,19 +9,15 @@ keep the inputs (name, type, order) and output the fixtures expose.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import blueprint_tools  # noqa: E402
-import harness  # noqa: E402
-import registry_metadata  # noqa: E402
-import workflow_tools  # noqa: E402
+from tests.support import blueprint_tools  # noqa: E402
+from tests.support import harness  # noqa: E402
+from tests.support import registry_metadata  # noqa: E402
+from tests.support import workflow_tools  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 BLUEPRINTS = sorted((harness.REPO / "subgraphs").glob("*.json"))
 FIXTURES = sorted((harness.REPO / "tests" / "fixtures" / "subgraphs").glob("*.json"))

@@ -11,11 +11,9 @@ import pytest
 import torch
 
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import fake_gpu  # noqa: E402
-import harness  # noqa: E402
+from tests.support import fake_gpu  # noqa: E402
+from tests.support import harness  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 GPU, CPU = fake_gpu.DEVICE, torch.device("cpu")
 MiB = 2 ** 20

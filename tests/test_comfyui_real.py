@@ -24,13 +24,12 @@ from pathlib import Path
 import pytest
 
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import frontend  # noqa: E402
-import harness  # noqa: E402
-import real_server  # noqa: E402
-import workflow_tools  # noqa: E402
+REAL = Path(__file__).resolve().parent / "real_comfyui"  # the scripts run under a real ComfyUI
+from tools import frontend  # noqa: E402
+from tests.support import harness  # noqa: E402
+from tests.real_comfyui import real_server  # noqa: E402
+from tests.support import workflow_tools  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 COMFYUI = real_server.comfyui_path()
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set: the real-ComfyUI test needs a "
@@ -73,13 +72,13 @@ def test_stand_ins_match_the_real_schema_api(tmp_path):
     The model-management, model-patcher, ops and attention stand-ins take the real parameters in
     the real order (a prefix: ComfyUI adds optional ones at the end)."""
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    result = subprocess.run([python, str(STUBS / "real_signatures.py"), COMFYUI], capture_output=True, text=True,
+    result = subprocess.run([python, str(REAL / "real_signatures.py"), COMFYUI], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     real = json.loads(result.stdout.strip().splitlines()[-1])
     sys.path.insert(0, str(STUBS))
     try:
-        import real_signatures
+        from tests.real_comfyui import real_signatures
         from comfy_api.latest import io, ui
 
         ours = real_signatures.signatures(io, ui)
@@ -104,7 +103,7 @@ def test_native_model_in_comfyuis_own_sampling(tmp_path):
     x0, and comfy.sample.sample (KSampler's path) runs it with euler/simple, batched and with cond and
     uncond split into separate calls (uncond first), recording the routing and dropping the run state."""
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    result = subprocess.run([python, str(STUBS / "real_native_check.py"), COMFYUI, str(harness.REPO)],
+    result = subprocess.run([python, str(REAL / "real_native_check.py"), COMFYUI, str(harness.REPO)],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -124,7 +123,7 @@ def test_native_model_under_comfyuis_own_context_windows(tmp_path):
     window as long as the video equals the plain run, and Context Windows (Manual)'s default
     causal_window_fix is refused with the fix named where ComfyUI has it."""
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    result = subprocess.run([python, str(STUBS / "real_windows_check.py"), COMFYUI, str(harness.REPO)],
+    result = subprocess.run([python, str(REAL / "real_windows_check.py"), COMFYUI, str(harness.REPO)],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -140,7 +139,7 @@ def test_native_model_under_comfyuis_own_context_windows(tmp_path):
 def test_clip_prompt_path_with_comfyuis_own_t5_tokenizers(tmp_path):
     """sd3 (and cogvideox where ComfyUI has it): 226 tokens, t5xxl part only, ids = official ids."""
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    result = subprocess.run([python, str(STUBS / "real_tokenizer_check.py"), COMFYUI, str(harness.REPO)],
+    result = subprocess.run([python, str(REAL / "real_tokenizer_check.py"), COMFYUI, str(harness.REPO)],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -154,13 +153,11 @@ def test_clip_prompt_path_with_comfyuis_own_t5_tokenizers(tmp_path):
 def test_folder_t5_on_comfyuis_real_t5_gives_the_official_embeddings(tmp_path):
     """Load Ingredients T5's path (host.native_t5) on ComfyUI's real T5 class and comfy.ops: in
     float32 the embeddings equal transformers' T5EncoderModel's; fp16 and fp8 storage stay close."""
-    sys.path.insert(0, str(STUBS))
-    import tiny_models
+    from ingredients_core.testing import tiny_models
 
-    sys.path.remove(str(STUBS))
     folder = tiny_models.make_tiny_model_folder(tmp_path / "Ingredients")
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    result = subprocess.run([python, str(STUBS / "real_t5_check.py"), COMFYUI, str(harness.REPO), str(folder)],
+    result = subprocess.run([python, str(REAL / "real_t5_check.py"), COMFYUI, str(harness.REPO), str(folder)],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     errors = json.loads(result.stdout.strip().splitlines()[-1])
@@ -173,7 +170,7 @@ def test_native_conditioning_facts_with_comfyuis_own_tokenizers_and_vae(tmp_path
     and more for a long prompt (ComfyUI never truncates); ComfyUI's CogVideoX VAE (where it has one)
     gives Image to Video's comfy_vae the diffusers latent mean and decodes a LATENT to frames."""
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    result = subprocess.run([python, str(STUBS / "real_conditioning_check.py"), COMFYUI, str(harness.REPO)],
+    result = subprocess.run([python, str(REAL / "real_conditioning_check.py"), COMFYUI, str(harness.REPO)],
                             capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -527,13 +524,11 @@ def test_native_model_under_comfyuis_own_sampling_nodes(tmp_path):
     (comfy_extras) skip steps with Apply IDs, the ID patch reaching every computed transformer call,
     the result finite and ID-dependent; TorchCompileModel's wrapper (eager backend) leaves the per-step
     ID routing as uncompiled (tiny model, real_sampling_check.py)."""
-    sys.path.insert(0, str(STUBS))
-    import tiny_models
+    from ingredients_core.testing import tiny_models
 
-    sys.path.remove(str(STUBS))
     tiny_models.make_tiny_model_folder(tmp_path / "models" / "ingredients" / "Ingredients")
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    result = subprocess.run([python, str(STUBS / "real_sampling_check.py"), COMFYUI, str(harness.REPO),
+    result = subprocess.run([python, str(REAL / "real_sampling_check.py"), COMFYUI, str(harness.REPO),
                              str(tmp_path / "models")], capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -12,20 +12,17 @@ error in the log, every pack node registers.
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-from test_comfyui_real import COMFYUI, STUBS, TINY_SAMPLER, _pack_node_ids
+from test_comfyui_real import COMFYUI, TINY_SAMPLER, _pack_node_ids
 
-sys.path.insert(0, str(STUBS))
-import blueprint_frontend  # noqa: E402
-import blueprint_tools  # noqa: E402
-import frontend  # noqa: E402
-import harness  # noqa: E402
-import real_server  # noqa: E402
-from real_server import Server  # noqa: E402
+from tools import blueprint_frontend  # noqa: E402
+from tests.support import blueprint_tools  # noqa: E402
+from tools import frontend  # noqa: E402
+from tests.support import harness  # noqa: E402
+from tests.real_comfyui import real_server  # noqa: E402
+from tests.real_comfyui.real_server import Server  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set (see test_comfyui_real)")
 BLUEPRINTS = sorted((harness.REPO / "subgraphs").glob("*.json"))
@@ -35,10 +32,8 @@ LIBRARY_CATEGORY = "Subgraph Blueprints/Video generation and editing/Image to vi
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    sys.path.insert(0, str(STUBS))
-    import tiny_models
+    from ingredients_core.testing import tiny_models
 
-    sys.path.remove(str(STUBS))
     root = tmp_path_factory.mktemp("comfyui_blueprints")
     tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
     real_server.base_directory(root / "base")

@@ -10,13 +10,12 @@ are compared here: the LoRA ones with each other and with W + strength * alpha /
 from __future__ import annotations
 
 import shutil
-import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_comfyui_real import COMFYUI, STUBS, real_server
+from test_comfyui_real import COMFYUI, real_server
 from test_lora_node import ALPHA, LAYERS, RANK, STRENGTH, deltas, lora_files
 
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set (see test_comfyui_real)")
@@ -42,10 +41,8 @@ def lora(node: str, model: list, name: str) -> dict:
 def run(tmp_path_factory):
     from ingredients_core.weights.checkpoint import load_transformer
 
-    sys.path.insert(0, str(STUBS))
-    import tiny_models
+    from ingredients_core.testing import tiny_models
 
-    sys.path.remove(str(STUBS))
     root = tmp_path_factory.mktemp("comfyui_lora")
     folder = tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
     real_server.base_directory(root / "base")

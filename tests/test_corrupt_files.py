@@ -6,7 +6,6 @@ over 226 tokens says so on the Encode Prompt node."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,9 @@ from ingredients_core.doctor.checkup import run_doctor
 from ingredients_core.weights.integrity import check_file
 from ingredients_core.testing.tiny_curricularface import write_tiny_curricularface
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "comfy_stubs"))
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(Path(__file__).resolve().parent / "comfy_stubs"))
 
 CURRICULARFACE = "face_encoder/glint360k_curricular_face_r101_backbone.bin"
 FACE_LOADER = ("IngredientsFaceEncoderLoader", dict(provider="auto"))

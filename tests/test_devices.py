@@ -23,12 +23,10 @@ from ingredients_core.faces.detector import DETECTION_THRESHOLD, load_retinaface
 from ingredients_core.faces.paths import DETECTION_FILE
 
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import fake_gpu  # noqa: E402
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import fake_gpu  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 
 @pytest.fixture(scope="module")

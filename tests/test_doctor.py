@@ -15,10 +15,8 @@ from ingredients_core.doctor.files import FAIL, OK, WARN
 from ingredients_core.faces.paths import ARCFACE_FILE, EVA_CLIP_FILE, find_face_models
 from ingredients_core.testing.make_tiny import make_tiny_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "comfy_stubs"))
-import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 
-sys.path.remove(str(Path(__file__).resolve().parent / "comfy_stubs"))
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,9 @@ from PIL import Image
 from ingredients_core.standalone import cli
 from ingredients_core.faces import deps
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 PACKAGES = ("insightface", "facexlib", "consisid_eva_clip")
 # What a broken install raises inside the package's own import (the numpy ones are what numpy's

@@ -4,19 +4,14 @@ keys (never its name) and refused naming the file, the layout and ComfyUI's load
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 #: official -> ComfyUI's native CogVideoX names (comfy/ldm/cogvideo/model.py), as its UNETLoader files have them
 RENAMES = [(r"^transformer_blocks\.(\d+)\.attn1\.to_([qkv])\.", r"blocks.\1.\2."),

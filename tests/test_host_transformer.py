@@ -5,18 +5,13 @@ Decode's fall-back to tiles. On the stand-in ComfyUI with the fake GPU (see test
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from test_two_devices import TINY, encode_faces, load_all, nodes, run, sampler_inputs  # noqa: F401
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import fake_gpu  # noqa: E402
+from tests.support import fake_gpu  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 GiB = 1024 ** 3
 
@@ -96,7 +91,6 @@ def test_a_partial_load_with_half_the_blocks_streamed_equals_the_full_load_exact
 
 
 def test_the_sampler_loads_the_transformer_partially_from_its_memory_estimate(nodes, graph, monkeypatch):  # noqa: F811
-    from harness import pack_module
 
     mm, _, _ = _stand_ins()
     calls = []
@@ -195,7 +189,7 @@ def test_fp8_weight_dtype_on_the_loader_stores_fp8_and_samples(nodes, graph):  #
 def test_sampler_teacache_input_and_its_report(nodes, graph, monkeypatch):  # noqa: F811
     """0 (the default) is off; a threshold whose cache never skips gives the uncached latents bit for
     bit (the cache path only observes computed steps); one that skips changes them and says so."""
-    from harness import pack_module
+    from tests.support.harness import pack_module
 
     tea_cache = pack_module("ingredients_core.sampling.step_cache").TeaCache
     teacache = next(i for i in nodes["IngredientsSampler"].define_schema().inputs if i.id == "teacache")
@@ -220,7 +214,7 @@ def test_sampler_teacache_input_and_its_report(nodes, graph, monkeypatch):  # no
 
 def test_decode_falls_back_to_tiles_when_the_untiled_decode_runs_out_of_memory(nodes, graph, monkeypatch,  # noqa: F811
                                                                                 caplog):
-    from harness import pack_module
+    from tests.support.harness import pack_module
 
     vae_module = pack_module("ingredients_core.encoders.vae")
     with fake_gpu.computing():
@@ -242,7 +236,7 @@ def test_decode_falls_back_to_tiles_when_the_untiled_decode_runs_out_of_memory(n
 
 
 def test_t5_loads_partially_and_streams_the_rest_with_the_same_embeddings(nodes, graph):  # noqa: F811
-    from harness import pack_module
+    from tests.support.harness import pack_module
 
     mm, _, _ = _stand_ins()
     t5, = run(nodes["IngredientsT5Loader"], model_folder="Ingredients", dtype="float32")

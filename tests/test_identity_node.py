@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "comfy_stubs"))
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(Path(__file__).resolve().parent / "comfy_stubs"))
 
 from ingredients_core.identity.curricularface import CURRICULARFACE_FILE  # noqa: E402
 from ingredients_core.identity.check import OFFICIAL_FRAMES  # noqa: E402

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
-import workflow_tools  # noqa: E402
+from tests.support import harness  # noqa: E402
+from tests.support import workflow_tools  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 WORKFLOW = harness.REPO / "workflows" / "ingredients_two_ids_identity_check.json"
 

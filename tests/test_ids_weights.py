@@ -5,20 +5,15 @@ them apart, and Apply IDs refuses a MODEL whose q-former LoRA the tokens were pr
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 QFORMER_LAYER = "local_facial_extractor.layers.0.0.to_q"
 BLOCK_LAYER = "transformer_blocks.0.attn1.to_q"

@@ -4,8 +4,6 @@ W + strength * alpha / rank * B @ A; foreign and misshapen layers are counted an
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +11,9 @@ from safetensors.torch import save_file
 
 from ingredients_core.weights.lora_keys import native_name
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 RANK, ALPHA, STRENGTH = 4, 8.0, 0.75
 #: layers with a native name, layers named alike in every format (a conv among them), an ID layer

@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 SEED, STEPS, ROUNDS = 7, 3, 3
 

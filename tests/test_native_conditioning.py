@@ -5,20 +5,15 @@ on the stand-ins and the tiny models."""
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import fake_gpu  # noqa: E402
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import fake_gpu  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 TINY = dict(width=96, height=64, frames=9)  # latent (3, 8, 12)
 LATENT_SHAPE = (1, 16, 3, 8, 12)

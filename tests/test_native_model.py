@@ -13,18 +13,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import fake_gpu  # noqa: E402
-import harness  # noqa: E402
+from tests.support import fake_gpu  # noqa: E402
+from tests.support import harness  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 TOLERANCE = 1e-5
 UNCOND_COND = [1, 0]  # ComfyUI's row order with both CFG halves in one call

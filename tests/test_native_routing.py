@@ -9,18 +9,13 @@ payload the Ingredients Sampler gives, and Routing Maps must draw it.
 
 from __future__ import annotations
 
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 STEPS = 3
 

@@ -8,17 +8,13 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 SCALE = 0.7  # the latent format's scale factor: LATENT / concat_latent_image are raw VAE latents
 SEED = 123

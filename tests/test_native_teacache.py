@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,11 +20,8 @@ import torch
 from test_native_samplers import (SCALE, SEED, case, comfy, ksampler,  # noqa: F401  (case: a fixture)
                                   official, official_sigmas, relative, sampler_custom_advanced)
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 logger = logging.getLogger(__name__)
 STEPS = 6

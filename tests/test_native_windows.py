@@ -9,17 +9,12 @@ by the output. A window as long as the video gives exactly the plain run.
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 SEED = 5
 STEPS = 3

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "comfy_stubs"))
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(Path(__file__).resolve().parent / "comfy_stubs"))
 
 TINY = dict(width=96, height=64, frames=9)  # the tiny transformer's learned positional embeddings
 PROMPT = "Two men in half bodies, are seated in a dimly lit room."

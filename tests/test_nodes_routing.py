@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_nodes import TINY, graph, models_dir, nodes, pack, run, sample  # noqa: F401  (fixtures)
 
-import harness
+from tests.support import harness
 
 H, W = TINY["height"], TINY["width"]
 

@@ -12,19 +12,15 @@ from __future__ import annotations
 import json
 import re
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 import ingredients_core
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
-import registry_metadata  # noqa: E402
+from tests.support import harness  # noqa: E402
+from tests.support import registry_metadata  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
@@ -89,7 +85,7 @@ def test_stamp_keeps_other_properties_and_is_idempotent(pack_types):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_every_workflow_has_a_small_jpeg_thumbnail_beside_it(path):
     thumbnail = path.with_suffix(".jpg")
-    assert thumbnail.exists(), f"no {thumbnail.name}: python tests/comfy_stubs/thumbnails.py URL (DEVELOPERS.md)"
+    assert thumbnail.exists(), f"no {thumbnail.name}: python -m tools.thumbnails URL (DEVELOPERS.md)"
     assert thumbnail.stat().st_size < THUMBNAIL_BYTES, f"{thumbnail.name}: {thumbnail.stat().st_size} bytes"
     with Image.open(thumbnail) as image:
         assert image.format == "JPEG" and image.width >= 400 and image.height >= 200, (image.format, image.size)

@@ -9,19 +9,14 @@ just added is protected from the next change too.
 from __future__ import annotations
 
 import copy
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import schema_snapshot  # noqa: E402
+from tests.support import schema_snapshot  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
-UPDATE = "python tests/comfy_stubs/schema_snapshot.py --update"
+UPDATE = "python -m tests.support.schema_snapshot --update"
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,14 @@ in ComfyUI's diffusion_models or checkpoints folder, loads back with the weights
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from test_single_file import assert_bit_identical
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 FP8_FILES = {"fp8_e4m3fn": "diffusion_models/ingredients_fp8_e4m3fn.safetensors",
              "fp8_e5m2": "diffusion_models/ingredients_fp8_e5m2.safetensors"}

@@ -1,6 +1,6 @@
 """The nodes on a machine whose load device is not the offload device (ComfyUI on a GPU).
 
-The stand-in ComfyUI runs with the fake GPU of ``comfy_stubs/fake_gpu.py``: load devices are
+The stand-in ComfyUI runs with the fake GPU of ``tests/support/fake_gpu.py``: load devices are
 ``meta`` tensors holding CPU data, offload and intermediate devices the CPU, and any op that meets
 a tensor left on the CPU fails as on CUDA. Loaders put the weights on the CPU; each node then asks
 ComfyUI to load its models and computes on the fake GPU. Results must equal the CPU run's (up to
@@ -9,19 +9,14 @@ float rounding where torch picks another attention kernel for another device).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import fake_gpu  # noqa: E402
-import harness  # noqa: E402
-import tiny_models  # noqa: E402
+from tests.support import fake_gpu  # noqa: E402
+from tests.support import harness  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 TINY = dict(width=96, height=64, frames=9)
 PROMPT = "Two women at a table."

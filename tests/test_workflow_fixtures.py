@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
-import workflow_tools  # noqa: E402
+from tests.support import harness  # noqa: E402
+from tests.support import workflow_tools  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 FIXTURES = sorted((harness.REPO / "tests" / "fixtures" / "workflows").glob("*.json"))
 HIDDEN = ("control_after_generate", "upload")  # frontend-only widget values, never sent to /prompt

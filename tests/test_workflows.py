@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-sys.path.insert(0, str(STUBS))
-import harness  # noqa: E402
-import workflow_tools  # noqa: E402
+from tests.support import harness  # noqa: E402
+from tests.support import workflow_tools  # noqa: E402
 
-sys.path.remove(str(STUBS))
 
 WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
 OFFICIAL_TWO_ID_PROMPT = ("Two men in half bodies, are seated in a dimly lit room, possibly an office or meeting "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 
-import workflow_tools
+from . import workflow_tools
 
 INPUT_NODE, OUTPUT_NODE = -10, -20
 

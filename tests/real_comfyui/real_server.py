@@ -22,8 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-STUBS = Path(__file__).resolve().parent
-REPO = STUBS.parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 # The tiny transformer has learned positions for 9 frames of 64 x 96: the only override of the examples.
 TINY_SAMPLER = dict(width=96, height=64, frames=9, steps=2)
 TINY_VIDEO = dict(width=96, height=64, frames=9)  # Ingredients Image to Video in the native examples
@@ -112,29 +112,15 @@ class Server:
         raise ServerError(f"prompt {prompt_id} did not finish within {RUN_TIMEOUT} s:\n{self.log()[-4000:]}")
 
 
-def stub_import(name: str):
-    """A module of this folder, imported without leaving the folder on ``sys.path``."""
-    import importlib
-
-    added = str(STUBS) not in sys.path
-    if added:
-        sys.path.insert(0, str(STUBS))
-    try:
-        return importlib.import_module(name)
-    finally:
-        if added:
-            sys.path.remove(str(STUBS))
-
-
 def base_directory(base: Path) -> None:
     """A ComfyUI base directory with the pack in custom_nodes and the example photos in input."""
     from PIL import Image
 
-    tiny_models = stub_import("tiny_models")
+    from ingredients_core.testing import tiny_models
     for sub in ("custom_nodes", "input", "output", "temp", "user"):
         (base / sub).mkdir(parents=True)
     (base / "custom_nodes" / "ComfyUI-Ingredients").symlink_to(REPO, target_is_directory=True)
-    (base / "custom_nodes" / "ingredients_test_native_inputs.py").symlink_to(STUBS / "real_native_nodes.py")
+    (base / "custom_nodes" / "ingredients_test_native_inputs.py").symlink_to(HERE / "real_native_nodes.py")
     for i in (1, 2, 3):
         Image.fromarray(tiny_models.face_photo(i)).save(base / "input" / f"person_{i}.png")
 
@@ -142,9 +128,9 @@ def base_directory(base: Path) -> None:
 def make_models_root(root: Path) -> Path:
     """``root/models``: the tiny Ingredients folder (``ingredients/Ingredients``, a detector that finds
     faces) and the kohya LoRA the LoRA example loads (``loras/``); returns the tiny folder."""
-    tiny_models = stub_import("tiny_models")
+    from ingredients_core.testing import tiny_models
     folder = tiny_models.make_tiny_model_folder(root / "models" / "ingredients" / "Ingredients")
-    lora_file = stub_import("native_workflows").LORA_FILE
+    from tools.native_workflows import LORA_FILE as lora_file
     tiny_models.write_tiny_kohya_lora(folder, root / "models" / "loras" / lora_file)
     return folder
 
@@ -172,7 +158,7 @@ def _tiny_text(prompt: dict) -> None:
 def tiny_api_prompt(workflow: dict, definitions: dict) -> dict:
     """The API prompt of an example workflow on the tiny models: the tiny T5 for CLIPTextEncode and
     the tiny sizes (and 2 steps) on Ingredients Sampler, Image to Video and KSampler."""
-    workflow_tools = stub_import("workflow_tools")
+    from tests.support import workflow_tools
     prompt = workflow_tools.to_api(workflow, definitions)
     _tiny_text(prompt)
     for node in prompt.values():

@@ -6,7 +6,7 @@ lists its ``*.json`` files at ``/workflow_templates``; the frontend shows ``NAME
 installed (a model folder named ``Ingredients`` and the ``person_N.png`` photos in its input folder
 keep every widget valid; see DEVELOPERS.md)::
 
-    python tests/comfy_stubs/thumbnails.py http://127.0.0.1:8188 [NAME.json ...]
+    python -m tools.thumbnails http://127.0.0.1:8188 [NAME.json ...]
 
 Each workflow is loaded in the real frontend (Debian chromium + pip playwright), the UI is hidden
 (focus mode; no minimap, canvas info or canvas menu), nodes drawn in full detail however small, the
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-import frontend
+from . import frontend
 from PIL import Image
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from frontend import _BUILD
+from .frontend import _BUILD
 
 _STORE = "document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia._s.get('subgraph')"
 

@@ -7,7 +7,7 @@ version``; a git clone gets the commit hash instead); ComfyUI's own nodes get ``
 and ``ver`` the ComfyUI version. The frontend builds the examples without the Manager, so
 ``build_workflows.py`` stamps them with :func:`stamp`, and this script stamps existing files::
 
-    python tests/comfy_stubs/registry_metadata.py [--comfyui-version 0.3.64] [workflows/NAME.json ...]
+    python -m tests.support.registry_metadata [--comfyui-version 0.3.64] [workflows/NAME.json ...]
 
 (every workflow in ``workflows/`` when no file is named; the pack version from ``pyproject.toml``).
 """
@@ -20,8 +20,8 @@ import re
 import sys
 from pathlib import Path
 
-import harness  # this folder is on sys.path: run as a script, or imported by the tests
-import workflow_tools
+from . import harness  # run as `python -m tests.support.registry_metadata`, or imported by the tests
+from . import workflow_tools
 
 WORKFLOWS = harness.REPO / "workflows"
 PYPROJECT = harness.REPO / "pyproject.toml"
@@ -69,7 +69,7 @@ def stamp(workflow: dict, pack_types: set[str], core_version: str = CORE_VERSION
             registry = {"cnr_id": CORE_ID, "ver": core_version}
         else:
             raise ValueError(f"node {node['id']}: {node['type']} is neither a pack node nor a core node known to "
-                             f"tests/comfy_stubs/core_nodes.json; add it there (with its inputs) first")
+                             f"tests/support/core_nodes.json; add it there (with its inputs) first")
         properties = node.setdefault("properties", {})
         properties.update(registry)
     return workflow

@@ -16,8 +16,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-STUBS = Path(__file__).resolve().parent
-REPO = STUBS.parents[1]
+REPO = Path(__file__).resolve().parents[2]
+STUBS = REPO / "tests" / "comfy_stubs"
 PACK = "comfyui_ingredients_under_test"
 STUB_MODULES = ("comfy_api", "comfy", "folder_paths", "latent_preview", "node_helpers")
 

@@ -30,12 +30,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import native_workflows  # this folder: first on sys.path when run as a script
 import numpy as np
-import real_server
+import real_server  # this folder: first on sys.path when run as a script
 
-STUBS = Path(__file__).resolve().parent
-REPO = STUBS.parents[1]
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the pack's library and tools (run as a script from anywhere)
+from tools import native_workflows  # noqa: E402
+from ingredients_core.testing import tiny_models  # noqa: E402
 WORKFLOW = REPO / "workflows" / "ingredients_two_ids_ksampler.json"
 STEPS = 8  # enough for EasyCache / LazyCache to find steps to skip between 15 % and 95 %
 PEFT_FILE = "tiny_peft_lora.safetensors"
@@ -270,7 +271,7 @@ def check_save_reload(server, prompt: dict, reference: np.ndarray) -> dict:
 def prepare(root: Path) -> None:
     """Tiny models, the kohya LoRA of the examples and a PEFT LoRA of the same layers."""
     folder = real_server.make_models_root(root)
-    real_server.stub_import("tiny_models").write_tiny_lora(folder, root / "models" / "loras" / PEFT_FILE, layout="peft")
+    tiny_models.write_tiny_lora(folder, root / "models" / "loras" / PEFT_FILE, layout="peft")
     real_server.base_directory(root / "base")
 
 
@@ -311,7 +312,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results (with the full errors) here")
     parser.add_argument("--work", type=Path, help="ComfyUI's base and model folders (default: a temporary one)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO))  # ingredients_core, for the tiny models
     root = args.work or Path(tempfile.mkdtemp(prefix="ingredients_core_nodes_"))
     results = check(root, args.steps)
     if args.json:

@@ -13,9 +13,9 @@ reaches each output node's ``images`` input unchanged (the test-only *Ingredient
   lists (the saved WEBPs, previews, the identity plot) and the texts nodes show; the ComfyUI version
   and the pack's commit.
 
-    COMFYUI_PATH=/work/comfy033 python tests/comfy_stubs/real_frames.py save DIR
-    COMFYUI_PATH=/work/comfy033 python tests/comfy_stubs/real_frames.py compare DIR   # a new run vs DIR
-    python tests/comfy_stubs/real_frames.py diff DIR_A DIR_B                          # two saved runs
+    COMFYUI_PATH=/work/comfy033 python tests/real_comfyui/real_frames.py save DIR
+    COMFYUI_PATH=/work/comfy033 python tests/real_comfyui/real_frames.py compare DIR   # a new run vs DIR
+    python tests/real_comfyui/real_frames.py diff DIR_A DIR_B                          # two saved runs
 
 ``compare`` and ``diff`` print per workflow the largest absolute difference of the float frames and
 the count of differing uint8 values, and exit 1 when anything differs (0 when all are equal).
@@ -35,8 +35,7 @@ from pathlib import Path
 import numpy as np
 import real_server  # this folder: first on sys.path when run as a script
 
-STUBS = Path(__file__).resolve().parent
-REPO = STUBS.parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 FIXTURES = sorted((REPO / "tests" / "fixtures" / "workflows").glob("*.json"))
 CAPTURE = "IngredientsTestCapture"

@@ -3,7 +3,7 @@
 Run by hand against a running ComfyUI 0.33 or later with the pack installed (a model folder named
 ``Ingredients``, e.g. the tiny one of ``tiny_models``, makes the loaders' lists non-empty)::
 
-    python tests/comfy_stubs/build_blueprints.py http://127.0.0.1:8188 ["Two People to Video (Ingredients)" ...]
+    python -m tools.build_blueprints http://127.0.0.1:8188 ["Two People to Video (Ingredients)" ...]
 
 (only the named blueprints when names are given). For each spec of ``blueprint_specs`` the frontend
 builds the nodes, converts them to a subgraph, exposes the inputs and the VIDEO output, and publishes
@@ -22,11 +22,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import blueprint_frontend
-import frontend
-import registry_metadata
-from blueprint_specs import BLUEPRINTS
-from build_workflows import _comfyui_version
+from . import blueprint_frontend
+from . import frontend
+from tests.support import registry_metadata
+from .blueprint_specs import BLUEPRINTS
+from .build_workflows import _comfyui_version
 
 SUBGRAPHS = Path(__file__).resolve().parents[2] / "subgraphs"
 

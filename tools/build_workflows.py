@@ -3,7 +3,7 @@
 Run by hand against a running ComfyUI with the pack installed (any model folder named
 ``Ingredients`` makes the loaders' lists non-empty; the tiny one from ``tiny_models`` will do)::
 
-    python tests/comfy_stubs/build_workflows.py http://127.0.0.1:8188 [NAME.json ...]
+    python -m tools.build_workflows http://127.0.0.1:8188 [NAME.json ...]
 
 (only the named examples when names are given).
 
@@ -23,9 +23,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import frontend
-import registry_metadata
-from native_workflows import ksampler_spec, lora_easycache_spec, people_nodes
+from . import frontend
+from tests.support import registry_metadata
+from .native_workflows import ksampler_spec, lora_easycache_spec, people_nodes
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 TWO_MEN = ("Two men in half bodies, are seated in a dimly lit room, possibly an office or meeting room, "

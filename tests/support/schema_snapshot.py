@@ -10,9 +10,9 @@ output appended; combo options appended; a node marked deprecated).
 
 Regenerate after an allowed change (refused while a breaking change is present)::
 
-    python tests/comfy_stubs/schema_snapshot.py --update
+    python -m tests.support.schema_snapshot --update
 
-``python tests/comfy_stubs/schema_snapshot.py`` only reports the differences.
+``python -m tests.support.schema_snapshot`` only reports the differences.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import harness  # this folder is on sys.path: run as a script, or imported by the tests
+from . import harness  # run as `python -m tests.support.schema_snapshot`, or imported by the tests
 
-STUBS = Path(__file__).resolve().parent
-SNAPSHOT = STUBS.parents[0] / "schemas" / "nodes.json"
+SNAPSHOT = Path(__file__).resolve().parents[1] / "schemas" / "nodes.json"
 # Shown to people, not part of the contract: a new wording never breaks a saved workflow.
 COSMETIC = {"tooltip", "display_name", "placeholder"}
 
@@ -46,7 +45,7 @@ changes break workflows that users have already saved. To ship the change:
     or {"new_id": ..., "set_value": ...}], output_mapping=[{"new_idx": ..., "old_idx": ...}]))`
     (comfy_api.latest; served at /node_replacements, applied by the frontend's swap-nodes dialog and
     by /prompt, only to node types that are no longer registered). ComfyUI 0.3.64 has no such API.
-Then regenerate the snapshot: python tests/comfy_stubs/schema_snapshot.py --update"""
+Then regenerate the snapshot: python -m tests.support.schema_snapshot --update"""
 
 
 def _input_entry(item) -> dict:
@@ -85,8 +84,8 @@ def load(path: Path = SNAPSHOT) -> dict[str, dict]:
 
 def write(nodes: dict[str, dict], path: Path = SNAPSHOT) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"about": "Schema contract of every node; see tests/comfy_stubs/schema_snapshot.py. "
-                         "Regenerate: python tests/comfy_stubs/schema_snapshot.py --update",
+    document = {"about": "Schema contract of every node; see tests/support/schema_snapshot.py. "
+                         "Regenerate: python -m tests.support.schema_snapshot --update",
                 "nodes": nodes}
     path.write_text(_one_entry_per_line(document), encoding="utf-8")
 
