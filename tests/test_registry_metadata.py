@@ -138,3 +138,32 @@ def test_comfy_node_validate_passes(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "All validation checks passed" in output and "Warning" not in output, output
+
+
+@pytest.mark.skipif(_comfy_cli() is None, reason="comfy-cli not installed (set COMFY_CLI; .ci/run does)")
+def test_registry_archive_holds_what_users_run_and_nothing_of_the_developers(tmp_path):
+    """``comfy node pack`` (git-tracked files minus ``.comfyignore``) on a copy of the working tree: the
+    nodes, the library, workflows, blueprints and docs go in; tests, benches, tools and CI stay out."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=harness.REPO,
+                             capture_output=True, text=True, check=True).stdout.split("\n")
+    copy = tmp_path / "pack"
+    for name in filter(None, tracked):
+        if (harness.REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(harness.REPO / name, copy / name)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_CONFIG_GLOBAL": "/dev/null"}
+    for command in (["git", "init", "-q"], ["git", "add", "-A"]):
+        subprocess.run(command, cwd=copy, check=True, env=env)
+    result = subprocess.run([_comfy_cli(), "--skip-prompt", "--no-enable-telemetry", "node", "pack"], cwd=copy,
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = zipfile.ZipFile(copy / "node.zip").namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert {"__init__.py", "nodes", "ingredients_core", "workflows", "subgraphs", "web", "docs", "README.md",
+            "LICENSE", "pyproject.toml", "requirements.txt"} <= tops, sorted(tops)
+    assert not tops & {"tests", "bench", "tools", ".ci", "DEVELOPERS.md", "requirements-test.txt"}, sorted(tops)
+    assert "ingredients_core/testing/make_tiny.py" in names  # the demo (python -m ingredients_core demo) needs it
