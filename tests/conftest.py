@@ -40,6 +40,17 @@ def tiny_transformer_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    """A models folder of the test module's own (``ingredients/Ingredients``: the tiny model, a face
+    detector that finds faces), for modules that add or change files in it."""
+    from ingredients_core.testing import tiny_models
+
+    root = tmp_path_factory.mktemp("comfy_models")
+    tiny_models.make_tiny_model_folder(root / "ingredients" / "Ingredients")
+    return root
+
+
+@pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     """The pack's nodes, loaded on the ComfyUI stand-ins with the shared tiny model folder (one load per
     test module; a module that defines its own ``nodes`` keeps it)."""
@@ -48,6 +59,16 @@ def nodes(tmp_path_factory):
 
     with harness.pack_nodes(tiny_models.shared_models_dir(tmp_path_factory)) as loaded_nodes:
         yield loaded_nodes
+
+
+@pytest.fixture(scope="module")
+def definitions(tmp_path_factory):
+    """Every node's definition (ComfyUI's /object_info shape, plus the core nodes the examples use), for
+    checking workflow and blueprint JSON without ComfyUI."""
+    from tests.support import harness, workflow_tools
+
+    with harness.pack_nodes(tmp_path_factory.mktemp("no_models")) as nodes:
+        yield workflow_tools.node_definitions(list(nodes.values()))
 
 
 @pytest.fixture(scope="module")

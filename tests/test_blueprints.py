@@ -8,8 +8,6 @@ keep the inputs (name, type, order) and output the fixtures expose.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
@@ -27,15 +25,6 @@ PEOPLE = {"Person to Video (Ingredients)": 1, "Two People to Video (Ingredients)
 OFFICIAL = dict(width=720, height=480, frames=49, steps=50, cfg=6.0)
 
 
-@pytest.fixture(scope="module")
-def definitions(tmp_path_factory):
-    with harness.pack_nodes(tmp_path_factory.mktemp("no_models")) as nodes:
-        yield workflow_tools.node_definitions(list(nodes.values()))
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
 
 def test_the_blueprints_are_the_one_two_and_three_person_ones():
     assert sorted(p.stem for p in BLUEPRINTS) == sorted(PEOPLE)
@@ -44,12 +33,12 @@ def test_the_blueprints_are_the_one_two_and_three_person_ones():
 
 @pytest.mark.parametrize("path", BLUEPRINTS + FIXTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_blueprint_matches_node_definitions(path, definitions):
-    assert blueprint_tools.check_blueprint(load(path), definitions) == []
+    assert blueprint_tools.check_blueprint(workflow_tools.load(path), definitions) == []
 
 
 @pytest.mark.parametrize("path", BLUEPRINTS, ids=lambda p: p.name)
 def test_name_category_description_and_labels(path):
-    graph = blueprint_tools.subgraph(load(path))
+    graph = blueprint_tools.subgraph(workflow_tools.load(path))
     assert graph["name"] == path.stem and graph["category"] == CATEGORY
     assert "Ingredients" in graph["description"] and len(graph["description"]) > 60
     labels = [i.get("label") for i in graph["inputs"]]
@@ -61,7 +50,7 @@ def test_name_category_description_and_labels(path):
 def test_inputs_an_artist_sets(path):
     """A photo per person (and a mask per person in the regions one), the prompt, the negative prompt,
     seed, steps, size, the model folder for every loader, the model's weight_dtype and the T5's dtype."""
-    graph, people = blueprint_tools.subgraph(load(path)), PEOPLE[path.stem]
+    graph, people = blueprint_tools.subgraph(workflow_tools.load(path)), PEOPLE[path.stem]
     exposed = {i["name"]: i["type"] for i in graph["inputs"]}
     photos = [n for n, t in exposed.items() if t == "IMAGE"]
     masks = [n for n, t in exposed.items() if t == "MASK"]
@@ -77,7 +66,7 @@ def test_inputs_an_artist_sets(path):
 
 @pytest.mark.parametrize("path", BLUEPRINTS, ids=lambda p: p.name)
 def test_api_prompt_has_the_official_defaults_and_ends_in_create_video(path, definitions):
-    blueprint = load(path)
+    blueprint = workflow_tools.load(path)
     graph = blueprint_tools.subgraph(blueprint)
     photos = {i["name"]: ["100", 0] for i in graph["inputs"] if i["type"] in ("IMAGE", "MASK")}
     prompt = blueprint_tools.to_api(blueprint, definitions, photos)
@@ -97,7 +86,7 @@ def test_api_prompt_has_the_official_defaults_and_ends_in_create_video(path, def
 
 @pytest.mark.parametrize("path", BLUEPRINTS, ids=lambda p: p.name)
 def test_every_node_carries_its_registry_id_and_version(path):
-    blueprint = load(path)
+    blueprint = workflow_tools.load(path)
     cnr_id, version = registry_metadata.pack_registry()
     assert blueprint["nodes"][0]["properties"]["cnr_id"] == cnr_id
     assert blueprint["nodes"][0]["properties"]["ver"] == version
@@ -110,8 +99,8 @@ def test_every_node_carries_its_registry_id_and_version(path):
 @pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
 def test_shipped_blueprint_keeps_the_inputs_it_was_first_saved_with(fixture):
     """Inputs are only appended: an artist's links to a placed blueprint are by slot."""
-    before = blueprint_tools.subgraph(load(fixture))
-    now = blueprint_tools.subgraph(load(harness.REPO / "subgraphs" / fixture.name))
+    before = blueprint_tools.subgraph(workflow_tools.load(fixture))
+    now = blueprint_tools.subgraph(workflow_tools.load(harness.REPO / "subgraphs" / fixture.name))
     old = [(i["name"], i["type"]) for i in before["inputs"]]
     assert [(i["name"], i["type"]) for i in now["inputs"]][:len(old)] == old
     assert [(o["name"], o["type"]) for o in now["outputs"]][:len(before["outputs"])] == \
@@ -119,7 +108,7 @@ def test_shipped_blueprint_keeps_the_inputs_it_was_first_saved_with(fixture):
 
 
 def test_a_changed_inner_widget_value_is_caught(definitions):
-    blueprint = load(BLUEPRINTS[0])
+    blueprint = workflow_tools.load(BLUEPRINTS[0])
     sampler = next(n for n in blueprint_tools.subgraph(blueprint)["nodes"] if n["type"] == "IngredientsSampler")
     sampler["widgets_values"].insert(0, 16)  # what a widget inserted before width would do to the saved values
     assert blueprint_tools.check_blueprint(blueprint, definitions)

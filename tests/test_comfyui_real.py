@@ -26,7 +26,7 @@ import pytest
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 REAL = Path(__file__).resolve().parent / "real_comfyui"  # the scripts run under a real ComfyUI
 from tools import frontend  # noqa: E402
-from tests.support import harness  # noqa: E402
+from tests.support import harness, registry_metadata  # noqa: E402
 from tests.real_comfyui import real_server  # noqa: E402
 from tests.support import workflow_tools  # noqa: E402
 
@@ -185,16 +185,8 @@ def test_native_conditioning_facts_with_comfyuis_own_tokenizers_and_vae(tmp_path
         assert vae["frames_shape"] == [9, 64, 96, 3], vae
 
 
-def _pack_node_ids() -> set[str]:
-    harness.load_pack(Path("/nonexistent"))
-    try:
-        return {cls.GET_SCHEMA().node_id for cls in harness.pack_module("nodes.extension").NODES}
-    finally:
-        harness.unload_pack()
-
-
 def test_every_node_is_listed_and_nothing_failed_to_import(server, definitions):
-    expected = _pack_node_ids()
+    expected = registry_metadata.pack_node_types()
     assert expected <= set(definitions), f"missing: {sorted(expected - set(definitions))}"
     failed = [line for line in server.log().splitlines() if "IMPORT FAILED" in line]
     assert failed == [], "\n".join(failed)
@@ -502,7 +494,7 @@ def test_pack_loads_without_insightface_and_the_face_loader_says_why(broken_insi
     the pip command and the doctor (in one message on the node)."""
     server = broken_insightface_server
     definitions = server.get("/object_info")
-    expected = _pack_node_ids()
+    expected = registry_metadata.pack_node_types()
     assert expected <= set(definitions), f"missing: {sorted(expected - set(definitions))}"
     assert "IMPORT FAILED" not in server.log(), server.log()[-4000:]
     prompt = workflow_tools.to_api(json.loads(WORKFLOWS[0].read_text()), definitions)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_comfyui_real import COMFYUI, TINY_SAMPLER, _pack_node_ids
+from test_comfyui_real import COMFYUI, TINY_SAMPLER
 
 from tools import blueprint_frontend  # noqa: E402
-from tests.support import blueprint_tools  # noqa: E402
+from tests.support import blueprint_tools, registry_metadata  # noqa: E402
 from tools import frontend  # noqa: E402
 from tests.support import harness  # noqa: E402
 from tests.real_comfyui import real_server  # noqa: E402
@@ -52,7 +52,7 @@ def test_older_comfyui_ignores_the_folder_without_an_error(server):
     if _has_subgraph_manager(server):
         pytest.skip("this ComfyUI serves blueprints (the other tests here)")
     definitions = server.get("/object_info")
-    assert _pack_node_ids() <= set(definitions)
+    assert registry_metadata.pack_node_types() <= set(definitions)
     log = server.log()
     assert "IMPORT FAILED" not in log and "Traceback" not in log and "subgraph" not in log.lower(), log[-4000:]
 

@@ -32,10 +32,7 @@ def comfy_name(key: str) -> str:
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    shared = tiny_models.shared_models_dir(tmp_path_factory)
-    root = tmp_path_factory.mktemp("foreign_file")
-    (root / "ingredients").symlink_to(shared / "ingredients", target_is_directory=True)
-    source = shared / "ingredients" / "Ingredients" / "transformer" / "diffusion_pytorch_model.safetensors"
+    root, source = tiny_models.beside_shared_models(tmp_path_factory, "foreign_file")
     with safe_open(str(source), "pt") as f:
         state = {"model.diffusion_model." + comfy_name(k): f.get_tensor(k) for k in f.keys()
                  if not k.startswith(("local_facial_extractor", "perceiver_cross_attention", "router"))}

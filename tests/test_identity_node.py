@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,12 +19,6 @@ from ingredients_core.testing.tiny_curricularface import write_tiny_curricularfa
 
 NODE = "IngredientsIdentityCheck"
 
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("comfy_models")
-    tiny_models.make_tiny_model_folder(root / "ingredients" / "Ingredients")
-    return root
 
 
 @pytest.fixture(scope="module")

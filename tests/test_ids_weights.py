@@ -21,10 +21,7 @@ BLOCK_LAYER = "transformer_blocks.0.attn1.to_q"
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    shared = tiny_models.shared_models_dir(tmp_path_factory)
-    root = tmp_path_factory.mktemp("ids_weights")
-    (root / "ingredients").symlink_to(shared / "ingredients", target_is_directory=True)
-    source = shared / "ingredients" / "Ingredients" / "transformer" / "diffusion_pytorch_model.safetensors"
+    root, source = tiny_models.beside_shared_models(tmp_path_factory, "ids_weights")
     with safe_open(str(source), "pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
     other = dict(state, **{"proj_out.weight": state["proj_out.weight"] + 0.01})  # other weights, same folder

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support import harness  # noqa: E402
+from tests.support import golden_ids, harness  # noqa: E402
 
 
 SCALE = 0.7  # the latent format's scale factor: LATENT / concat_latent_image are raw VAE latents
@@ -309,7 +309,7 @@ def golden(nodes, golden_dir):
     from comfyui_ingredients_under_test.ingredients_core.testing.parity import write_golden_checkpoint
     from safetensors.torch import load_file
 
-    host, payloads = harness.pack_module("nodes.host"), harness.pack_module("nodes.payloads")
+    host = harness.pack_module("nodes.host")
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_golden_checkpoint(golden_dir, Path(tmp))
         transformer = load_transformer(folder, dtype=torch.float32, device="cpu",
@@ -317,12 +317,7 @@ def golden(nodes, golden_dir):
     model = harness.pack_module("nodes.native_model").model_patcher(transformer, torch.float32, torch.float32,
                                                                     "official", folder)
     inputs = load_file(str(golden_dir / "inputs.safetensors"))
-    faces = [(inputs[f"id{i}.id_cond"], [inputs[f"id{i}.vit_hidden.{k}"] for k in range(5)]) for i in range(2)]
-    with torch.no_grad():
-        tokens = transformer.project_ids(faces)
-    id_tokens = payloads.IngredientsIDTokens(tokens, payloads.IngredientsIDs((0, 1)), folder)
-    routed = harness.pack_module("nodes.ids").RouteIDs.execute(id_tokens=id_tokens, routing_mode="official",
-                                                               strength=1.0).args[0]
+    tokens, routed = golden_ids.routed_golden_ids(transformer, inputs, folder)
     case = json.loads((golden_dir / "case.json").read_text())
     scheduler_config = json.loads((golden_dir / "scheduler_config.json").read_text())
     return dict(transformer=transformer, model=model, inputs=inputs, tokens=tokens, routed=routed, case=case,

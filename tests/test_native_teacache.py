@@ -20,7 +20,7 @@ import torch
 from test_native_samplers import (SCALE, SEED, case, comfy, ksampler,  # noqa: F401  (case: a fixture)
                                   official, official_sigmas, relative, sampler_custom_advanced)
 
-from tests.support import harness  # noqa: E402
+from tests.support import golden_ids, harness  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -240,19 +240,14 @@ def test_golden_variant_with_two_ids_skips_the_pack_sampler_steps(nodes, golden_
     from comfyui_ingredients_under_test.ingredients_core.testing.parity import write_golden_checkpoint
     from safetensors.torch import load_file
 
-    host, payloads = harness.pack_module("nodes.host"), harness.pack_module("nodes.payloads")
+    host = harness.pack_module("nodes.host")
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_golden_checkpoint(golden_dir, Path(tmp))
         plain = load_transformer(folder, dtype=torch.float32, device="cpu",
                                  **host.transformer_layers(torch.float32, torch.float32))
     transformer, model = variant(plain, 3e-3)
     inputs = load_file(str(golden_dir / "inputs.safetensors"))
-    faces = [(inputs[f"id{i}.id_cond"], [inputs[f"id{i}.vit_hidden.{k}"] for k in range(5)]) for i in range(2)]
-    with torch.no_grad():
-        tokens = transformer.project_ids(faces)
-    id_tokens = payloads.IngredientsIDTokens(tokens, payloads.IngredientsIDs((0, 1)), folder)
-    routed = harness.pack_module("nodes.ids").RouteIDs.execute(id_tokens=id_tokens, routing_mode="official",
-                                                               strength=1.0).args[0]
+    tokens, routed = golden_ids.routed_golden_ids(transformer, inputs, folder)
     patched = nodes["IngredientsApplyIDs"].execute(model=model, routed_ids=routed).args[0]
     image = inputs["image_latents"]
     raw = image.transpose(1, 2) / SCALE

@@ -20,12 +20,6 @@ TINY = dict(width=96, height=64, frames=9)  # the tiny transformer's learned pos
 PROMPT = "Two men in half bodies, are seated in a dimly lit room."
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("comfy_models")
-    tiny_models.make_tiny_model_folder(root / "ingredients" / "Ingredients")
-    return root
-
 
 @pytest.fixture(scope="module")
 def pack(models_dir):

@@ -11,19 +11,12 @@ import torch
 from test_single_file import assert_bit_identical
 
 from tests.support import harness  # noqa: E402
-from ingredients_core.testing import tiny_models  # noqa: E402
 
 
 FP8_FILES = {"fp8_e4m3fn": "diffusion_models/ingredients_fp8_e4m3fn.safetensors",
              "fp8_e5m2": "diffusion_models/ingredients_fp8_e5m2.safetensors"}
 BF16_FILE = "checkpoints/sub/ingredients_bf16.safetensors"
 
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("single_file_models")
-    tiny_models.make_tiny_model_folder(root / "ingredients" / "Ingredients")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ saved widget inputs (``inputs[*].widget``) in order, with the hidden control val
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 import pytest
 
@@ -23,15 +21,6 @@ from tests.support import workflow_tools  # noqa: E402
 FIXTURES = sorted((harness.REPO / "tests" / "fixtures" / "workflows").glob("*.json"))
 HIDDEN = ("control_after_generate", "upload")  # frontend-only widget values, never sent to /prompt
 
-
-@pytest.fixture(scope="module")
-def definitions(tmp_path_factory):
-    with harness.pack_nodes(tmp_path_factory.mktemp("no_models")) as nodes:
-        yield workflow_tools.node_definitions(list(nodes.values()))
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def from_saved_inputs(node: dict) -> dict:
@@ -67,19 +56,19 @@ def test_the_fixtures_are_the_four_examples_as_saved():
     assert [p.name for p in FIXTURES] == ["ingredients_one_id.json", "ingredients_three_ids_masks.json",
                                           "ingredients_two_ids.json", "ingredients_two_ids_identity_check.json"]
     for path in FIXTURES:  # the old saved form: no registry metadata
-        assert not any("cnr_id" in n.get("properties", {}) for n in load(path)["nodes"]), path.name
+        assert not any("cnr_id" in n.get("properties", {}) for n in workflow_tools.load(path)["nodes"]), path.name
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
 def test_the_named_values_agree_with_the_saved_widget_inputs(path):
-    nodes = [n for n in load(path)["nodes"] if "widgets_values_named" in n]
+    nodes = [n for n in workflow_tools.load(path)["nodes"] if "widgets_values_named" in n]
     for node in nodes:
         assert from_saved_inputs(node) == node["widgets_values_named"], node["type"]
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
 def test_saved_values_land_on_the_inputs_they_were_saved_for(path, definitions):
-    workflow = load(path)
+    workflow = workflow_tools.load(path)
     assert workflow_tools.check_workflow(workflow, definitions) == []
     prompt = workflow_tools.to_api(workflow, definitions)
     for node in workflow["nodes"]:
@@ -98,7 +87,7 @@ def test_saved_values_land_on_the_inputs_they_were_saved_for(path, definitions):
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
 def test_the_seed_and_scheduler_keep_their_saved_values(path, definitions):
-    workflow = load(path)
+    workflow = workflow_tools.load(path)
     sampler = next(n for n in workflow["nodes"] if n["type"] == "IngredientsSampler")
     saved_order = [i["name"] for i in sampler["inputs"] if i.get("widget")]
     values = sampler["widgets_values"]
@@ -121,7 +110,7 @@ def _with_sampler_input(definitions: dict, name: str, spec: list, before: str | 
 
 
 def test_an_appended_optional_widget_keeps_old_values_in_place(definitions):
-    workflow = load(FIXTURES[0])
+    workflow = workflow_tools.load(FIXTURES[0])
     grown = _with_sampler_input(definitions, "eta", ["FLOAT", {"default": 0.25, "min": 0.0, "max": 1.0}], None)
     assert workflow_tools.check_workflow(workflow, grown) == []
     before = workflow_tools.to_api(workflow, definitions)
@@ -131,7 +120,7 @@ def test_an_appended_optional_widget_keeps_old_values_in_place(definitions):
 
 
 def test_an_inserted_widget_shifts_the_saved_values_and_is_caught(definitions):
-    workflow = load(FIXTURES[0])
+    workflow = workflow_tools.load(FIXTURES[0])
     inserted = _with_sampler_input(definitions, "eta", ["FLOAT", {"default": 0.25, "min": 0.0, "max": 1.0}], "seed")
     problems = workflow_tools.check_workflow(workflow, inserted)
     assert any("IngredientsSampler" in p for p in problems), problems
@@ -139,7 +128,7 @@ def test_an_inserted_widget_shifts_the_saved_values_and_is_caught(definitions):
 
 def test_a_widget_converted_to_a_socket_takes_the_link_and_keeps_its_slot(definitions):
     """A widget fed by a link keeps its place in widgets_values: the values after it still land."""
-    workflow = load(harness.REPO / "tests" / "fixtures" / "workflows" / "ingredients_two_ids_identity_check.json")
+    workflow = workflow_tools.load(harness.REPO / "tests" / "fixtures" / "workflows" / "ingredients_two_ids_identity_check.json")
     check = next(n for n in workflow["nodes"] if n["type"] == "IngredientsIdentityCheck")
     sampler = next(n for n in workflow["nodes"] if n["type"] == "IngredientsSampler")
     slot = next(i for i, s in enumerate(sampler["inputs"]) if s["name"] == "cfg")

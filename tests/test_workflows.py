@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +14,6 @@ WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
 OFFICIAL_TWO_ID_PROMPT = ("Two men in half bodies, are seated in a dimly lit room, possibly an office or meeting "
                           "room, with a formal atmosphere.")
 
-
-@pytest.fixture(scope="module")
-def definitions(tmp_path_factory):
-    with harness.pack_nodes(tmp_path_factory.mktemp("no_models")) as nodes:
-        yield workflow_tools.node_definitions(list(nodes.values()))
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def by_type(workflow: dict, node_type: str) -> list[dict]:
@@ -38,7 +27,7 @@ def test_examples_exist_for_one_and_two_people():
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_matches_node_definitions(path, definitions):
-    workflow = load(path)
+    workflow = workflow_tools.load(path)
     assert workflow_tools.check_workflow(workflow, definitions) == []
     ids = [n["id"] for n in workflow["nodes"]]
     assert len(set(ids)) == len(ids) and workflow["last_node_id"] >= max(ids)
@@ -51,7 +40,7 @@ NATIVE = [p for p in WORKFLOWS if p not in PACK_SAMPLER]
 
 @pytest.mark.parametrize("path", PACK_SAMPLER, ids=lambda p: p.name)
 def test_workflow_converts_to_api_format(path, definitions):
-    workflow = load(path)
+    workflow = workflow_tools.load(path)
     prompt = workflow_tools.to_api(workflow, definitions)
     sampler_id, sampler = next((k, v) for k, v in prompt.items() if v["class_type"] == "IngredientsSampler")
     assert sampler["inputs"]["seed"] == 42 and "control_after_generate" not in sampler["inputs"]
@@ -79,7 +68,7 @@ def test_native_example_runs_the_model_through_apply_ids_in_ksampler(path, defin
     """CLIPLoader (sd3) -> T5TokenizerOptions (226) -> CLIPTextEncode for the text; Image to Video for the
     canvas latent and the empty LATENT at the official size; the MODEL through Apply IDs (and, in the
     LoRA example, LoraLoaderModelOnly before it and EasyCache after it) into KSampler euler/simple."""
-    prompt = workflow_tools.to_api(load(path), definitions)
+    prompt = workflow_tools.to_api(workflow_tools.load(path), definitions)
     nodes = {v["class_type"]: (k, v) for k, v in prompt.items()}
     _, ksampler = nodes["KSampler"]
     assert {k: ksampler["inputs"][k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")} == dict(
@@ -107,7 +96,7 @@ def test_native_example_runs_the_model_through_apply_ids_in_ksampler(path, defin
 
 
 def test_two_id_example_uses_the_official_prompt_and_two_slots():
-    workflow = load(harness.REPO / "workflows" / "ingredients_two_ids.json")
+    workflow = workflow_tools.load(harness.REPO / "workflows" / "ingredients_two_ids.json")
     prompt_node, = by_type(workflow, "IngredientsEncodePrompt")
     assert prompt_node["widgets_values"][0] == OFFICIAL_TWO_ID_PROMPT
     id_list, = by_type(workflow, "IngredientsIDList")
@@ -118,7 +107,7 @@ def test_two_id_example_uses_the_official_prompt_and_two_slots():
 
 
 def test_three_id_example_steers_each_person_to_a_third_and_saves_the_routing_maps(definitions):
-    workflow = load(harness.REPO / "workflows" / "ingredients_three_ids_masks.json")
+    workflow = workflow_tools.load(harness.REPO / "workflows" / "ingredients_three_ids_masks.json")
     prompt = workflow_tools.to_api(workflow, definitions)
     route = next(v for v in prompt.values() if v["class_type"] == "IngredientsRouteIDs")
     ids = next(v for v in prompt.values() if v["class_type"] == "IngredientsIDList")
@@ -133,7 +122,7 @@ def test_three_id_example_steers_each_person_to_a_third_and_saves_the_routing_ma
 
 
 def test_workflows_saved_before_the_routing_widgets_get_their_defaults(definitions):
-    workflow = load(harness.REPO / "workflows" / "ingredients_two_ids.json")
+    workflow = workflow_tools.load(harness.REPO / "workflows" / "ingredients_two_ids.json")
     route = next(v for v in workflow_tools.to_api(workflow, definitions).values()
                  if v["class_type"] == "IngredientsRouteIDs")
     assert route["inputs"]["mask_mode"] == "soft" and route["inputs"]["strength_4"] == 1.0
@@ -150,7 +139,7 @@ def test_workflows_saved_before_the_routing_widgets_get_their_defaults(definitio
     (lambda w: w["nodes"][0].__setitem__("type", "IngredientsOldLoader"), "unknown node type"),
 ])
 def test_checker_catches_broken_workflows(definitions, mutation, expected):
-    workflow = copy.deepcopy(load(harness.REPO / "workflows" / "ingredients_two_ids.json"))
+    workflow = copy.deepcopy(workflow_tools.load(harness.REPO / "workflows" / "ingredients_two_ids.json"))
     mutation(workflow)
     problems = workflow_tools.check_workflow(workflow, definitions)
     assert any(expected in p for p in problems), problems

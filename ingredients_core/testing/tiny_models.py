@@ -58,6 +58,15 @@ def shared_models_dir(tmp_path_factory) -> Path:
     return root
 
 
+def beside_shared_models(tmp_path_factory, name: str) -> tuple[Path, Path]:
+    """A new models folder whose ``ingredients/`` is the shared one's (a link), for a module that adds
+    other model files; returns (the folder, the shared tiny transformer's safetensors file)."""
+    shared = shared_models_dir(tmp_path_factory)
+    root = tmp_path_factory.mktemp(name)
+    (root / "ingredients").symlink_to(shared / "ingredients", target_is_directory=True)
+    return root, shared / "ingredients" / "Ingredients" / "transformer" / "diffusion_pytorch_model.safetensors"
+
+
 def face_photo(seed: int = 0, size: int = 512) -> np.ndarray:
     """A smooth random RGB photo (H, W, 3) uint8; the tiny detector finds 'faces' in any image."""
     rng = np.random.default_rng(seed)

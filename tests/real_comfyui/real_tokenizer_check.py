@@ -6,18 +6,16 @@ needed: the encoder is replaced by a function that returns zeros of the right sh
 the tokenizer side only: ``tokenizer_options`` honoured, 226 tokens, the end token kept on truncation.
 """
 
-import importlib.util
+import importlib
 import json
 import sys
 
+import real_native_check  # this folder: first on sys.path when run as a script
+
 
 def load_pack(pack_dir: str):
-    spec = importlib.util.spec_from_file_location("ComfyUI_Ingredients", f"{pack_dir}/__init__.py",
-                                                  submodule_search_locations=[pack_dir])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return importlib.import_module(f"{spec.name}.nodes.text")
+    """The pack's ``nodes.text`` module, the pack imported as ComfyUI does."""
+    return importlib.import_module(f"{real_native_check.load_pack(pack_dir)}.nodes.text")
 
 
 class TokenizerOnlyClip:

@@ -25,6 +25,11 @@ CORE_NODES = Path(__file__).with_name("core_nodes.json")
 DISK_COMBOS = {"model_folder", "clip_name", "lora_name"}
 
 
+def load(path: Path) -> dict:
+    """A workflow, blueprint or other JSON file."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def _schema_definition(cls) -> dict:
     schema = cls.GET_SCHEMA()
     required, optional = {}, {}
