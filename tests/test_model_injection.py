@@ -20,7 +20,7 @@ from ingredients_core.testing.make_tiny import COGVIDEOX_I2V_SCHEDULER_CONFIG as
 # fp8 rounding of every Linear weight of the golden model (random weights, 2 blocks at full width),
 # measured as max |fp8 - fp32| / max |fp32| of a forward (bench/bench_memory.py --sweep, t = 999/500,
 # bf16/fp32 compute): 0.067 to 0.080 (e4m3fn) and 0.120 to 0.129 (e5m2); bf16 weights and compute give
-# 0.011 to 0.021. The bounds leave room for other CPUs and torch versions (README, VRAM section).
+# 0.011 to 0.021. The bounds leave room for other CPUs and torch versions (docs/speed-and-memory.md, VRAM section).
 FP8_BOUNDS = {torch.float8_e4m3fn: 0.12, torch.float8_e5m2: 0.2}
 
 
