@@ -165,7 +165,7 @@ def test_folder_t5_on_comfyuis_real_t5_gives_the_official_embeddings(tmp_path):
 
 
 def test_native_conditioning_facts_with_comfyuis_own_tokenizers_and_vae(tmp_path):
-    """What the README says of the native path's conditioning: CLIPTextEncode gets 226 T5 tokens from
+    """What docs/native-model.md says of the native path's conditioning: CLIPTextEncode gets 226 T5 tokens from
     CLIPLoader type cogvideox, 77 from sd3 until T5TokenizerOptions (min_length 226) makes them 226,
     and more for a long prompt (ComfyUI never truncates); ComfyUI's CogVideoX VAE (where it has one)
     gives Image to Video's comfy_vae the diffusers latent mean and decodes a LATENT to frames."""

@@ -1,6 +1,6 @@
 """Load Ingredients Model's ``transformer_file``: what ModelSave writes from the MODEL (fp8 or bf16),
 in ComfyUI's diffusion_models or checkpoints folder, loads back with the weights it was saved with
-(the real ModelSave round trip is checked in real ComfyUI 0.33.0, see the README)."""
+(the real ModelSave round trip is checked in real ComfyUI 0.33.0, see docs/native-model.md)."""
 
 from __future__ import annotations
 
