@@ -233,9 +233,22 @@ def _run_workflow(server: real_server.Server, definitions: dict, path: Path) -> 
         assert images and (server.base / "output" / images[0]["filename"]).stat().st_size > 0
     if any(v["class_type"] == "LoraLoaderModelOnly" for v in prompt.values()):
         assert "lora key not loaded" not in server.log(), server.log()[-4000:]  # every kohya key found a weight
+    for long in (k for k, v in prompt.items() if v["class_type"] == "IngredientsLongVideo"):
+        _check_long_video(server, entry, prompt, long, savers)
     for check in (k for k, v in prompt.items() if v["class_type"] == "IngredientsIdentityCheck"):
         shown = entry["outputs"][check]  # the plot and the report table, shown on the node
         assert shown["images"] and shown["text"][0].startswith("Identity check"), shown
+
+
+def _check_long_video(server: real_server.Server, entry: dict, prompt: dict, long: str, savers: list) -> None:
+    """Issue 21: the long example sampled in windows (its plan shown on the node) and saved every frame."""
+    from PIL import Image
+
+    frames, shown = prompt[long]["inputs"]["frames"], entry["outputs"][long]["text"][0]
+    assert shown.startswith(f"{frames} frames") and "in 2 windows" in shown
+    for saver in savers:
+        with Image.open(server.base / "output" / entry["outputs"][saver]["images"][0]["filename"]) as video:
+            assert video.n_frames == frames
 
 
 def _native_prompt() -> dict:

@@ -84,6 +84,26 @@ def test_video_of_person_1_scores_them_found_and_shows_table_and_plot(nodes, gra
     assert f"no {CURRICULARFACE_FILE}" in report and "swaps: not checked" in report
 
 
+def test_a_long_video_is_checked_over_all_its_frames(nodes, graph, monkeypatch):
+    """Issue 21: a 97-frame video (Ingredients Long Video's default), person 1 in frames 0-48 and person 2
+    in 49-96: the sampled frames span the whole video and each person's curve follows them to the end."""
+    plot = harness.pack_module("ingredients_core.identity.plot")
+    drawn, draw = [], plot.render_identity_plot
+    monkeypatch.setattr(plot, "render_identity_plot", lambda report, crops: drawn.append(report) or draw(report, crops))
+    frames = torch.cat([image(1).repeat(49, 1, 1, 1), image(2).repeat(48, 1, 1, 1)])
+    report_text, _, *people, picture = check(nodes, graph, frames).args
+    report, = drawn
+    assert report.total_frames == 97 and len(report.frames) == OFFICIAL_FRAMES
+    assert report.frames[0] == 0 and report.frames[-1] == 96 and f"{OFFICIAL_FRAMES} of 97 frames" in report_text
+    first, second = report.arcface.people
+    late = [i for i, frame in enumerate(report.frames) if frame >= 49]
+    assert len(late) == OFFICIAL_FRAMES // 2
+    assert all(second.per_frame[i] == pytest.approx(1.0, abs=1e-5) for i in late)
+    assert all(first.per_frame[i] == pytest.approx(1.0, abs=1e-5)
+               for i in range(OFFICIAL_FRAMES) if i not in late)
+    assert people[0] == pytest.approx(people[1], abs=0.05) and picture.shape[2] == 960
+
+
 def test_curricularface_is_used_when_its_file_is_in_face_encoder(nodes, graph, models_dir):
     path = write_tiny_curricularface(models_dir / "ingredients" / "Ingredients" / "face_encoder" / CURRICULARFACE_FILE)
     try:  # the face encoder loader finds and loads it once; the check then uses it at every run

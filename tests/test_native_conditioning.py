@@ -229,6 +229,22 @@ def test_decode_latent_decodes_a_batch_video_after_video(nodes, graph):
     torch.testing.assert_close(both[TINY["frames"]:], first, rtol=1e-6, atol=1e-6)
 
 
+def test_decode_latent_of_a_long_video_gives_every_frame_and_budgets_one_chunk(nodes, graph, monkeypatch):
+    """Issue 21: a 97-frame LATENT (25 latent frames, from Ingredients Long Video) decodes to 97 frames,
+    and ComfyUI loads the VAE with the same room as for the 49-frame one (the decoder works on a few
+    latent frames at a time: tests/test_vae.py), tiled or not."""
+    host = harness.pack_module("nodes.host")
+    asked, load = [], host.load
+    monkeypatch.setattr(host, "load", lambda *patchers, memory_required=0: asked.append(memory_required) or load(
+        *patchers, memory_required=memory_required))
+    for tiling in (False, True):
+        for latent in (13, 25):
+            raw = torch.randn(1, 16, latent, 8, 12, generator=torch.Generator().manual_seed(latent))
+            frames, = run(nodes["IngredientsDecodeLatent"], vae=graph["vae"], samples={"samples": raw}, tiling=tiling)
+            assert frames.shape == (4 * (latent - 1) + 1, TINY["height"], TINY["width"], 3)
+    assert asked[0] == asked[1] > 0 and asked[2] == asked[3] > 0
+
+
 def test_decode_latent_refuses_an_image_latent(nodes, graph):
     with pytest.raises(ValueError, match=r"^samples: expected a CogVideoX video LATENT .* got \(1, 4, 8, 8\)"):
         run(nodes["IngredientsDecodeLatent"], vae=graph["vae"], samples={"samples": torch.zeros(1, 4, 8, 8)},

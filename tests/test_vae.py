@@ -101,3 +101,34 @@ def test_latent_frame_count():
     assert vae_ops.latent_frame_count(49) == 13
     assert vae_ops.latent_frame_count(1) == 1
     assert vae_ops.latent_frame_count(9) == 3
+
+
+# -- long videos (issue 21): decoded a few latent frames at a time ---------------------------------
+@pytest.mark.parametrize("tiling", [False, True])
+def test_a_long_latent_decodes_every_frame_a_few_latent_frames_at_a_time(tiny_vae, tiling):
+    """97 frames (25 latent) decode to 4 (F - 1) + 1 frames; the decoder never sees more latent frames
+    at once than for the 49-frame video (diffusers runs it over 2-frame batches, carrying its causal
+    cache), so its working memory does not grow with the video's length."""
+    seen = []
+    hook = tiny_vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[2]))
+    try:
+        chunks = {}
+        for latent in (13, 25):
+            seen.clear()
+            raw = torch.randn(1, 16, latent, 8, 12, generator=torch.Generator().manual_seed(latent))
+            frames = vae_ops.decode_raw(tiny_vae, raw, tiling=tiling, slicing=False)
+            assert frames.shape == (4 * (latent - 1) + 1, 64, 96, 3) and torch.isfinite(frames).all()
+            chunks[latent] = list(seen)
+    finally:
+        hook.remove()
+    assert sum(chunks[25]) == 25 and sum(chunks[13]) == 13
+    assert max(chunks[25]) == max(chunks[13]) == 3 and len(chunks[25]) == 12 and len(chunks[13]) == 6
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_the_decode_memory_estimate_is_per_chunk_not_per_video(tiled):
+    from ingredients_core.sampling.memory import vae_decode_bytes
+
+    per_length = {frames: vae_decode_bytes(vae_ops.latent_frame_count(frames), 60, 90, 2, tiled)
+                  for frames in (1, 49, 97, 193, 1025)}
+    assert per_length[49] == per_length[97] == per_length[193] == per_length[1025] > per_length[1] > 0

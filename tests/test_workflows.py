@@ -34,7 +34,8 @@ def test_workflow_matches_node_definitions(path, definitions):
     assert workflow["last_link_id"] >= max(link[0] for link in workflow["links"])
 
 
-PACK_SAMPLER = [p for p in WORKFLOWS if "ksampler" not in p.name and "easycache" not in p.name]
+NATIVE_NAMES = ("ksampler", "easycache", "long_video")  # KSampler on the Ingredients MODEL
+PACK_SAMPLER = [p for p in WORKFLOWS if not any(name in p.name for name in NATIVE_NAMES)]
 NATIVE = [p for p in WORKFLOWS if p not in PACK_SAMPLER]
 
 
@@ -56,7 +57,8 @@ def test_workflow_converts_to_api_format(path, definitions):
 
 
 def test_native_examples_exist():
-    assert {p.name for p in NATIVE} == {"ingredients_two_ids_ksampler.json", "ingredients_two_ids_lora_easycache.json"}
+    assert {p.name for p in NATIVE} == {"ingredients_two_ids_ksampler.json", "ingredients_two_ids_lora_easycache.json",
+                                        "ingredients_two_ids_long_video.json"}
 
 
 def _source(prompt: dict, link: list) -> str:
@@ -74,8 +76,10 @@ def test_native_example_runs_the_model_through_apply_ids_in_ksampler(path, defin
     assert {k: ksampler["inputs"][k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")} == dict(
         seed=42, steps=50, cfg=6.0, sampler_name="euler", scheduler="simple", denoise=1.0)
     to_video_id, to_video = nodes["IngredientsImageToVideo"]
+    long = "long_video" in path.name  # its frames come from Ingredients Long Video
+    frames = [nodes["IngredientsLongVideo"][0], 1] if long else 49
     assert {k: to_video["inputs"][k] for k in ("width", "height", "frames", "encoding")} == dict(
-        width=720, height=480, frames=49, encoding="mean")
+        width=720, height=480, frames=frames, encoding="mean")
     assert [ksampler["inputs"][k] for k in ("positive", "negative", "latent_image")] == [
         [to_video_id, 0], [to_video_id, 1], [to_video_id, 2]]
     texts = [prompt[to_video["inputs"][k][0]] for k in ("positive", "negative")]
@@ -90,9 +94,29 @@ def test_native_example_runs_the_model_through_apply_ids_in_ksampler(path, defin
         link = prompt[link[0]]["inputs"]["model"]
     assert link[1] == 1  # the loader's MODEL output
     lora = "easycache" in path.name
-    assert chain == (["EasyCache", "IngredientsApplyIDs", "LoraLoaderModelOnly"] if lora else ["IngredientsApplyIDs"])
+    assert chain == (["EasyCache", "IngredientsApplyIDs", "LoraLoaderModelOnly"] if lora else
+                     ["IngredientsLongVideo", "IngredientsApplyIDs"] if long else ["IngredientsApplyIDs"])
     decode = nodes["IngredientsDecodeLatent"][1]
     assert decode["inputs"]["samples"] == [nodes["KSampler"][0], 0]
+
+
+def test_long_video_example_samples_97_frames_of_two_people_in_three_windows(definitions):
+    """Issue 21: the KSampler example at 97 frames, Ingredients Long Video (overlap 16, pyramid) on the
+    MODEL after Apply IDs; the video's frames reach Image to Video from its frames output, and the
+    widget under that link holds the same 97."""
+    workflow = load(harness.REPO / "workflows" / "ingredients_two_ids_long_video.json")
+    prompt = workflow_tools.to_api(workflow, definitions)
+    long, = [v for v in prompt.values() if v["class_type"] == "IngredientsLongVideo"]
+    assert {k: long["inputs"][k] for k in ("frames", "overlap", "fuse_method")} == dict(
+        frames=97, overlap=16, fuse_method="pyramid")
+    to_video, = by_type(workflow, "IngredientsImageToVideo")
+    assert to_video["widgets_values"][2] == 97
+    assert [v["inputs"]["images"] for v in prompt.values() if v["class_type"] == "SaveAnimatedWEBP"] == [
+        [next(k for k, v in prompt.items() if v["class_type"] == "IngredientsDecodeLatent"), 0]]
+    assert len(by_type(workflow, "IngredientsEncodeFace")) == 2
+    plan = harness.pack_module("nodes.native_windows").plan
+    config = type("Official", (), {"sample_frames": 49})  # the released checkpoint's length
+    assert len(plan(config, long["inputs"]["frames"], long["inputs"]["overlap"]).windows) == 3
 
 
 def test_two_id_example_uses_the_official_prompt_and_two_slots():

@@ -28,7 +28,7 @@ from tests.support import registry_metadata
 from .blueprint_specs import BLUEPRINTS
 from .build_workflows import _comfyui_version
 
-SUBGRAPHS = Path(__file__).resolve().parents[2] / "subgraphs"
+SUBGRAPHS = Path(__file__).resolve().parents[1] / "subgraphs"
 
 
 def _userdata(url: str, name: str, method: str = "GET") -> bytes | None:

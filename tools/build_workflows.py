@@ -25,9 +25,9 @@ from pathlib import Path
 
 from . import frontend
 from tests.support import registry_metadata
-from .native_workflows import ksampler_spec, lora_easycache_spec, people_nodes
+from .native_workflows import ksampler_spec, long_video_spec, lora_easycache_spec, people_nodes
 
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 TWO_MEN = ("Two men in half bodies, are seated in a dimly lit room, possibly an office or meeting room, "
            "with a formal atmosphere.")
 ONE_WOMAN = ("A woman with short hair stands by a window in soft morning light, turns towards the camera "
@@ -126,6 +126,7 @@ EXAMPLES = {
     "ingredients_three_ids_masks.json": _three_ids_masks(),
     "ingredients_two_ids_ksampler.json": ksampler_spec(TWO_MEN),
     "ingredients_two_ids_lora_easycache.json": lora_easycache_spec(TWO_MEN),
+    "ingredients_two_ids_long_video.json": long_video_spec(TWO_MEN),
 }
 
 

@@ -96,3 +96,21 @@ def lora_easycache_spec(prompt: str) -> dict:
         if node["key"] == "save":
             node["widgets"]["filename_prefix"] = "Ingredients_native_lora"
     return spec
+
+
+def long_video_spec(prompt: str) -> dict:
+    """The KSampler example at 97 frames: Ingredients Long Video after Apply IDs samples the MODEL in
+    windows of the checkpoint's 49 frames (overlap 16: three windows); its frames output sets Image to
+    Video's frames."""
+    spec = ksampler_spec(prompt)
+    spec["nodes"].append(dict(key="long", type="IngredientsLongVideo", pos=[COLUMNS[3], 160],
+                              widgets=dict(frames=97, overlap=16, fuse_method="pyramid")))
+    for node in spec["nodes"]:
+        if node["key"] == "to_video":
+            node["widgets"]["frames"] = 97
+        if node["key"] == "save":
+            node["widgets"]["filename_prefix"] = "Ingredients_long_video"
+    spec["links"] = [link for link in spec["links"] if link[2:] != ("ksampler", "model")] + [
+        ("apply", "MODEL", "long", "model"), ("long", "MODEL", "ksampler", "model"),
+        ("long", "frames", "to_video", "frames")]
+    return spec

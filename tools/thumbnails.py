@@ -23,7 +23,7 @@ from pathlib import Path
 from . import frontend
 from PIL import Image
 
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 WIDTH = 1024  # thumbnail width in pixels; the browser shows cards of about 300 px, zoom shows more
 MAX_BYTES = 100_000
 VIEWPORT = {"width": 1600, "height": 1000}

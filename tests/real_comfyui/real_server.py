@@ -27,6 +27,7 @@ REPO = HERE.parents[1]
 # The tiny transformer has learned positions for 9 frames of 64 x 96: the only override of the examples.
 TINY_SAMPLER = dict(width=96, height=64, frames=9, steps=2)
 TINY_VIDEO = dict(width=96, height=64, frames=9)  # Ingredients Image to Video in the native examples
+TINY_LONG = dict(frames=17, overlap=4)  # Ingredients Long Video: 5 latent frames in two windows of the tiny 3
 START_TIMEOUT, RUN_TIMEOUT = 240, 600
 CLIENT_ID = "ingredients-tests"
 
@@ -157,15 +158,17 @@ def _tiny_text(prompt: dict) -> None:
 
 def tiny_api_prompt(workflow: dict, definitions: dict) -> dict:
     """The API prompt of an example workflow on the tiny models: the tiny T5 for CLIPTextEncode and
-    the tiny sizes (and 2 steps) on Ingredients Sampler, Image to Video and KSampler."""
+    the tiny sizes (and 2 steps) on Ingredients Sampler, Image to Video, Long Video and KSampler."""
     from tests.support import workflow_tools
     prompt = workflow_tools.to_api(workflow, definitions)
     _tiny_text(prompt)
     for node in prompt.values():
         if node["class_type"] == "IngredientsSampler":
             node["inputs"].update(TINY_SAMPLER)
-        if node["class_type"] == "IngredientsImageToVideo":
-            node["inputs"].update(TINY_VIDEO)
+        if node["class_type"] == "IngredientsImageToVideo":  # frames linked from Long Video stay linked
+            node["inputs"].update({k: v for k, v in TINY_VIDEO.items() if not isinstance(node["inputs"].get(k), list)})
+        if node["class_type"] == "IngredientsLongVideo":
+            node["inputs"].update(TINY_LONG)
         if node["class_type"] == "KSampler":
             node["inputs"].update(steps=TINY_SAMPLER["steps"])
     return prompt
