@@ -9,52 +9,25 @@ cfg 6, 49 frames of 720 x 480, 8 fps; the model folder ``Ingredients``.
 
 from __future__ import annotations
 
-COLUMNS = (0, 420, 900, 1300, 1700)
+from .native_workflows import COLUMNS
+from .sampler_workflows import ONE_WOMAN, THREE_PEOPLE, TWO_MEN, sampler_spec
+
 CATEGORY = "Video generation and editing/Image to video"
 FPS = 8.0  # CogVideoX-5B's 49 frames are 6 seconds at 8 fps
-TWO_MEN = ("Two men in half bodies, are seated in a dimly lit room, possibly an office or meeting room, "
-           "with a formal atmosphere.")
-ONE_WOMAN = ("A woman with short hair stands by a window in soft morning light, turns towards the camera "
-             "and smiles.")
-THREE_PEOPLE = ("Three friends in half bodies sit side by side on a sofa in a bright living room, talking "
-                "and laughing together.")
 LOADERS = ("model", "vae", "t5", "faces")
+LEFT_OUT = ("canvas", "canvas_preview", "save")  # the example's canvas preview and saver
 
 
-def _core_nodes(prompt: str) -> list[dict]:
-    folder = dict(model_folder="Ingredients")
-    return [
-        dict(key="model", type="IngredientsModelLoader", pos=[COLUMNS[0], 0],
-             widgets=dict(folder, dtype="auto", routing_mode="official", weight_dtype="default")),
-        dict(key="vae", type="IngredientsVAELoader", pos=[COLUMNS[0], 220], widgets=dict(folder, dtype="auto")),
-        dict(key="t5", type="IngredientsT5Loader", pos=[COLUMNS[0], 360], widgets=dict(folder, dtype="auto")),
-        dict(key="faces", type="IngredientsFaceEncoderLoader", pos=[COLUMNS[0], 500],
-             widgets=dict(folder, provider="auto")),
-        dict(key="prompt", type="IngredientsEncodePrompt", pos=[COLUMNS[1], 0],
-             widgets=dict(prompt=prompt, negative_prompt="")),
-        dict(key="ids", type="IngredientsIDList", pos=[COLUMNS[2], 520]),
-        dict(key="project", type="IngredientsProjectIDs", pos=[COLUMNS[3], 420]),
-        dict(key="route", type="IngredientsRouteIDs", pos=[COLUMNS[3], 560],
-             widgets=dict(routing_mode="from model", strength=1.0)),
-        # The seed is exposed as an input of the blueprint: the value the artist sets is the one used,
-        # so the inner control stays "fixed".
-        dict(key="sampler", type="IngredientsSampler", pos=[COLUMNS[2], 0],
-             widgets=dict(width=720, height=480, frames=49, steps=50, cfg=6.0, seed=42,
-                          control_after_generate="fixed", scheduler="dpm", dynamic_cfg=False)),
-        dict(key="decode", type="IngredientsDecode", pos=[COLUMNS[3], 0], widgets=dict(tiling=True)),
-        dict(key="video", type="CreateVideo", pos=[COLUMNS[4], 0], widgets=dict(fps=FPS)),
-    ]
-
-
-CORE_LINKS = [
-    ("t5", "t5", "prompt", "t5"),
-    ("model", "model", "sampler", "model"), ("prompt", "prompt", "sampler", "prompt"),
-    ("vae", "vae", "sampler", "vae"), ("route", "routed_ids", "sampler", "routed_ids"),
-    ("model", "model", "project", "model"), ("ids", "ids", "project", "ids"),
-    ("project", "id_tokens", "route", "id_tokens"),
-    ("vae", "vae", "decode", "vae"), ("sampler", "latents", "decode", "latents"),
-    ("decode", "frames", "video", "images"),
-]
+def _core_graph(prompt: str) -> tuple[list[dict], list[tuple]]:
+    """The official example's graph (``sampler_spec``) without people, canvas preview and saver, ending
+    in Create Video; the model loader's weight dtype is set, as the blueprint exposes it. The seed is an
+    input of the blueprint: the value the artist sets is the one used, so the inner control stays "fixed"."""
+    spec = sampler_spec(0, prompt)
+    nodes = [node for node in spec["nodes"] if node["key"] not in LEFT_OUT]
+    links = [link for link in spec["links"] if link[0] not in LEFT_OUT and link[2] not in LEFT_OUT]
+    next(node for node in nodes if node["key"] == "model")["widgets"]["weight_dtype"] = "default"
+    nodes.append(dict(key="video", type="CreateVideo", pos=[COLUMNS[4], 0], widgets=dict(fps=FPS)))
+    return nodes, links + [("decode", "frames", "video", "images")]
 
 
 def _people(nodes: list, links: list, people: int) -> list[dict]:
@@ -88,7 +61,7 @@ def _settings() -> list[dict]:
 
 
 def _blueprint(name: str, description: str, people: int, prompt: str) -> dict:
-    nodes, links = _core_nodes(prompt), list(CORE_LINKS)
+    nodes, links = _core_graph(prompt)
     inputs = _people(nodes, links, people)
     return dict(name=name, category=CATEGORY, description=description, nodes=nodes, links=links,
                 inputs=inputs + _settings(), outputs=[dict(name="VIDEO", type="VIDEO", source=("video", "VIDEO"))])

@@ -12,6 +12,9 @@ from __future__ import annotations
 COLUMNS = (0, 420, 900, 1300, 1700, 2150)
 T5_FILE = "t5xxl_fp16.safetensors"
 LORA_FILE = "cogvideox_5b_lora.safetensors"
+#: Ingredients IDs and the MODEL into Project IDs, its tokens into Route IDs (every example's ID chain).
+ID_LINKS = [("model", "model", "project", "model"), ("ids", "ids", "project", "ids"),
+            ("project", "id_tokens", "route", "id_tokens")]
 
 
 def people_nodes(nodes: list, links: list, people: int, first_row: int = 640) -> None:
@@ -66,8 +69,7 @@ def ksampler_spec(prompt: str, people: int = 2) -> dict:
         ("positive", "CONDITIONING", "to_video", "positive"), ("negative", "CONDITIONING", "to_video", "negative"),
         ("ids", "ids", "to_video", "ids"), ("vae", "vae", "to_video", "vae"),
         ("to_video", "canvas", "canvas_preview", "images"),
-        ("model", "model", "project", "model"), ("ids", "ids", "project", "ids"),
-        ("project", "id_tokens", "route", "id_tokens"),
+        *ID_LINKS,
         ("model", "MODEL", "apply", "model"), ("route", "routed_ids", "apply", "routed_ids"),
         ("apply", "MODEL", "ksampler", "model"),
         ("to_video", "positive", "ksampler", "positive"), ("to_video", "negative", "ksampler", "negative"),
