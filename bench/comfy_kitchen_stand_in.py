@@ -51,10 +51,13 @@ def _kernel(name: str):
     return unavailable
 
 
-int8_attention = _kernel("int8_attention")
-prequantize_int8_attention = _kernel("prequantize_int8_attention")
-int8_attention_from_prequantized = _kernel("int8_attention_from_prequantized")
-flash_attention_decode = _kernel("flash_attention_decode")
-na3d = _kernel("na3d")
-rms_rope = _kernel("rms_rope")
-rms_rope_ = _kernel("rms_rope_")
+#: The kernels ComfyUI 0.33.0 calls (see above); each raises :class:`KernelUnavailable` here.
+KERNELS = ("int8_attention", "prequantize_int8_attention", "int8_attention_from_prequantized",
+           "flash_attention_decode", "na3d", "rms_rope", "rms_rope_")
+
+
+def __getattr__(name: str):
+    """``comfy_kitchen.<kernel>`` (also ``from comfy_kitchen import <kernel>``); anything else is absent."""
+    if name in KERNELS:
+        return _kernel(name)
+    raise AttributeError(f"module 'comfy_kitchen' (the GPU check's stand-in) has no attribute {name!r}")

@@ -325,11 +325,14 @@ CONTEXT_MAPPING = {
 }
 
 
+def _matching(mapping: dict, name: str, what: str):
+    if name not in mapping:
+        raise ValueError(f"Unknown {what} '{name}'.")
+    return mapping[name]
+
+
 def get_matching_context_schedule(context_schedule: str) -> ContextSchedule:
-    func = CONTEXT_MAPPING.get(context_schedule, None)
-    if func is None:
-        raise ValueError(f"Unknown context_schedule '{context_schedule}'.")
-    return ContextSchedule(context_schedule, func)
+    return ContextSchedule(context_schedule, _matching(CONTEXT_MAPPING, context_schedule, "context_schedule"))
 
 
 def get_context_weights(length, full_length, idxs, handler, sigma=None, context_overlap=None):
@@ -378,7 +381,4 @@ FUSE_MAPPING = {
 
 
 def get_matching_fuse_method(fuse_method: str) -> ContextFuseMethod:
-    func = FUSE_MAPPING.get(fuse_method, None)
-    if func is None:
-        raise ValueError(f"Unknown fuse_method '{fuse_method}'.")
-    return ContextFuseMethod(fuse_method, func)
+    return ContextFuseMethod(fuse_method, _matching(FUSE_MAPPING, fuse_method, "fuse_method"))

@@ -118,26 +118,13 @@ class disable_weight_init:
 
 
 class manual_cast(disable_weight_init):
-    class Linear(disable_weight_init.Linear):
-        comfy_cast_weights = True
+    """Every layer of :class:`disable_weight_init`, casting its weights at each call (as ComfyUI's)."""
 
-    class Conv2d(disable_weight_init.Conv2d):
-        comfy_cast_weights = True
 
-    class Conv3d(disable_weight_init.Conv3d):
-        comfy_cast_weights = True
-
-    class GroupNorm(disable_weight_init.GroupNorm):
-        comfy_cast_weights = True
-
-    class LayerNorm(disable_weight_init.LayerNorm):
-        comfy_cast_weights = True
-
-    class RMSNorm(disable_weight_init.RMSNorm):
-        comfy_cast_weights = True
-
-    class Embedding(disable_weight_init.Embedding):
-        comfy_cast_weights = True
+for _layer in ("Linear", "Conv2d", "Conv3d", "GroupNorm", "LayerNorm", "RMSNorm", "Embedding"):
+    setattr(manual_cast, _layer, type(_layer, (getattr(disable_weight_init, _layer),),
+                                      {"comfy_cast_weights": True, "__qualname__": f"manual_cast.{_layer}"}))
+del _layer
 
 
 def pick_operations(weight_dtype, compute_dtype, load_device=None, disable_fast_fp8=False, fp8_optimizations=False):

@@ -43,22 +43,19 @@ def add_wrapper_with_key(wrapper_type: str, key: str, wrapper: Callable, transfo
     wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(wrapper)
 
 
-def get_all_wrappers(wrapper_type: str, transformer_options: dict, is_model_options=False) -> list:
+def _registered(kind: str, of_type: str, transformer_options: dict, is_model_options: bool) -> list:
+    """Every wrapper or callback (``kind``) registered for ``of_type``, over all keys."""
     if is_model_options:
         transformer_options = transformer_options.get("transformer_options", {})
-    found = []
-    for wrappers in transformer_options.get("wrappers", {}).get(wrapper_type, {}).values():
-        found.extend(wrappers)
-    return found
+    return [entry for entries in transformer_options.get(kind, {}).get(of_type, {}).values() for entry in entries]
+
+
+def get_all_wrappers(wrapper_type: str, transformer_options: dict, is_model_options=False) -> list:
+    return _registered("wrappers", wrapper_type, transformer_options, is_model_options)
 
 
 def get_all_callbacks(call_type: str, transformer_options: dict, is_model_options=False) -> list:
-    if is_model_options:
-        transformer_options = transformer_options.get("transformer_options", {})
-    found = []
-    for callbacks in transformer_options.get("callbacks", {}).get(call_type, {}).values():
-        found.extend(callbacks)
-    return found
+    return _registered("callbacks", call_type, transformer_options, is_model_options)
 
 
 class WrapperExecutor:
