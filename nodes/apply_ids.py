@@ -1,7 +1,7 @@
 """The IDs on the native MODEL: Apply IDs (a MODEL patch) and the routing it recorded (for Routing Maps).
 
 *Ingredients Apply IDs* clones the MODEL and puts the routed ID tokens on it as one patch
-(``nodes/native_model.py``); KSampler or SamplerCustomAdvanced then run the routed ID layers at every
+(``nodes/host/patches.py``); KSampler or SamplerCustomAdvanced then run the routed ID layers at every
 model evaluation, with everything Route IDs sets (routing mode, per-person strength, masks, step
 ranges). *Ingredients MODEL Routing* comes after the sampler (it takes the sampler's LATENT only to
 run after it) and gives what the router recorded during that run, for Routing Maps.
@@ -14,7 +14,7 @@ import logging
 from comfy_api.latest import io
 
 from ..ingredients_core import InputError
-from . import native_model, qformer_lora
+from . import host, qformer_lora
 from .payloads import IngredientsRoutedIDs, IngredientsRouting, RoutedIDsType, RoutingType, check_projected_with
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def put_ids(model, routed_ids: IngredientsRoutedIDs):
     from ..ingredients_core.routing.host_ids import IDPatch
     from ..ingredients_core.routing.plan import RoutingError
 
-    transformer = native_model.transformer_of(model)
+    transformer = host.transformer_of(model)
     config = model.model.model_config
     _check_tokens(routed_ids, transformer, config)
     qformer_lora.check_tokens_have_model_qformer(routed_ids.tokens, model)
@@ -71,7 +71,7 @@ def put_ids(model, routed_ids: IngredientsRoutedIDs):
     except RoutingError as error:
         raise InputError(f"routed_ids: {error}") from error
     patch = IDPatch(routed_ids.tokens.tokens, options, routed_ids.tokens.model_folder)
-    return native_model.apply_ids(model, patch)
+    return host.apply_ids(model, patch)
 
 
 class ModelRouting(io.ComfyNode):
@@ -95,8 +95,8 @@ class ModelRouting(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, samples) -> io.NodeOutput:
-        transformer = native_model.transformer_of(model)
-        patch = native_model.ids_patch(model)
+        transformer = host.transformer_of(model)
+        patch = host.ids_patch(model)
         if patch is None:
             raise InputError("model: this MODEL carries no IDs: connect the MODEL output of Ingredients Apply IDs.")
         recorded = patch.recorder.finished if patch.recorder is not None else None

@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..ingredients_core import InputError
-from . import host, native_model, qformer_lora
+from . import host, qformer_lora
 from .payloads import (
     MASK_MODES,
     MAX_IDS,
@@ -59,7 +59,7 @@ class ProjectIDs(io.ComfyNode):
         # the q-former alone, not the whole transformer; with q-former LoRA patches on patched_model that
         # MODEL (ComfyUI applies its patches as it loads it); under DynamicVRAM the MODEL's patcher, which
         # ComfyUI streams per layer (only the q-former's weights are then read)
-        if patched_model is not None and native_model.transformer_of(patched_model) is not model.transformer:
+        if patched_model is not None and host.transformer_of(patched_model) is not model.transformer:
             raise InputError("patched_model: this MODEL holds another transformer than model: connect the MODEL of "
                              "the same Load Ingredients Model (after Ingredients LoRA).")
         patcher = qformer_lora.projecting_patcher(model, patched_model)

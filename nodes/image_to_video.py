@@ -20,7 +20,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ingredients_core import InputError
-from . import host, native_model
+from . import host
 from .payloads import IDsType, IngredientsIDs, IngredientsVAE, VAEType
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _pick_vae(vae: IngredientsVAE | None, comfy_vae, encoding: str) -> None:
         raise InputError("vae, comfy_vae: both are connected; connect only one (they encode the same canvas).")
     if comfy_vae is None:
         return
-    if not native_model.is_cogvideox_vae(comfy_vae):
+    if not host.is_cogvideox_vae(comfy_vae):
         raise InputError("comfy_vae: this VAE is not ComfyUI's CogVideoX VAE (ComfyUI 0.21 and later load one "
                          "with VAELoader; 0.3.x cannot): connect Load Ingredients VAE to vae instead.")
     if encoding == "official":
@@ -74,7 +74,7 @@ def encode_canvas_latent(canvas, height: int, width: int, batch: int, encoding: 
     if comfy_vae is not None:
         pixels = canvas_pixels(canvas, height, width)                       # (1, 3, H, W) in [-1, 1]
         image = (pixels / 2 + 0.5).permute(0, 2, 3, 1).contiguous()        # (1, H, W, 3) in [0, 1]
-        first = native_model.comfy_vae_encode(comfy_vae, image)             # (1, 16, 1, h, w), the mean
+        first = host.comfy_vae_encode(comfy_vae, image)             # (1, 16, 1, h, w), the mean
         return first.expand(batch, -1, -1, -1, -1).contiguous(), image.to(host.output_device())
     host.load(vae.patcher)
     pixels = canvas_pixels(canvas, height, width, spatial_factor(vae.vae))
@@ -161,6 +161,6 @@ class ImageToVideo(io.ComfyNode):
         empty = torch.zeros((batch_size, LATENT_CHANNELS, latent_frames, height // 8, width // 8),
                             device=host.output_device())
         values = {"concat_latent_image": concat}
-        return io.NodeOutput(native_model.conditioning_with(positive, values),
-                             native_model.conditioning_with(negative, values),
+        return io.NodeOutput(host.conditioning_with(positive, values),
+                             host.conditioning_with(negative, values),
                              {"samples": empty}, image, ui=ui.PreviewImage(image, cls=cls))

@@ -14,7 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from ..ingredients_core.model.storage import WEIGHT_DTYPES as STORAGE_DTYPES
-from . import host, model_files, native_model
+from . import host, model_files
 from .model_files import FACES, MODEL, T5, VAE
 from .payloads import (
     ROUTING_MODES,
@@ -195,7 +195,7 @@ def load_model(model_folder: str, dtype: str, routing_mode: str, weight_dtype: s
                                    keep_fp8=keep, config_file=transformer_config, **layers)
     weights = WeightsIdentity(folder, None if transformer_file == FOLDER_OWN else transformer_file,
                               host.dtype_name(storage))
-    patcher = native_model.model_patcher(transformer, storage, compute, routing_mode, folder, disable_dynamic,
+    patcher = host.model_patcher(transformer, storage, compute, routing_mode, folder, disable_dynamic,
                                          weights)
     # the q-former's own patcher (Project IDs loads 0.15 B parameters, not 6.4 B); none under DynamicVRAM,
     # where ComfyUI keeps per-layer state on the modules and streams them itself: one patcher per layer

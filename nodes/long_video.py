@@ -1,7 +1,7 @@
 """*Ingredients Long Video*: the MODEL set up to sample a video longer than the checkpoint's own length
 in ComfyUI's context windows (windows of the checkpoint's length along the frames, the canvas latent
 in every window's first frame). The windows' maths is ``native_windows``; the handler is ComfyUI's
-(``native_model.with_context_windows``)."""
+(``host.with_context_windows``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 from comfy_api.latest import io, ui
 
 from ..ingredients_core import InputError
-from . import native_model, native_windows
+from . import host, native_windows
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,11 @@ class LongVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, frames: int, overlap: int, fuse_method: str) -> io.NodeOutput:
-        config = native_model.transformer_of(model).config
+        config = host.transformer_of(model).config
         if fuse_method not in FUSE_METHODS:
             raise InputError(f"fuse_method: {fuse_method!r}; take one of {FUSE_METHODS}.")
         plan = native_windows.plan(config, frames, overlap)
-        patched = native_model.with_context_windows(model, plan.window, plan.overlap, fuse_method)
+        patched = host.with_context_windows(model, plan.window, plan.overlap, fuse_method)
         text = native_windows.describe(plan)
         logger.info("Ingredients Long Video: %s", text)
         return io.NodeOutput(patched, plan.frames, ui=ui.PreviewText(text))

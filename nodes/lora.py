@@ -16,7 +16,7 @@ from comfy_api.latest import io, ui
 
 from ..ingredients_core import InputError
 from ..ingredients_core.weights import lora_keys
-from . import host, native_model, qformer_lora
+from . import host, qformer_lora
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +50,19 @@ class LoraLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name: str, strength_model: float) -> io.NodeOutput:
-        native_model.transformer_of(model)  # another model family's MODEL is refused, naming the fix
+        host.transformer_of(model)  # another model family's MODEL is refused, naming the fix
         if strength_model == 0:
             return io.NodeOutput(model, ui=ui.PreviewText(f"LoRA {lora_name}: strength 0, not applied"))
         lora = host.load_lora_file(lora_name, "lora_name")
-        model_shapes = native_model.model_weight_shapes(model)
-        key_map = native_model.host_lora_key_map(model)
+        model_shapes = host.model_weight_shapes(model)
+        key_map = host.host_lora_key_map(model)
         key_map.update(lora_keys.lora_key_map(model_shapes))
         fit = lora_keys.match({k: tuple(v.shape) for k, v in lora.items()}, model_shapes, key_map)
         if not fit.matched:
             raise InputError(f"lora_name: none of the {fit.total} layers of {lora_name} fit the Ingredients "
                              f"transformer ({fit.summary(lora_name)}). Understood: {lora_keys.FORMATS}. Is it a "
                              "LoRA for CogVideoX-5B?")
-        patched, weights = native_model.apply_lora(model, lora, fit.key_map, strength_model)
+        patched, weights = host.apply_lora(model, lora, fit.key_map, strength_model)
         text = f"{_summary(fit, lora_name)} ({weights} weights patched, strength {strength_model:g})"
         if fit.unmatched or fit.wrong_shape:
             logger.warning("Ingredients LoRA: %s", text)

@@ -9,7 +9,7 @@ import logging
 from comfy_api.latest import io
 
 from ..ingredients_core import InputError
-from . import native_model
+from . import host
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class OfficialSampler(io.ComfyNode):
     def execute(cls, scheduler: str) -> io.NodeOutput:
         if scheduler not in SCHEDULERS:
             raise InputError(f"scheduler must be one of {', '.join(SCHEDULERS)}; got {scheduler!r}")
-        return io.NodeOutput(native_model.official_sampler(scheduler))
+        return io.NodeOutput(host.official_sampler(scheduler))
 
 
 class OfficialScheduler(io.ComfyNode):
@@ -69,7 +69,7 @@ class OfficialScheduler(io.ComfyNode):
 
         if steps < 1:
             raise InputError(f"steps must be at least 1; got {steps}")
-        return io.NodeOutput(official_sigmas(native_model.model_sampling(model), steps))
+        return io.NodeOutput(official_sigmas(host.model_sampling(model), steps))
 
 
 class DynamicCFG(io.ComfyNode):
@@ -89,7 +89,7 @@ class DynamicCFG(io.ComfyNode):
 
     @classmethod
     def execute(cls, model) -> io.NodeOutput:
-        return io.NodeOutput(native_model.with_dynamic_cfg(model))
+        return io.NodeOutput(host.with_dynamic_cfg(model))
 
 
 class TeaCache(io.ComfyNode):
@@ -117,4 +117,4 @@ class TeaCache(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, threshold: float) -> io.NodeOutput:
-        return io.NodeOutput(native_model.with_teacache(model, threshold))
+        return io.NodeOutput(host.with_teacache(model, threshold))

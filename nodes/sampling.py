@@ -13,7 +13,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ingredients_core import InputError
-from . import host, native_model, native_windows
+from . import host, native_windows
 from .apply_ids import put_ids, routing_payload
 from .payloads import (
     IngredientsLatents,
@@ -95,15 +95,15 @@ def _sampled_model(model: IngredientsModel, patched_model, routed: IngredientsRo
     loader's own, with the IDs put on as Apply IDs puts them, the official dynamic CFG and TeaCache
     (the Ingredients TeaCache node's patch) when on."""
     base = model.patcher if patched_model is None else patched_model
-    if patched_model is not None and native_model.transformer_of(patched_model) is not model.transformer:
+    if patched_model is not None and host.transformer_of(patched_model) is not model.transformer:
         raise InputError("patched_model: this MODEL is not the model's transformer (another Load Ingredients Model "
                          "or settings): connect the MODEL output of the same Load Ingredients Model as model, "
                          "after your MODEL patches.")
     sampled = put_ids(base, routed)
     if settings.dynamic_cfg:
-        sampled = native_model.with_dynamic_cfg(sampled)
+        sampled = host.with_dynamic_cfg(sampled)
     if settings.teacache > 0:
-        sampled = native_model.with_teacache(sampled, settings.teacache)
+        sampled = host.with_teacache(sampled, settings.teacache)
     return sampled
 
 
@@ -157,12 +157,12 @@ def sample_from(sampled, positive: torch.Tensor, negative: torch.Tensor, concat:
     values = {"concat_latent_image": concat}
     guided = settings.cfg > 1.0  # the official loop runs no guidance at 1 or less; ComfyUI's at exactly 1
     result: list = []
-    native_model.sample(
+    host.sample(
         sampled, noise, settings.cfg if guided else 1.0,
-        native_model.official_sampler(settings.scheduler, generator, result),
-        official_sigmas(native_model.model_sampling(sampled), settings.steps),
-        native_model.conditioning_with([[positive, {}]], values),
-        native_model.conditioning_with([[negative if negative is not None else positive, {}]], values),
+        host.official_sampler(settings.scheduler, generator, result),
+        official_sigmas(host.model_sampling(sampled), settings.steps),
+        host.conditioning_with([[positive, {}]], values),
+        host.conditioning_with([[negative if negative is not None else positive, {}]], values),
         callback, settings.seed)
     return result[-1].to(host.output_device())
 
@@ -228,11 +228,11 @@ class Sampler(io.ComfyNode):
         _check_masks(routed_ids, frames)
         host.check_interrupt()
         latents, sampled = run_sampler(model, prompt, routed_ids, vae, settings, patched_model)
-        cache = native_model.teacache_report(sampled) if teacache > 0 else None
+        cache = host.teacache_report(sampled) if teacache > 0 else None
         summary = (cache.summary() if cache is not None
                    else f"TeaCache off: {steps} of {steps} transformer evaluations computed")
         logger.info("Ingredients Sampler: %s", summary)
-        recorder = native_model.ids_patch(sampled).recorder
+        recorder = host.ids_patch(sampled).recorder
         routing = routing_payload(recorder.finished if recorder is not None else None, height, width, frames)
         return io.NodeOutput(IngredientsLatents(latents.to(host.output_device()), height, width, frames), routing,
                              ui=ui.PreviewText(summary))

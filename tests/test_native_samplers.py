@@ -318,7 +318,7 @@ def golden(nodes, golden_dir):
         folder = write_golden_checkpoint(golden_dir, Path(tmp))
         transformer = load_transformer(folder, dtype=torch.float32, device="cpu",
                                        **host.transformer_layers(torch.float32, torch.float32))
-    model = harness.pack_module("nodes.native_model").model_patcher(transformer, torch.float32, torch.float32,
+    model = harness.pack_module("nodes.host").model_patcher(transformer, torch.float32, torch.float32,
                                                                     "official", folder)
     inputs = load_file(str(golden_dir / "inputs.safetensors"))
     faces = [(inputs[f"id{i}.id_cond"], [inputs[f"id{i}.vit_hidden.{k}"] for k in range(5)]) for i in range(2)]
