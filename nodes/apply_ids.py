@@ -16,10 +16,10 @@ from comfy_api.latest import io
 from ..ingredients_core import InputError
 from . import host, qformer_lora
 from .payloads import IngredientsRoutedIDs, IngredientsRouting, RoutedIDsType, RoutingType, check_projected_with
+from .schema import node_schema
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
 
 
 def _check_tokens(routed: IngredientsRoutedIDs, transformer, config) -> None:
@@ -31,24 +31,19 @@ def _check_tokens(routed: IngredientsRoutedIDs, transformer, config) -> None:
 
 
 class ApplyIDs(io.ComfyNode):
+    """Puts the people on the Ingredients MODEL (a MODEL patch, like IPAdapter's): KSampler and
+    SamplerCustomAdvanced then keep each person's identity, routed as Route IDs says (mode, strengths, masks,
+    step ranges). A second Apply IDs on the same MODEL replaces the first."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsApplyIDs",
-            display_name="Ingredients Apply IDs",
-            category=CATEGORY,
-            description=("Puts the people on the Ingredients MODEL (a MODEL patch, like IPAdapter's): KSampler and "
-                         "SamplerCustomAdvanced then keep each person's identity, routed as Route IDs says (mode, "
-                         "strengths, masks, step ranges). A second Apply IDs on the same MODEL replaces the first."),
-            inputs=[
-                io.Model.Input("model", tooltip=("The MODEL output of Load Ingredients Model (LoRA loaders and other "
-                                                 "MODEL patches may come in between).")),
-                RoutedIDsType.Input("routed_ids", tooltip=("From Ingredients Route IDs (its 'from model' routing mode "
-                                                           "is the loader's).")),
-            ],
-            outputs=[io.Model.Output("MODEL", display_name="MODEL",
-                                     tooltip="The MODEL with the people applied, for KSampler or a guider.")],
-        )
+        return node_schema(cls, "IngredientsApplyIDs", "Ingredients Apply IDs", inputs=[
+            io.Model.Input("model", tooltip=("The MODEL output of Load Ingredients Model (LoRA loaders and other "
+                                             "MODEL patches may come in between).")),
+            RoutedIDsType.Input("routed_ids", tooltip=("From Ingredients Route IDs (its 'from model' routing mode "
+                                                       "is the loader's).")),
+        ], outputs=[io.Model.Output("MODEL", display_name="MODEL",
+                                    tooltip="The MODEL with the people applied, for KSampler or a guider.")])
 
     @classmethod
     def execute(cls, model, routed_ids: IngredientsRoutedIDs) -> io.NodeOutput:
@@ -75,23 +70,19 @@ def put_ids(model, routed_ids: IngredientsRoutedIDs):
 
 
 class ModelRouting(io.ComfyNode):
+    """Which person the router gave each video region during the last sampler run of this MODEL (KSampler,
+    SamplerCustomAdvanced), for Routing Maps: the counterpart of the Ingredients Sampler's routing output. Runs
+    after the sampler because it takes its LATENT."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsModelRouting",
-            display_name="Ingredients MODEL Routing",
-            category=CATEGORY,
-            description=("Which person the router gave each video region during the last sampler run of this MODEL "
-                         "(KSampler, SamplerCustomAdvanced), for Routing Maps: the counterpart of the Ingredients "
-                         "Sampler's routing output. Runs after the sampler because it takes its LATENT."),
-            inputs=[
-                io.Model.Input("model", tooltip="The MODEL from Ingredients Apply IDs that the sampler used."),
-                io.Latent.Input("samples", tooltip=("The sampler's output LATENT (only so that this node runs after "
-                                                    "the sampler; the latents are not read).")),
-            ],
-            outputs=[RoutingType.Output("routing", display_name="routing",
-                                        tooltip="Routing per routed layer (last step and mean over steps).")],
-        )
+        model = io.Model.Input("model", tooltip="The MODEL from Ingredients Apply IDs that the sampler used.")
+        samples = io.Latent.Input("samples", tooltip=("The sampler's output LATENT (only so that this node runs after "
+                                                      "the sampler; the latents are not read)."))
+        routing = RoutingType.Output("routing", display_name="routing",
+                                     tooltip="Routing per routed layer (last step and mean over steps).")
+        return node_schema(cls, "IngredientsModelRouting", "Ingredients MODEL Routing", inputs=[model, samples],
+                           outputs=[routing])
 
     @classmethod
     def execute(cls, model, samples) -> io.NodeOutput:

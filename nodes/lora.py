@@ -17,36 +17,30 @@ from comfy_api.latest import io, ui
 from ..ingredients_core import InputError
 from ..ingredients_core.weights import lora_keys
 from . import host, qformer_lora
+from .schema import node_schema
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
-
 
 class LoraLoader(io.ComfyNode):
+    """Applies a CogVideoX LoRA to the Ingredients MODEL: kohya (lora_unet_...), PEFT/diffusers
+    (transformer.transformer_blocks.N...lora_A/lora_B, the format CogVideoX LoRAs are trained in) or
+    ComfyUI-native (blocks.N.q, attn_out, ff_proj, ...). Shows how many LoRA layers matched and names those that
+    did not."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsLoraLoader",
-            display_name="Ingredients LoRA",
-            category=CATEGORY,
-            description=("Applies a CogVideoX LoRA to the Ingredients MODEL: kohya (lora_unet_...), PEFT/diffusers "
-                         "(transformer.transformer_blocks.N...lora_A/lora_B, the format CogVideoX LoRAs are trained "
-                         "in) or ComfyUI-native (blocks.N.q, attn_out, ff_proj, ...). Shows how many LoRA layers "
-                         "matched and names those that did not."),
-            inputs=[
-                io.Model.Input("model", tooltip="The Ingredients MODEL (Load Ingredients Model's MODEL output, or "
-                                                "after Apply IDs or another LoRA)."),
-                io.Combo.Input("lora_name", options=host.lora_names(),
-                               tooltip="A LoRA file in ComfyUI's models/loras folder, trained for CogVideoX-5B "
-                                       "(I2V or T2V: the blocks are the same)."),
-                io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01,
-                               tooltip="How strongly the LoRA changes the weights: W + strength x alpha/rank x "
-                                       "up @ down; 0 leaves the MODEL unchanged, negative values subtract it."),
-            ],
-            outputs=[io.Model.Output("patched_model", display_name="model",
-                                     tooltip="A copy of the MODEL with the LoRA.")],
-        )
+        return node_schema(cls, "IngredientsLoraLoader", "Ingredients LoRA", inputs=[
+            io.Model.Input("model", tooltip="The Ingredients MODEL (Load Ingredients Model's MODEL output, or "
+                                            "after Apply IDs or another LoRA)."),
+            io.Combo.Input("lora_name", options=host.lora_names(),
+                           tooltip="A LoRA file in ComfyUI's models/loras folder, trained for CogVideoX-5B "
+                                   "(I2V or T2V: the blocks are the same)."),
+            io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01,
+                           tooltip="How strongly the LoRA changes the weights: W + strength x alpha/rank x "
+                                   "up @ down; 0 leaves the MODEL unchanged, negative values subtract it."),
+        ], outputs=[io.Model.Output("patched_model", display_name="model",
+                                    tooltip="A copy of the MODEL with the LoRA.")])
 
     @classmethod
     def execute(cls, model, lora_name: str, strength_model: float) -> io.NodeOutput:
