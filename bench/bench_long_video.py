@@ -7,7 +7,7 @@
 Real ComfyUI in-process (``comfy_inproc``, ``--cpu``): a transformer with learned positions for the
 official 49 frames (13 latent frames) of 64 x 96 and random weights (``--config tiny``: the tests'
 2 blocks of width 96; ``golden``: the golden case's 2 blocks of width 3072) as the MODEL
-(``native_model.model_patcher``), through *Ingredients Apply IDs* (two random people) and, for the long
+(``nodes.host.model_patcher``), through *Ingredients Apply IDs* (two random people) and, for the long
 runs, *Ingredients Long Video* (overlap 16, pyramid), into ``comfy.sample.sample`` (KSampler's path;
 euler / simple, cfg 6: cond and uncond in one batch). The plain run is the same MODEL at 49 frames
 without the windows node.
@@ -50,7 +50,7 @@ def build_model(torch, nodes: dict, config_name: str):
     config = core("testing.tiny_transformer").tiny_config(sample_frames=PLAIN_FRAMES, **overrides)
     model = fullsize.materialise(fullsize.build_on_meta(core, config, None, torch.float32, torch.float32),
                                  torch.device("cpu"))
-    patcher = inproc.pack_module("nodes.native_model").model_patcher(model, torch.float32, torch.float32, "official")
+    patcher = inproc.pack_module("nodes.host").model_patcher(model, torch.float32, torch.float32, "official")
     apply_ids = nodes[native_check.APPLY_IDS]
     routed = native_check._random_routed(torch, config, 2)
     values = native_check.call_pack(apply_ids, {"MODEL": patcher, "INGREDIENTS_ROUTED_IDS": routed})

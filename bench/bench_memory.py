@@ -12,7 +12,7 @@ One line per mode, each saying what produced it:
    weights. ``--sweep``: the error of every mode at each golden timestep (999 and 500), and the fp8
    modes with float32 compute too, then the range per weight dtype. With COMFYUI_PATH: the path users
    get, in-process real ComfyUI with --cpu (``comfy.ops`` from ``host.transformer_layers``, the real
-   patcher of the MODEL (``native_model.model_patcher``, which the pack's sampler loads too),
+   patcher of the MODEL (``host.model_patcher``, which the pack's sampler loads too),
    ``patcher.load(device, lowvram_model_memory=...)``; resident = ``loaded_size()`` of the
    transformer's patcher plus its q-former's). Without: the core path
    (``checkpoint.load_transformer(weight_dtype=...)`` + ``storage.enable_storage_casting``); the
@@ -123,7 +123,7 @@ def golden_model(env: Host, folder: Path, storage_name: str, compute_name: str, 
     load, offload = host.devices("diffusion")
     model = checkpoint.load_transformer(folder, dtype=compute, weight_dtype=weight, device=offload,
                                         **env.layers(storage, compute))
-    patcher = inproc.pack_module("nodes.native_model").model_patcher(model, storage, compute, "official")
+    patcher = inproc.pack_module("nodes.host").model_patcher(model, storage, compute, "official")
     projector = host.manage_projector(model)
     projector.load(load, full_load=True)
     if share is None:
@@ -219,7 +219,7 @@ def meta_section(env: Host, record: dict) -> None:
             budget = fullsize.load_models_gpu_budget(env.mm, card * GiB, act)
             model = fullsize.build_on_meta(env.core, config, env.layers(storage, torch.bfloat16), storage,
                                            torch.bfloat16)
-            patcher = inproc.pack_module("nodes.native_model").model_patcher(model, storage, torch.bfloat16,
+            patcher = inproc.pack_module("nodes.host").model_patcher(model, storage, torch.bfloat16,
                                                                               "official")
             with torch.device("meta"):  # ComfyUI 0.33 zero-fills meta weights it loads: keep them meta
                 patcher.load(torch.device("meta"), lowvram_model_memory=budget)

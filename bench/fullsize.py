@@ -1,7 +1,7 @@
 """The full-size Ingredients transformer without a download, for ``gpu_check.py`` and ``bench_memory.py``.
 
 - ``build_on_meta``: ``IngredientsTransformer(TransformerConfig())`` on the meta device with the
-  layers the host hands in (``nodes/host.py::transformer_layers``: ComfyUI's ``comfy.ops``), its
+  layers the host hands in (``nodes/host/layers.py::transformer_layers``: ComfyUI's ``comfy.ops``), its
   large ``Linear`` layers in the storage dtype (fp8 or the compute dtype), the rest in the compute
   dtype: what ``checkpoint.load_transformer`` would build, with no bytes allocated;
 - ``materialise``: random weights on a device (the golden rule of ``/work/shared/golden``: the

@@ -98,8 +98,7 @@ def run(env, args, name: str, item: tuple, checks: list[str], smoke_share: dict,
     dynamic = fields["dynamic_vram"] == "on"
     compute, storage = torch.bfloat16, fullsize.dtype_of(storage_name)
     model, config = _model(env, core, args.smoke, storage, compute, to_offload=dynamic or card is not None)
-    native_model = inproc.pack_module("nodes.native_model")
-    patcher = native_model.model_patcher(model, storage, compute, "official")
+    patcher = host.model_patcher(model, storage, compute, "official")
     results = {checks[0]: _guarded(checks[0], lambda: _pack_item(env, args, core, model, config, patcher, item,
                                                                   smoke_share))}
     results[checks[0]].update(fields)

@@ -168,9 +168,9 @@ def distributions_of(modules: set[str]) -> dict[str, str]:
 
 
 def pack_imports(comfyui: Path) -> set[Path]:
-    """ComfyUI files the pack's node modules import anywhere (``nodes/host.py`` imports some
+    """ComfyUI files the pack's node modules import anywhere (``nodes/host/`` imports some
     inside functions, e.g. ``comfy.text_encoders.t5``)."""
-    names = [name for file in sorted((REPO / "nodes").glob("*.py")) for name in _imported_names(file, None)]
+    names = [name for file in sorted((REPO / "nodes").rglob("*.py")) for name in _imported_names(file, None)]
     return {found for name in names if (found := _module_file(name, comfyui))}
 
 

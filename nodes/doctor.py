@@ -9,28 +9,23 @@ from comfy_api.latest import io, ui
 
 from ..ingredients_core.weights.model_folders import INGREDIENTS_FOLDER, INSIGHTFACE_FOLDER, TEXT_ENCODERS_FOLDER
 from . import host
+from .schema import node_schema
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
-
 
 class CheckInstall(io.ComfyNode):
+    """Checks the install without downloading anything: the face packages import (insightface, facexlib,
+    consisid_eva_clip, onnxruntime and which build), numpy, the GPU, what each loader offers, every model file
+    read whole, the face models where the loader finds them and the ONNX Runtime provider ArcFace really gets.
+    Each problem comes with its fix."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsCheckInstall",
-            display_name="Ingredients Check Install",
-            category=CATEGORY,
-            description=("Checks the install without downloading anything: the face packages import (insightface, "
-                         "facexlib, consisid_eva_clip, onnxruntime and which build), numpy, the GPU, what each "
-                         "loader offers, every model file read whole, the face models where the loader finds them "
-                         "and the ONNX Runtime provider ArcFace really gets. Each problem comes with its fix."),
-            inputs=[],
-            outputs=[io.String.Output("report", display_name="report",
-                                      tooltip="The report: one line per check (OK / WARN / FAIL) with the fix.")],
-            is_output_node=True,
-        )
+        return node_schema(cls, "IngredientsCheckInstall", "Ingredients Check Install", inputs=[], outputs=[
+            io.String.Output("report", display_name="report",
+                             tooltip="The report: one line per check (OK / WARN / FAIL) with the fix.")],
+            is_output_node=True)
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs) -> float:

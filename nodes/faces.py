@@ -15,10 +15,10 @@ from comfy_api.latest import io, ui
 from ..ingredients_core import InputError
 from . import host
 from .payloads import MAX_IDS, FaceEncoderType, FaceType, IDsType, IngredientsFaceEncoder, IngredientsIDs
+from .schema import node_schema
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
 FACE_CHOICES = ["best", "largest", "index"]
 
 
@@ -36,33 +36,28 @@ def photos(image: torch.Tensor) -> list[torch.Tensor]:
 
 
 class EncodeFace(io.ComfyNode):
+    """Finds, aligns and embeds one person's face (ArcFace + EVA-CLIP). Several photos of the same person in one
+    IMAGE batch are combined into one ID."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsEncodeFace",
-            display_name="Ingredients Encode Face",
-            category=CATEGORY,
-            description=("Finds, aligns and embeds one person's face (ArcFace + EVA-CLIP). Several photos of the "
-                         "same person in one IMAGE batch are combined into one ID."),
-            inputs=[
-                FaceEncoderType.Input("face_encoder", tooltip="From Load Ingredients Face Encoder."),
-                io.Image.Input("image", tooltip=("One or more photos of ONE person (an IMAGE batch); a "
-                                                 "head-and-shoulders photo with a clear frontal face works best.")),
-                io.Combo.Input("face_choice", options=FACE_CHOICES, default="best",
-                               tooltip=("Which face when a photo shows several: best = highest detector score "
-                                        "(official), largest = biggest box, index = face_index-th from the left.")),
-                io.Int.Input("face_index", default=0, min=0, max=63,
-                             tooltip="With face_choice = index: 0 = leftmost face, 1 = next, ... Ignored otherwise."),
-                io.Int.Input("min_face_size", default=64, min=0, max=1024,
-                             tooltip="Smallest accepted face (short side of the box, pixels). 0 accepts any size."),
-            ],
-            outputs=[
-                FaceType.Output("face", display_name="face",
-                                tooltip="This person's face features, for Ingredients IDs."),
-                io.Image.Output("aligned_crop", display_name="aligned_crop",
-                                tooltip="The aligned 512 x 512 face crop (what goes on the canvas)."),
-            ],
-        )
+        return node_schema(cls, "IngredientsEncodeFace", "Ingredients Encode Face", inputs=[
+            FaceEncoderType.Input("face_encoder", tooltip="From Load Ingredients Face Encoder."),
+            io.Image.Input("image", tooltip=("One or more photos of ONE person (an IMAGE batch); a "
+                                             "head-and-shoulders photo with a clear frontal face works best.")),
+            io.Combo.Input("face_choice", options=FACE_CHOICES, default="best",
+                           tooltip=("Which face when a photo shows several: best = highest detector score "
+                                    "(official), largest = biggest box, index = face_index-th from the left.")),
+            io.Int.Input("face_index", default=0, min=0, max=63,
+                         tooltip="With face_choice = index: 0 = leftmost face, 1 = next, ... Ignored otherwise."),
+            io.Int.Input("min_face_size", default=64, min=0, max=1024,
+                         tooltip="Smallest accepted face (short side of the box, pixels). 0 accepts any size."),
+        ], outputs=[
+            FaceType.Output("face", display_name="face",
+                            tooltip="This person's face features, for Ingredients IDs."),
+            io.Image.Output("aligned_crop", display_name="aligned_crop",
+                            tooltip="The aligned 512 x 512 face crop (what goes on the canvas)."),
+        ])
 
     @classmethod
     def execute(cls, face_encoder: IngredientsFaceEncoder, image: torch.Tensor, face_choice: str,
@@ -76,21 +71,17 @@ class EncodeFace(io.ComfyNode):
 
 
 class IDList(io.ComfyNode):
+    """Puts 1 to 4 people in order. The order is the canvas slot order (person 1 leftmost) and the order of the ID
+    tokens."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         optional = [FaceType.Input(f"face_{i}", optional=True,
                                    tooltip=f"Person {i} (canvas slot {i}, counted from the left). Optional.")
                     for i in range(2, MAX_IDS + 1)]
-        return io.Schema(
-            node_id="IngredientsIDList",
-            display_name="Ingredients IDs",
-            category=CATEGORY,
-            description=("Puts 1 to 4 people in order. The order is the canvas slot order (person 1 leftmost) "
-                         "and the order of the ID tokens."),
-            inputs=[FaceType.Input("face_1", tooltip="Person 1 (canvas slot 1, leftmost)."), *optional],
-            outputs=[IDsType.Output("ids", display_name="ids",
-                                    tooltip="The ordered people, for Project IDs and the canvas.")],
-        )
+        first = FaceType.Input("face_1", tooltip="Person 1 (canvas slot 1, leftmost).")
+        return node_schema(cls, "IngredientsIDList", "Ingredients IDs", inputs=[first, *optional], outputs=[
+            IDsType.Output("ids", display_name="ids", tooltip="The ordered people, for Project IDs and the canvas.")])
 
     @classmethod
     def execute(cls, face_1, face_2=None, face_3=None, face_4=None) -> io.NodeOutput:
@@ -104,18 +95,15 @@ class IDList(io.ComfyNode):
 
 
 class FaceCanvas(io.ComfyNode):
+    """The 720 x 480 white canvas with the aligned faces in slot order: the image the video starts from (the
+    sampler builds the same canvas itself)."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsFaceCanvas",
-            display_name="Ingredients Face Canvas",
-            category=CATEGORY,
-            description=("The 720 x 480 white canvas with the aligned faces in slot order: the image the video "
-                         "starts from (the sampler builds the same canvas itself)."),
-            inputs=[IDsType.Input("ids", tooltip="From Ingredients IDs.")],
-            outputs=[io.Image.Output("canvas", display_name="canvas",
-                                     tooltip="The face canvas as an IMAGE (1, 480, 720, 3).")],
-        )
+        return node_schema(cls, "IngredientsFaceCanvas", "Ingredients Face Canvas",
+                           inputs=[IDsType.Input("ids", tooltip="From Ingredients IDs.")],
+                           outputs=[io.Image.Output("canvas", display_name="canvas",
+                                                    tooltip="The face canvas as an IMAGE (1, 480, 720, 3).")])
 
     @classmethod
     def execute(cls, ids: IngredientsIDs) -> io.NodeOutput:

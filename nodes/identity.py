@@ -19,10 +19,10 @@ from .payloads import (
     IngredientsRouting,
     RoutingType,
 )
+from .schema import node_schema
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
 DEFAULT_FRAMES = 24  # ingredients_core.identity.check.OFFICIAL_FRAMES (a test ties them)
 DEFAULT_THRESHOLD = 0.35  # ingredients_core.identity.scores.DEFAULT_THRESHOLD (a test ties them)
 
@@ -57,48 +57,41 @@ def routing_grid(routing: IngredientsRouting | None):
 
 
 class IdentityCheck(io.ComfyNode):
+    """Did every person keep their face? Finds the faces in frames sampled from the video, matches them to the
+    people one to one (ArcFace, as the face features), and reports per person the mean and lowest similarity and
+    how often they were found, swaps (a person in the region the router gave someone else; needs the routing)
+    and merges (a face equally close to two people), beside the paper's Face Similarity."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         persons = [io.Float.Output(f"person_{i}", display_name=f"person_{i}",
                                    tooltip=(f"Person {i}'s mean ArcFace similarity over the sampled frames (0 in "
                                             "frames where they were not found; 0 when there is no such person)."))
                    for i in range(1, MAX_IDS + 1)]
-        return io.Schema(
-            node_id="IngredientsIdentityCheck",
-            display_name="Ingredients Identity Check",
-            category=CATEGORY,
-            description=("Did every person keep their face? Finds the faces in frames sampled from the video, "
-                         "matches them to the people one to one (ArcFace, as the face features), and reports per "
-                         "person the mean and lowest similarity and how often they were found, swaps (a person in "
-                         "the region the router gave someone else; needs the routing) and merges (a face equally "
-                         "close to two people), beside the paper's Face Similarity."),
-            inputs=[
-                FaceEncoderType.Input("face_encoder", tooltip=("From Load Ingredients Face Encoder (its detector "
-                                                               "and ArcFace are used).")),
-                IDsType.Input("ids", tooltip="The people of the video: the Ingredients IDs node used to make it."),
-                io.Image.Input("frames", tooltip="The video's frames: Ingredients Decode's output or a video loader."),
-                RoutingType.Input("routing", optional=True,
-                                  tooltip=("Optional: the sampler's routing output. With it, a person found in the "
-                                           "region the router gave another person is listed as a swap.")),
-                io.Int.Input("frames_to_sample", default=DEFAULT_FRAMES, min=1, max=4096,
-                             tooltip=("Frames checked, spread evenly over the video (24, as the paper's metric; the "
-                                      "whole video when it is shorter).")),
-                io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.01,
-                               tooltip=("Similarity at which a person counts as found in a frame (ArcFace cosine; "
-                                        "different people rarely reach 0.35).")),
-            ],
-            outputs=[
-                io.String.Output("report", display_name="report",
-                                 tooltip="The results as text: a table per person, the official score, swaps, merges."),
-                io.Float.Output("official", display_name="official",
-                                tooltip=("The paper's Face Similarity (Table 1): best match of any person in each "
-                                         "frame, averaged; blind to who is who.")),
-                *persons,
-                io.Image.Output("plot", display_name="plot",
-                                tooltip="Each person's similarity per frame in their colour, beside their face."),
-            ],
-            is_output_node=True,
-        )
+        return node_schema(cls, "IngredientsIdentityCheck", "Ingredients Identity Check", inputs=[
+            FaceEncoderType.Input("face_encoder", tooltip=("From Load Ingredients Face Encoder (its detector "
+                                                           "and ArcFace are used).")),
+            IDsType.Input("ids", tooltip="The people of the video: the Ingredients IDs node used to make it."),
+            io.Image.Input("frames", tooltip="The video's frames: Ingredients Decode's output or a video loader."),
+            RoutingType.Input("routing", optional=True,
+                              tooltip=("Optional: the sampler's routing output. With it, a person found in the "
+                                       "region the router gave another person is listed as a swap.")),
+            io.Int.Input("frames_to_sample", default=DEFAULT_FRAMES, min=1, max=4096,
+                         tooltip=("Frames checked, spread evenly over the video (24, as the paper's metric; the "
+                                  "whole video when it is shorter).")),
+            io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.01,
+                           tooltip=("Similarity at which a person counts as found in a frame (ArcFace cosine; "
+                                    "different people rarely reach 0.35).")),
+        ], outputs=[
+            io.String.Output("report", display_name="report",
+                             tooltip="The results as text: a table per person, the official score, swaps, merges."),
+            io.Float.Output("official", display_name="official",
+                            tooltip=("The paper's Face Similarity (Table 1): best match of any person in each "
+                                     "frame, averaged; blind to who is who.")),
+            *persons,
+            io.Image.Output("plot", display_name="plot",
+                            tooltip="Each person's similarity per frame in their colour, beside their face."),
+        ], is_output_node=True)
 
     @classmethod
     def execute(cls, face_encoder: IngredientsFaceEncoder, ids: IngredientsIDs, frames: torch.Tensor,

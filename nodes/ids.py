@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..ingredients_core import InputError
-from . import host, native_model, qformer_lora
+from . import host, qformer_lora
 from .payloads import (
     MASK_MODES,
     MAX_IDS,
@@ -26,40 +26,35 @@ from .payloads import (
     ModelType,
     RoutedIDsType,
 )
+from .schema import node_schema
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
 MODEL_DEFAULT = "from model"
 
 
 class ProjectIDs(io.ComfyNode):
+    """Turns the people into ID tokens with the model's q-former (32 tokens per person), once."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsProjectIDs",
-            display_name="Ingredients Project IDs",
-            category=CATEGORY,
-            description="Turns the people into ID tokens with the model's q-former (32 tokens per person), once.",
-            inputs=[
-                ModelType.Input("model", tooltip="From Load Ingredients Model."),
-                IDsType.Input("ids", tooltip="From Ingredients IDs (order = canvas slot order)."),
-                io.Model.Input("patched_model", optional=True,
-                               tooltip=("Optional: the MODEL after Ingredients LoRA (or another LoRA loader) of the "
-                                        "same Load Ingredients Model. Its q-former LoRA layers "
-                                        "(local_facial_extractor) act here, where the IDs are projected: connect it "
-                                        "when the LoRA has any.")),
-            ],
-            outputs=[IDTokensType.Output("id_tokens", display_name="id_tokens",
-                                         tooltip="ID tokens (people x 32 x 2048), for Route IDs.")],
-        )
+        return node_schema(cls, "IngredientsProjectIDs", "Ingredients Project IDs", inputs=[
+            ModelType.Input("model", tooltip="From Load Ingredients Model."),
+            IDsType.Input("ids", tooltip="From Ingredients IDs (order = canvas slot order)."),
+            io.Model.Input("patched_model", optional=True,
+                           tooltip=("Optional: the MODEL after Ingredients LoRA (or another LoRA loader) of the "
+                                    "same Load Ingredients Model. Its q-former LoRA layers "
+                                    "(local_facial_extractor) act here, where the IDs are projected: connect it "
+                                    "when the LoRA has any.")),
+        ], outputs=[IDTokensType.Output("id_tokens", display_name="id_tokens",
+                                        tooltip="ID tokens (people x 32 x 2048), for Route IDs.")])
 
     @classmethod
     def execute(cls, model: IngredientsModel, ids: IngredientsIDs, patched_model=None) -> io.NodeOutput:
         # the q-former alone, not the whole transformer; with q-former LoRA patches on patched_model that
         # MODEL (ComfyUI applies its patches as it loads it); under DynamicVRAM the MODEL's patcher, which
         # ComfyUI streams per layer (only the q-former's weights are then read)
-        if patched_model is not None and native_model.transformer_of(patched_model) is not model.transformer:
+        if patched_model is not None and host.transformer_of(patched_model) is not model.transformer:
             raise InputError("patched_model: this MODEL holds another transformer than model: connect the MODEL of "
                              "the same Load Ingredients Model (after Ingredients LoRA).")
         patcher = qformer_lora.projecting_patcher(model, patched_model)
@@ -122,38 +117,32 @@ def routing_options(people: int, mode: str, strength: float, mask_mode: str, mas
 
 
 class RouteIDs(io.ComfyNode):
+    """How the ID features are routed into the video. The router decides, per video region, which person it shows;
+    optional masks steer it (soft) or decide it (hard). Per person: a strength and the part of the steps it is
+    injected in. Inputs of person N only count when there are N IDs."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         persons = [item for n in range(1, MAX_IDS + 1) for item in _person_inputs(n)]
-        return io.Schema(
-            node_id="IngredientsRouteIDs",
-            display_name="Ingredients Route IDs",
-            category=CATEGORY,
-            description=("How the ID features are routed into the video. The router decides, per video region, "
-                         "which person it shows; optional masks steer it (soft) or decide it (hard). Per person: "
-                         "a strength and the part of the steps it is injected in. Inputs of person N only count "
-                         "when there are N IDs."),
-            inputs=[
-                IDTokensType.Input("id_tokens", tooltip="From Ingredients Project IDs."),
-                io.Combo.Input("routing_mode", options=[MODEL_DEFAULT, *ROUTING_MODES], default=MODEL_DEFAULT,
-                               tooltip=("from model = the loader's choice; official = the paper's code (router of "
-                                        "the negative-prompt half for the whole batch); per_sample = each half on "
-                                        "its own.")),
-                io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
-                               tooltip=("Multiplies the checkpoint's ID strength (local_face_scale). 1.0 = as trained; "
-                                        "lower = looser likeness, 0 = no identity features.")),
-                io.Combo.Input("mask_mode", options=list(MASK_MODES), default="soft", optional=True,
-                               tooltip=("soft = the masks push the router towards each person's region (by "
-                                        "mask_strength); hard = inside a mask that person only, outside all masks "
-                                        "nobody. Without masks this does nothing.")),
-                io.Float.Input("mask_strength", default=5.0, min=0.0, max=50.0, step=0.5, optional=True,
-                               tooltip=("Soft mode: how hard the masks push (added to the router's logits inside "
-                                        "each mask). 0 = masks ignored; 5 = strong hint; 20+ = nearly hard.")),
-                *persons,
-            ],
-            outputs=[RoutedIDsType.Output("routed_ids", display_name="routed_ids",
-                                          tooltip="ID tokens with their routing, for the sampler.")],
-        )
+        return node_schema(cls, "IngredientsRouteIDs", "Ingredients Route IDs", inputs=[
+            IDTokensType.Input("id_tokens", tooltip="From Ingredients Project IDs."),
+            io.Combo.Input("routing_mode", options=[MODEL_DEFAULT, *ROUTING_MODES], default=MODEL_DEFAULT,
+                           tooltip=("from model = the loader's choice; official = the paper's code (router of "
+                                    "the negative-prompt half for the whole batch); per_sample = each half on "
+                                    "its own.")),
+            io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
+                           tooltip=("Multiplies the checkpoint's ID strength (local_face_scale). 1.0 = as trained; "
+                                    "lower = looser likeness, 0 = no identity features.")),
+            io.Combo.Input("mask_mode", options=list(MASK_MODES), default="soft", optional=True,
+                           tooltip=("soft = the masks push the router towards each person's region (by "
+                                    "mask_strength); hard = inside a mask that person only, outside all masks "
+                                    "nobody. Without masks this does nothing.")),
+            io.Float.Input("mask_strength", default=5.0, min=0.0, max=50.0, step=0.5, optional=True,
+                           tooltip=("Soft mode: how hard the masks push (added to the router's logits inside "
+                                    "each mask). 0 = masks ignored; 5 = strong hint; 20+ = nearly hard.")),
+            *persons,
+        ], outputs=[RoutedIDsType.Output("routed_ids", display_name="routed_ids",
+                                         tooltip="ID tokens with their routing, for the sampler.")])
 
     @classmethod
     def execute(cls, id_tokens: IngredientsIDTokens, routing_mode: str, strength: float, mask_mode: str = "soft",

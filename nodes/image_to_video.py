@@ -20,23 +20,15 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ingredients_core import InputError
-from . import host, native_model
+from . import host
 from .payloads import IDsType, IngredientsIDs, IngredientsVAE, VAEType
+from .schema import MAX_SEED, node_schema, size_inputs, video_settings
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
 ENCODINGS = ["mean", "official"]
 LATENT_CHANNELS = 16
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
 MAX_BATCH = 64
-MAX_LONG_FRAMES = 1025  # 4k + 1, as Ingredients Long Video's frames
-
-
-def _check_size(width: int, height: int, frames: int) -> None:
-    from ..ingredients_core.sampling.pipeline import GenerationSettings
-
-    GenerationSettings(height=height, width=width, frames=frames).validate()  # names the input at fault
 
 
 def _check_conditioning(value, name: str) -> None:
@@ -54,7 +46,7 @@ def _pick_vae(vae: IngredientsVAE | None, comfy_vae, encoding: str) -> None:
         raise InputError("vae, comfy_vae: both are connected; connect only one (they encode the same canvas).")
     if comfy_vae is None:
         return
-    if not native_model.is_cogvideox_vae(comfy_vae):
+    if not host.is_cogvideox_vae(comfy_vae):
         raise InputError("comfy_vae: this VAE is not ComfyUI's CogVideoX VAE (ComfyUI 0.21 and later load one "
                          "with VAELoader; 0.3.x cannot): connect Load Ingredients VAE to vae instead.")
     if encoding == "official":
@@ -74,7 +66,7 @@ def encode_canvas_latent(canvas, height: int, width: int, batch: int, encoding: 
     if comfy_vae is not None:
         pixels = canvas_pixels(canvas, height, width)                       # (1, 3, H, W) in [-1, 1]
         image = (pixels / 2 + 0.5).permute(0, 2, 3, 1).contiguous()        # (1, H, W, 3) in [0, 1]
-        first = native_model.comfy_vae_encode(comfy_vae, image)             # (1, 16, 1, h, w), the mean
+        first = host.comfy_vae_encode(comfy_vae, image)                     # (1, 16, 1, h, w), the mean
         return first.expand(batch, -1, -1, -1, -1).contiguous(), image.to(host.output_device())
     host.load(vae.patcher)
     pixels = canvas_pixels(canvas, height, width, spatial_factor(vae.vae))
@@ -92,55 +84,43 @@ def image_latent(first: torch.Tensor, latent_frames: int) -> torch.Tensor:
 
 
 class ImageToVideo(io.ComfyNode):
+    """For KSampler on the Ingredients MODEL: encodes the face canvas of the people (as the pack's sampler builds
+    it) and puts it on positive and negative as the image latent the video starts from; gives the empty LATENT
+    of the video's size. Official: 720 x 480, 49 frames."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsImageToVideo",
-            display_name="Ingredients Image to Video",
-            category=CATEGORY,
-            description=("For KSampler on the Ingredients MODEL: encodes the face canvas of the people (as the pack's "
-                         "sampler builds it) and puts it on positive and negative as the image latent the video "
-                         "starts from; gives the empty LATENT of the video's size. Official: 720 x 480, 49 frames."),
-            inputs=[
-                io.Conditioning.Input("positive", tooltip="The prompt: Ingredients Encode Prompt or CLIPTextEncode."),
-                io.Conditioning.Input("negative", tooltip=("The negative prompt: Ingredients Encode Prompt or "
-                                                           "CLIPTextEncode (official: empty text).")),
-                IDsType.Input("ids", tooltip="From Ingredients IDs: the people, in canvas slot order."),
-                VAEType.Input("vae", optional=True,
-                              tooltip="From Load Ingredients VAE (both encodings). Connect this or comfy_vae."),
-                io.Vae.Input("comfy_vae", optional=True,
-                             tooltip=("A CogVideoX VAE from ComfyUI's Load VAE (ComfyUI 0.21 and later; mean "
-                                      "encoding only). Connect this or vae.")),
-                io.Int.Input("width", default=720, min=16, max=2048, step=16,
-                             tooltip="Video width in pixels (multiple of 16). The released model needs 720."),
-                io.Int.Input("height", default=480, min=16, max=2048, step=16,
-                             tooltip="Video height in pixels (multiple of 16). The released model needs 480."),
-                io.Int.Input("frames", default=49, min=1, max=MAX_LONG_FRAMES, step=4,
-                             tooltip=("Number of frames, 4k+1 (1, 5, ..., 49). The released model makes 49; more "
-                                      "(97, 145, 193, ...) with Ingredients Long Video on the MODEL (its frames "
-                                      "output connects here), else refused.")),
-                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH,
-                             tooltip="Videos per run (the same canvas each; official encoding draws one sample each)."),
-                io.Combo.Input("encoding", options=ENCODINGS, default="mean",
-                               tooltip=("How the canvas becomes a latent. mean = ComfyUI's way (the VAE's latent "
-                                        "mean); official = a latent sample drawn with canvas_seed, as the official pipeline "
-                                        "(needs the Ingredients VAE).")),
-                io.Int.Input("canvas_seed", default=42, min=0, max=MAX_SEED,
-                             tooltip=("With encoding official: the seed of the canvas latent sample (the pack's "
-                                      "sampler with this seed draws the same one); stays as set (KSampler's seed "
-                                      "makes the noise). Ignored with mean.")),
-            ],
-            outputs=[
-                io.Conditioning.Output("positive_with_image", display_name="positive",
-                                       tooltip="The prompt with the canvas latent (concat_latent_image), for KSampler."),
-                io.Conditioning.Output("negative_with_image", display_name="negative",
-                                       tooltip="The negative prompt with the same canvas latent, for KSampler."),
-                io.Latent.Output("latent", display_name="latent",
-                                 tooltip="The empty video LATENT (batch, 16, latent frames, height/8, width/8)."),
-                io.Image.Output("canvas", display_name="canvas",
-                                tooltip="The face canvas as encoded (1, height, width, 3), for a preview."),
-            ],
-        )
+        return node_schema(cls, "IngredientsImageToVideo", "Ingredients Image to Video", inputs=[
+            io.Conditioning.Input("positive", tooltip="The prompt: Ingredients Encode Prompt or CLIPTextEncode."),
+            io.Conditioning.Input("negative", tooltip=("The negative prompt: Ingredients Encode Prompt or "
+                                                       "CLIPTextEncode (official: empty text).")),
+            IDsType.Input("ids", tooltip="From Ingredients IDs: the people, in canvas slot order."),
+            VAEType.Input("vae", optional=True,
+                          tooltip="From Load Ingredients VAE (both encodings). Connect this or comfy_vae."),
+            io.Vae.Input("comfy_vae", optional=True,
+                         tooltip=("A CogVideoX VAE from ComfyUI's Load VAE (ComfyUI 0.21 and later; mean "
+                                  "encoding only). Connect this or vae.")),
+            *size_inputs(),
+            io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH,
+                         tooltip="Videos per run (the same canvas each; official encoding draws one sample each)."),
+            io.Combo.Input("encoding", options=ENCODINGS, default="mean",
+                           tooltip=("How the canvas becomes a latent. mean = ComfyUI's way (the VAE's latent "
+                                    "mean); official = a latent sample drawn with canvas_seed, as the official "
+                                    "pipeline (needs the Ingredients VAE).")),
+            io.Int.Input("canvas_seed", default=42, min=0, max=MAX_SEED,
+                         tooltip=("With encoding official: the seed of the canvas latent sample (the pack's "
+                                  "sampler with this seed draws the same one); stays as set (KSampler's seed "
+                                  "makes the noise). Ignored with mean.")),
+        ], outputs=[
+            io.Conditioning.Output("positive_with_image", display_name="positive",
+                                   tooltip="The prompt with the canvas latent (concat_latent_image), for KSampler."),
+            io.Conditioning.Output("negative_with_image", display_name="negative",
+                                   tooltip="The negative prompt with the same canvas latent, for KSampler."),
+            io.Latent.Output("latent", display_name="latent",
+                             tooltip="The empty video LATENT (batch, 16, latent frames, height/8, width/8)."),
+            io.Image.Output("canvas", display_name="canvas",
+                            tooltip="The face canvas as encoded (1, height, width, 3), for a preview."),
+        ])
 
     @classmethod
     def execute(cls, positive, negative, ids: IngredientsIDs, width: int, height: int, frames: int, batch_size: int,
@@ -148,7 +128,7 @@ class ImageToVideo(io.ComfyNode):
         from ..ingredients_core.faces import make_canvas
         from ..ingredients_core.encoders.vae import latent_frame_count
 
-        _check_size(width, height, frames)
+        video_settings(height=height, width=width, frames=frames)  # names the input at fault
         _check_conditioning(positive, "positive")
         _check_conditioning(negative, "negative")
         if encoding not in ENCODINGS:
@@ -161,6 +141,6 @@ class ImageToVideo(io.ComfyNode):
         empty = torch.zeros((batch_size, LATENT_CHANNELS, latent_frames, height // 8, width // 8),
                             device=host.output_device())
         values = {"concat_latent_image": concat}
-        return io.NodeOutput(native_model.conditioning_with(positive, values),
-                             native_model.conditioning_with(negative, values),
+        return io.NodeOutput(host.conditioning_with(positive, values),
+                             host.conditioning_with(negative, values),
                              {"samples": empty}, image, ui=ui.PreviewImage(image, cls=cls))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 import torch
 from comfy_api.latest import io
 
 from ..ingredients_core.model.storage import WEIGHT_DTYPES as STORAGE_DTYPES
-from . import host, model_files, native_model
+from . import host, model_files
 from .model_files import FACES, MODEL, T5, VAE
 from .payloads import (
     ROUTING_MODES,
@@ -28,12 +29,20 @@ from .payloads import (
     VAEType,
     WeightsIdentity,
 )
+from .schema import node_schema
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
 # The README's section on the weights' terms (repository URL as in pyproject.toml; a test ties them).
 LICENSE_URL = "https://github.com/ComfyUI-Ingredients/ComfyUI-Ingredients#license-and-credits"
+MODEL_DESCRIPTION = ("Loads the Ingredients transformer (CogVideoX-5B-I2V with routed ID modules) and its scheduler "
+                     "config from a folder in models/ingredients (the download of feizhengcong/Ingredients). The "
+                     "weights come under their own terms (CogVideoX License; insightface's face models: "
+                     f"non-commercial research only): {LICENSE_URL}")
+MODEL_FOLDER_TOOLTIP = ("Folder in models/ingredients (or an extra model path) holding transformer/ (or "
+                        "transformer_ema/) and scheduler/. The transformer is derived from CogVideoX-5B-I2V: the "
+                        "CogVideoX License applies (commercial use needs registration); all weights' terms: "
+                        f"{LICENSE_URL}")
 DTYPES = ["auto", "bfloat16", "float16", "float32"]
 PROVIDERS = ["auto", "CPUExecutionProvider", "CUDAExecutionProvider"]
 DTYPE_TOOLTIP = ("Weight and compute dtype. auto = ComfyUI's choice for this kind of model on its device "
@@ -46,10 +55,6 @@ MODEL_DTYPE_TOOLTIP = ("Weight dtype of the transformer. auto = ComfyUI's choice
                        "(bfloat16 on recent GPUs, the dtype it was trained in; float32 on the CPU; "
                        "--fp16-unet/--bf16-unet/--fp8_e4m3fn-unet apply). float16 runs it in fp16 "
                        "where the GPU does that well (less precise: it was trained in bf16).")
-
-
-def _folder_input(kind: model_files.FolderKind, tooltip: str) -> io.Combo.Input:
-    return io.Combo.Input("model_folder", options=model_files.folder_names(kind), tooltip=tooltip)
 
 
 def _parameter_count(folder) -> int:
@@ -127,44 +132,59 @@ def transformer_source(folder, transformer_file: str):
     return host.single_file_path(transformer_file, "transformer_file"), resolve(folder).config
 
 
-class ModelLoader(io.ComfyNode):
+def _dtype_input(options: list[str], tooltip: str) -> io.Combo.Input:
+    """A loader's ``dtype`` choice: ``auto`` (ComfyUI's pick for the model's role) or a named dtype."""
+    return io.Combo.Input("dtype", options=options, default="auto", tooltip=tooltip)
+
+
+def folder_loader(kind: model_files.FolderKind) -> type[io.ComfyNode]:
+    """The one skeleton of the four loaders, as their base class: the first input, ``model_folder``, lists
+    the folders of ``kind`` below ComfyUI's search folders (``loader_schema``); a name no longer there is
+    refused before the run (``validate_inputs``: the message ComfyUI shows on the node), and ``folder``
+    resolves it."""
+
+    class FolderLoader(io.ComfyNode):
+        @classmethod
+        def loader_schema(cls, node_id: str, display_name: str, folder_tooltip: str, inputs: list, outputs: list,
+                          description: str | None = None) -> io.Schema:
+            folder = io.Combo.Input("model_folder", options=model_files.folder_names(kind), tooltip=folder_tooltip)
+            return node_schema(cls, node_id, display_name, inputs=[folder, *inputs], outputs=outputs,
+                               description=description)
+
+        @classmethod
+        def validate_inputs(cls, model_folder: str) -> bool | str:
+            return model_files.validate_name(kind, model_folder, "model_folder")
+
+        @classmethod
+        def folder(cls, model_folder: str) -> Path:
+            """The chosen folder, or FileNotFoundError naming it, the search folders and the source."""
+            return model_files.resolve(kind, model_folder, "model_folder")
+
+    return FolderLoader
+
+
+# its description names LICENSE_URL, so it is MODEL_DESCRIPTION rather than the class docstring
+class ModelLoader(folder_loader(MODEL)):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsModelLoader",
-            display_name="Load Ingredients Model",
-            category=CATEGORY,
-            description=("Loads the Ingredients transformer (CogVideoX-5B-I2V with routed ID modules) and "
-                         "its scheduler config from a folder in models/ingredients (the download of "
-                         "feizhengcong/Ingredients). The weights come under their own terms (CogVideoX "
-                         f"License; insightface's face models: non-commercial research only): {LICENSE_URL}"),
-            inputs=[
-                _folder_input(MODEL, "Folder in models/ingredients (or an extra model path) holding "
-                                     "transformer/ (or transformer_ema/) and scheduler/. The transformer is "
-                                     "derived from CogVideoX-5B-I2V: the CogVideoX License applies (commercial "
-                                     f"use needs registration); all weights' terms: {LICENSE_URL}"),
-                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=MODEL_DTYPE_TOOLTIP),
-                io.Combo.Input("routing_mode", options=list(ROUTING_MODES), default="official",
-                               tooltip=("Default routing of ID features. official: every batch element uses "
-                                        "the router of the first (negative-prompt) half, as the paper's code; "
-                                        "per_sample: each half is routed on its own. Route IDs can override it.")),
-                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default", optional=True,
-                               tooltip=WEIGHT_DTYPE_TOOLTIP),
-                io.Combo.Input("transformer_file", options=[FOLDER_OWN, *host.single_file_names()],
-                               default=FOLDER_OWN, optional=True, tooltip=TRANSFORMER_FILE_TOOLTIP),
-            ],
-            outputs=[ModelType.Output("model", display_name="model",
-                                      tooltip="The Ingredients transformer, managed by ComfyUI, for the pack's sampler "
-                                              "and Project IDs."),
-                     io.Model.Output("MODEL", display_name="MODEL",
-                                     tooltip=("The same transformer as a ComfyUI MODEL, for KSampler, "
-                                              "SamplerCustomAdvanced, LoRA loaders and MODEL patches; add the "
-                                              "people with Ingredients Apply IDs."))],
-        )
-
-    @classmethod
-    def validate_inputs(cls, model_folder: str) -> bool | str:
-        return model_files.validate_name(MODEL, model_folder, "model_folder")
+        outputs = [ModelType.Output("model", display_name="model",
+                                    tooltip="The Ingredients transformer, managed by ComfyUI, for the pack's sampler "
+                                            "and Project IDs."),
+                   io.Model.Output("MODEL", display_name="MODEL",
+                                   tooltip=("The same transformer as a ComfyUI MODEL, for KSampler, "
+                                            "SamplerCustomAdvanced, LoRA loaders and MODEL patches; add the "
+                                            "people with Ingredients Apply IDs."))]
+        return cls.loader_schema("IngredientsModelLoader", "Load Ingredients Model", MODEL_FOLDER_TOOLTIP, [
+            _dtype_input(DTYPES, MODEL_DTYPE_TOOLTIP),
+            io.Combo.Input("routing_mode", options=list(ROUTING_MODES), default="official",
+                           tooltip=("Default routing of ID features. official: every batch element uses "
+                                    "the router of the first (negative-prompt) half, as the paper's code; "
+                                    "per_sample: each half is routed on its own. Route IDs can override it.")),
+            io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default", optional=True,
+                           tooltip=WEIGHT_DTYPE_TOOLTIP),
+            io.Combo.Input("transformer_file", options=[FOLDER_OWN, *host.single_file_names()],
+                           default=FOLDER_OWN, optional=True, tooltip=TRANSFORMER_FILE_TOOLTIP),
+        ], outputs, description=MODEL_DESCRIPTION)
 
     @classmethod
     def execute(cls, model_folder: str, dtype: str, routing_mode: str, weight_dtype: str = "default",
@@ -182,7 +202,7 @@ def load_model(model_folder: str, dtype: str, routing_mode: str, weight_dtype: s
     """The INGREDIENTS_MODEL payload (its ``patcher`` is the MODEL) for the loader's inputs."""
     from ..ingredients_core.weights.checkpoint import load_transformer
 
-    folder = model_files.resolve(MODEL, model_folder, "model_folder")
+    folder = ModelLoader.folder(model_folder)
     config_file = model_files.require_file(folder / "scheduler" / "scheduler_config.json",
                                            "scheduler config", folder / "scheduler")
     scheduler_config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -195,7 +215,7 @@ def load_model(model_folder: str, dtype: str, routing_mode: str, weight_dtype: s
                                    keep_fp8=keep, config_file=transformer_config, **layers)
     weights = WeightsIdentity(folder, None if transformer_file == FOLDER_OWN else transformer_file,
                               host.dtype_name(storage))
-    patcher = native_model.model_patcher(transformer, storage, compute, routing_mode, folder, disable_dynamic,
+    patcher = host.model_patcher(transformer, storage, compute, routing_mode, folder, disable_dynamic,
                                          weights)
     # the q-former's own patcher (Project IDs loads 0.15 B parameters, not 6.4 B); none under DynamicVRAM,
     # where ComfyUI keeps per-layer state on the modules and streams them itself: one patcher per layer
@@ -208,63 +228,44 @@ def reload_model_patcher(*settings, disable_dynamic: bool = False):
     return load_model(*settings, disable_dynamic=disable_dynamic).patcher
 
 
-class VAELoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsVAELoader",
-            display_name="Load Ingredients VAE",
-            category=CATEGORY,
-            description="Loads the CogVideoX VAE (vae/ of the Ingredients folder) for the face canvas and decoding.",
-            inputs=[
-                _folder_input(VAE, "Folder in models/ingredients holding vae/ (AutoencoderKLCogVideoX)."),
-                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=DTYPE_TOOLTIP),
-            ],
-            outputs=[VAEType.Output("vae", display_name="vae", tooltip="The CogVideoX VAE, managed by ComfyUI.")],
-        )
+class VAELoader(folder_loader(VAE)):
+    """Loads the CogVideoX VAE (vae/ of the Ingredients folder) for the face canvas and decoding."""
 
     @classmethod
-    def validate_inputs(cls, model_folder: str) -> bool | str:
-        return model_files.validate_name(VAE, model_folder, "model_folder")
+    def define_schema(cls) -> io.Schema:
+        vae = VAEType.Output("vae", display_name="vae", tooltip="The CogVideoX VAE, managed by ComfyUI.")
+        return cls.loader_schema("IngredientsVAELoader", "Load Ingredients VAE",
+                                 "Folder in models/ingredients holding vae/ (AutoencoderKLCogVideoX).",
+                                 [_dtype_input(DTYPES, DTYPE_TOOLTIP)], [vae])
 
     @classmethod
     def execute(cls, model_folder: str, dtype: str) -> io.NodeOutput:
         from ..ingredients_core.encoders.vae import load_vae
 
-        folder = model_files.resolve(VAE, model_folder, "model_folder")
+        folder = cls.folder(model_folder)
         model_files.require_file(folder / "vae" / "config.json", "VAE config", folder / "vae")
         _, offload = host.devices("vae")
         vae = load_vae(folder, host.vae_dtype(dtype), offload)
         return io.NodeOutput(IngredientsVAE(vae, host.manage("vae", vae=vae), folder))
 
 
-class T5Loader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsT5Loader",
-            display_name="Load Ingredients T5",
-            category=CATEGORY,
-            description=("Loads the T5 v1.1 XXL encoder and tokenizer that ship with Ingredients "
-                         "(text_encoder/ and tokenizer/) into ComfyUI's own T5, which ComfyUI can load partially. "
-                         "Alternative: CLIPLoader (type sd3, a t5xxl fp8 file) with 'Encode Prompt (CLIP)'."),
-            inputs=[
-                _folder_input(T5, "Folder in models/ingredients or models/text_encoders holding "
-                                  "text_encoder/ and tokenizer/."),
-                io.Combo.Input("dtype", options=T5_DTYPES, default="auto", tooltip=T5_DTYPE_TOOLTIP),
-            ],
-            outputs=[T5Type.Output("t5", display_name="t5", tooltip="The T5 encoder and tokenizer.")],
-        )
+class T5Loader(folder_loader(T5)):
+    """Loads the T5 v1.1 XXL encoder and tokenizer that ship with Ingredients (text_encoder/ and tokenizer/) into
+    ComfyUI's own T5, which ComfyUI can load partially. Alternative: CLIPLoader (type sd3, a t5xxl fp8 file)
+    with 'Encode Prompt (CLIP)'."""
 
     @classmethod
-    def validate_inputs(cls, model_folder: str) -> bool | str:
-        return model_files.validate_name(T5, model_folder, "model_folder")
+    def define_schema(cls) -> io.Schema:
+        t5 = T5Type.Output("t5", display_name="t5", tooltip="The T5 encoder and tokenizer.")
+        return cls.loader_schema("IngredientsT5Loader", "Load Ingredients T5",
+                                 "Folder in models/ingredients or models/text_encoders holding text_encoder/ and "
+                                 "tokenizer/.", [_dtype_input(T5_DTYPES, T5_DTYPE_TOOLTIP)], [t5])
 
     @classmethod
     def execute(cls, model_folder: str, dtype: str) -> io.NodeOutput:
         from ..ingredients_core.encoders.text import load_tokenizer, text_encoder_config, text_encoder_tensors
 
-        folder = model_files.resolve(T5, model_folder, "model_folder")
+        folder = cls.folder(model_folder)
         model_files.require_file(folder / "text_encoder" / "config.json", "T5 config", folder / "text_encoder")
         model_files.require_file(folder / "tokenizer" / "spiece.model", "T5 tokenizer", folder / "tokenizer",
                                  "tokenizer.json")
@@ -287,35 +288,27 @@ def curricularface_dirs(encoder) -> list:
     return dirs
 
 
-class FaceEncoderLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsFaceEncoderLoader",
-            display_name="Load Ingredients Face Encoder",
-            category=CATEGORY,
-            description=("Loads the face models of face_encoder/: RetinaFace detector, ArcFace "
-                         "(glintr100.onnx, also found in models/insightface) and EVA02-CLIP-L."),
-            inputs=[
-                _folder_input(FACES, "Folder in models/ingredients holding face_encoder/."),
-                io.Combo.Input("provider", options=PROVIDERS, default="auto",
-                               tooltip=("ONNX Runtime provider for ArcFace. auto follows ComfyUI's device "
-                                        "(CUDA when ComfyUI uses a GPU and onnxruntime-gpu is installed).")),
-            ],
-            outputs=[FaceEncoderType.Output("face_encoder", display_name="face_encoder",
-                                            tooltip="Detector, ArcFace and EVA-CLIP, ready for Encode Face.")],
-        )
+class FaceEncoderLoader(folder_loader(FACES)):
+    """Loads the face models of face_encoder/: RetinaFace detector, ArcFace (glintr100.onnx, also found in
+    models/insightface) and EVA02-CLIP-L."""
 
     @classmethod
-    def validate_inputs(cls, model_folder: str) -> bool | str:
-        return model_files.validate_name(FACES, model_folder, "model_folder")
+    def define_schema(cls) -> io.Schema:
+        return cls.loader_schema(
+            "IngredientsFaceEncoderLoader", "Load Ingredients Face Encoder",
+            "Folder in models/ingredients holding face_encoder/.",
+            [io.Combo.Input("provider", options=PROVIDERS, default="auto",
+                            tooltip=("ONNX Runtime provider for ArcFace. auto follows ComfyUI's device "
+                                     "(CUDA when ComfyUI uses a GPU and onnxruntime-gpu is installed)."))],
+            [FaceEncoderType.Output("face_encoder", display_name="face_encoder",
+                                    tooltip="Detector, ArcFace and EVA-CLIP, ready for Encode Face.")])
 
     @classmethod
     def execute(cls, model_folder: str, provider: str) -> io.NodeOutput:
         from ..ingredients_core.faces import FaceEncoder, find_face_models
         from ..ingredients_core.identity.check import IdentityModels
 
-        folder = model_files.resolve(FACES, model_folder, "model_folder")
+        folder = cls.folder(model_folder)
         paths = find_face_models(model_files.search_dirs(folder / "face_encoder", [host.INSIGHTFACE_FOLDER]))
         _, offload = host.devices("face")
         # auto: ArcFace's providers follow the device ComfyUI has the face models on at each run

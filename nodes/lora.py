@@ -16,53 +16,47 @@ from comfy_api.latest import io, ui
 
 from ..ingredients_core import InputError
 from ..ingredients_core.weights import lora_keys
-from . import host, native_model, qformer_lora
+from . import host, qformer_lora
+from .schema import node_schema
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
-
 
 class LoraLoader(io.ComfyNode):
+    """Applies a CogVideoX LoRA to the Ingredients MODEL: kohya (lora_unet_...), PEFT/diffusers
+    (transformer.transformer_blocks.N...lora_A/lora_B, the format CogVideoX LoRAs are trained in) or
+    ComfyUI-native (blocks.N.q, attn_out, ff_proj, ...). Shows how many LoRA layers matched and names those that
+    did not."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsLoraLoader",
-            display_name="Ingredients LoRA",
-            category=CATEGORY,
-            description=("Applies a CogVideoX LoRA to the Ingredients MODEL: kohya (lora_unet_...), PEFT/diffusers "
-                         "(transformer.transformer_blocks.N...lora_A/lora_B, the format CogVideoX LoRAs are trained "
-                         "in) or ComfyUI-native (blocks.N.q, attn_out, ff_proj, ...). Shows how many LoRA layers "
-                         "matched and names those that did not."),
-            inputs=[
-                io.Model.Input("model", tooltip="The Ingredients MODEL (Load Ingredients Model's MODEL output, or "
-                                                "after Apply IDs or another LoRA)."),
-                io.Combo.Input("lora_name", options=host.lora_names(),
-                               tooltip="A LoRA file in ComfyUI's models/loras folder, trained for CogVideoX-5B "
-                                       "(I2V or T2V: the blocks are the same)."),
-                io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01,
-                               tooltip="How strongly the LoRA changes the weights: W + strength x alpha/rank x "
-                                       "up @ down; 0 leaves the MODEL unchanged, negative values subtract it."),
-            ],
-            outputs=[io.Model.Output("patched_model", display_name="model",
-                                     tooltip="A copy of the MODEL with the LoRA.")],
-        )
+        return node_schema(cls, "IngredientsLoraLoader", "Ingredients LoRA", inputs=[
+            io.Model.Input("model", tooltip="The Ingredients MODEL (Load Ingredients Model's MODEL output, or "
+                                            "after Apply IDs or another LoRA)."),
+            io.Combo.Input("lora_name", options=host.lora_names(),
+                           tooltip="A LoRA file in ComfyUI's models/loras folder, trained for CogVideoX-5B "
+                                   "(I2V or T2V: the blocks are the same)."),
+            io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01,
+                           tooltip="How strongly the LoRA changes the weights: W + strength x alpha/rank x "
+                                   "up @ down; 0 leaves the MODEL unchanged, negative values subtract it."),
+        ], outputs=[io.Model.Output("patched_model", display_name="model",
+                                    tooltip="A copy of the MODEL with the LoRA.")])
 
     @classmethod
     def execute(cls, model, lora_name: str, strength_model: float) -> io.NodeOutput:
-        native_model.transformer_of(model)  # another model family's MODEL is refused, naming the fix
+        host.transformer_of(model)  # another model family's MODEL is refused, naming the fix
         if strength_model == 0:
             return io.NodeOutput(model, ui=ui.PreviewText(f"LoRA {lora_name}: strength 0, not applied"))
         lora = host.load_lora_file(lora_name, "lora_name")
-        model_shapes = native_model.model_weight_shapes(model)
-        key_map = native_model.host_lora_key_map(model)
+        model_shapes = host.model_weight_shapes(model)
+        key_map = host.host_lora_key_map(model)
         key_map.update(lora_keys.lora_key_map(model_shapes))
         fit = lora_keys.match({k: tuple(v.shape) for k, v in lora.items()}, model_shapes, key_map)
         if not fit.matched:
             raise InputError(f"lora_name: none of the {fit.total} layers of {lora_name} fit the Ingredients "
                              f"transformer ({fit.summary(lora_name)}). Understood: {lora_keys.FORMATS}. Is it a "
                              "LoRA for CogVideoX-5B?")
-        patched, weights = native_model.apply_lora(model, lora, fit.key_map, strength_model)
+        patched, weights = host.apply_lora(model, lora, fit.key_map, strength_model)
         text = f"{_summary(fit, lora_name)} ({weights} weights patched, strength {strength_model:g})"
         if fit.unmatched or fit.wrong_shape:
             logger.warning("Ingredients LoRA: %s", text)

@@ -3,7 +3,7 @@
 ComfyUI calls ``IngredientsBaseModel.extra_conds`` once per conditioning entry when a sampler starts
 (after the MODEL is loaded, its object patches set and ``model.current_patcher`` set): the checks
 here run there, so a wiring the model cannot sample fails on the sampler node before the first step,
-with the fix. Plain Python on the objects ComfyUI hands over (no ComfyUI import; ``native_model.py``
+with the fix. Plain Python on the objects ComfyUI hands over (no ComfyUI import; ``host/model.py``
 calls it):
 
 - :func:`check_size`: a latent the checkpoint's learned positions do not cover (the pack sampler's

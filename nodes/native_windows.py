@@ -1,7 +1,7 @@
 """The native MODEL under ComfyUI's context windows (*Context Windows (Manual)*, *Ingredients Long
 Video*): a long latent sampled in windows of the checkpoint's own length along the frames.
 
-Plain Python on the objects ComfyUI hands over (no ComfyUI import; ``native_model.py`` calls it), so
+Plain Python on the objects ComfyUI hands over (no ComfyUI import; ``host/model.py`` calls it), so
 it reads both handlers: 0.33.0's (``resize_cond_for_context_window`` hook, ``causal_window_fix``,
 ``IndexListContextWindow.total_frames``) and 0.3.64's (neither: its handler leaves the 5-D canvas
 latent whole, and the model cuts it itself, :func:`canvas_for_call`).

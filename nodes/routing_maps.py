@@ -10,10 +10,10 @@ from comfy_api.latest import io
 from ..ingredients_core import InputError
 from . import host
 from .payloads import IngredientsRouting, RoutingType
+from .schema import node_schema
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
 STEPS = ["last", "mean"]
 
 
@@ -32,31 +32,26 @@ def _frames(frames, routing: IngredientsRouting):
 
 
 class RoutingMaps(io.ComfyNode):
+    """Shows which person the router gave each video region (one colour per person, in ID order: red, blue, green,
+    yellow; grey = nobody), over the decoded video or on a grey grid of the video's size. Feed the result to a
+    video or image saver or a preview."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsRoutingMaps",
-            display_name="Ingredients Routing Maps",
-            category=CATEGORY,
-            description=("Shows which person the router gave each video region (one colour per person, in ID "
-                         "order: red, blue, green, yellow; grey = nobody), over the decoded video or on a grey "
-                         "grid of the video's size. Feed the result to a video or image saver or a preview."),
-            inputs=[
-                RoutingType.Input("routing", tooltip="From Ingredients Sampler (its second output)."),
-                io.Image.Input("frames", optional=True,
-                               tooltip=("Optional: the decoded video (Ingredients Decode) to draw the maps over. "
-                                        "Without it: a grey grid (one cell per video token) at the video size.")),
-                io.Combo.Input("steps", options=STEPS, default="last",
-                               tooltip="last = the routing of the final step; mean = averaged over all steps."),
-                io.Int.Input("layer", default=-1, min=-1, max=63,
-                             tooltip=("-1 = mean over all routed layers; 0, 1, ... = one routed layer "
-                                      "(the released model has 21).")),
-                io.Float.Input("opacity", default=0.55, min=0.0, max=1.0, step=0.05,
-                               tooltip="How strongly the colours cover the frames (only with frames connected)."),
-            ],
-            outputs=[io.Image.Output("maps", display_name="maps",
-                                     tooltip="The routing maps as IMAGE frames (frames, height, width, 3).")],
-        )
+        return node_schema(cls, "IngredientsRoutingMaps", "Ingredients Routing Maps", inputs=[
+            RoutingType.Input("routing", tooltip="From Ingredients Sampler (its second output)."),
+            io.Image.Input("frames", optional=True,
+                           tooltip=("Optional: the decoded video (Ingredients Decode) to draw the maps over. "
+                                    "Without it: a grey grid (one cell per video token) at the video size.")),
+            io.Combo.Input("steps", options=STEPS, default="last",
+                           tooltip="last = the routing of the final step; mean = averaged over all steps."),
+            io.Int.Input("layer", default=-1, min=-1, max=63,
+                         tooltip=("-1 = mean over all routed layers; 0, 1, ... = one routed layer "
+                                  "(the released model has 21).")),
+            io.Float.Input("opacity", default=0.55, min=0.0, max=1.0, step=0.05,
+                           tooltip="How strongly the colours cover the frames (only with frames connected)."),
+        ], outputs=[io.Image.Output("maps", display_name="maps",
+                                    tooltip="The routing maps as IMAGE frames (frames, height, width, 3).")])
 
     @classmethod
     def execute(cls, routing: IngredientsRouting, steps: str, layer: int, opacity: float,

@@ -13,7 +13,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ingredients_core import InputError
-from . import host, native_model, native_windows
+from . import host, native_windows
 from .apply_ids import put_ids, routing_payload
 from .payloads import (
     IngredientsLatents,
@@ -28,22 +28,12 @@ from .payloads import (
     RoutingType,
     VAEType,
 )
-from .image_to_video import MAX_LONG_FRAMES
 from .preview import fit_rgb_factors, preview_frame
+from .schema import MAX_SEED, node_schema, size_inputs, video_settings
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
 SCHEDULERS = ["dpm", "ddim"]
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
-
-
-def _settings(**values):
-    from ..ingredients_core.sampling.pipeline import GenerationSettings
-
-    settings = GenerationSettings(**values)
-    settings.validate()
-    return settings
 
 
 def _check_frames(config, settings, patched_model) -> None:
@@ -95,15 +85,15 @@ def _sampled_model(model: IngredientsModel, patched_model, routed: IngredientsRo
     loader's own, with the IDs put on as Apply IDs puts them, the official dynamic CFG and TeaCache
     (the Ingredients TeaCache node's patch) when on."""
     base = model.patcher if patched_model is None else patched_model
-    if patched_model is not None and native_model.transformer_of(patched_model) is not model.transformer:
+    if patched_model is not None and host.transformer_of(patched_model) is not model.transformer:
         raise InputError("patched_model: this MODEL is not the model's transformer (another Load Ingredients Model "
                          "or settings): connect the MODEL output of the same Load Ingredients Model as model, "
                          "after your MODEL patches.")
     sampled = put_ids(base, routed)
     if settings.dynamic_cfg:
-        sampled = native_model.with_dynamic_cfg(sampled)
+        sampled = host.with_dynamic_cfg(sampled)
     if settings.teacache > 0:
-        sampled = native_model.with_teacache(sampled, settings.teacache)
+        sampled = host.with_teacache(sampled, settings.teacache)
     return sampled
 
 
@@ -157,106 +147,91 @@ def sample_from(sampled, positive: torch.Tensor, negative: torch.Tensor, concat:
     values = {"concat_latent_image": concat}
     guided = settings.cfg > 1.0  # the official loop runs no guidance at 1 or less; ComfyUI's at exactly 1
     result: list = []
-    native_model.sample(
+    host.sample(
         sampled, noise, settings.cfg if guided else 1.0,
-        native_model.official_sampler(settings.scheduler, generator, result),
-        official_sigmas(native_model.model_sampling(sampled), settings.steps),
-        native_model.conditioning_with([[positive, {}]], values),
-        native_model.conditioning_with([[negative if negative is not None else positive, {}]], values),
+        host.official_sampler(settings.scheduler, generator, result),
+        official_sigmas(host.model_sampling(sampled), settings.steps),
+        host.conditioning_with([[positive, {}]], values),
+        host.conditioning_with([[negative if negative is not None else positive, {}]], values),
         callback, settings.seed)
     return result[-1].to(host.output_device())
 
 
 class Sampler(io.ComfyNode):
+    """Generates the video latents: the face canvas starts the video, the prompt guides it, the routed ID tokens
+    keep each person's identity. Also records which person the router gave each region (routing, for Routing
+    Maps). Official defaults: 720 x 480, 49 frames, 50 dpm steps, cfg 6."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsSampler",
-            display_name="Ingredients Sampler",
-            category=CATEGORY,
-            description=("Generates the video latents: the face canvas starts the video, the prompt guides it, "
-                         "the routed ID tokens keep each person's identity. Also records which person the "
-                         "router gave each region (routing, for Routing Maps). Official defaults: 720 x 480, "
-                         "49 frames, 50 dpm steps, cfg 6."),
-            inputs=[
-                ModelType.Input("model", tooltip="From Load Ingredients Model."),
-                PromptType.Input("prompt", tooltip="From an Ingredients Encode Prompt node."),
-                RoutedIDsType.Input("routed_ids", tooltip="From Ingredients Route IDs."),
-                VAEType.Input("vae", tooltip="From Load Ingredients VAE (encodes the face canvas)."),
-                io.Int.Input("width", default=720, min=16, max=2048, step=16,
-                             tooltip="Video width in pixels (multiple of 16). The released model needs 720."),
-                io.Int.Input("height", default=480, min=16, max=2048, step=16,
-                             tooltip="Video height in pixels (multiple of 16). The released model needs 480."),
-                io.Int.Input("frames", default=49, min=1, max=MAX_LONG_FRAMES, step=4,
-                             tooltip=("Number of frames, 4k+1 (1, 5, ..., 49). The released model makes 49; more "
-                                      "(97, 145, 193, ...) with Ingredients Long Video on the MODEL (its frames "
-                                      "output connects here), else refused.")),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (official: 50)."),
-                io.Float.Input("cfg", default=6.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance scale (official: 6). 1 or less disables guidance."),
-                io.Int.Input("seed", default=42, min=0, max=MAX_SEED, control_after_generate=True,
-                             tooltip="Seed of every random draw (canvas latent, noise, scheduler)."),
-                io.Combo.Input("scheduler", options=SCHEDULERS, default="dpm",
-                               tooltip=("dpm = CogVideoXDPMScheduler (official, stochastic); "
-                                        "ddim = CogVideoXDDIMScheduler.")),
-                io.Boolean.Input("dynamic_cfg", default=False,
-                                 tooltip="CogVideoX dynamic guidance (cfg rises over the run). Official: off."),
-                io.Float.Input("teacache", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
-                               tooltip=("TeaCache threshold: skip transformer evaluations that change little "
-                                        "(0 = off, every step computed). 0.10 to 0.20 are the published CogVideoX-5B "
-                                        "settings (about 1.6x to 2.7x faster); the skipped count shows on the node.")),
-                io.Model.Input("patched_model", optional=True,
-                               tooltip=("Optional: the MODEL output of the same Load Ingredients Model after MODEL "
-                                        "patches (LoRA loaders, EasyCache, TorchCompileModel, ...); the Sampler "
-                                        "samples it, so every patch applies. Empty: the loader's MODEL.")),
-            ],
-            outputs=[LatentsType.Output("latents", display_name="latents",
-                                        tooltip="The denoised video latents, for Ingredients Decode."),
-                     RoutingType.Output("routing", display_name="routing",
-                                        tooltip=("Which person the router gave each video region, per routed "
-                                                 "layer (last step and mean over steps), for Routing Maps."))],
-        )
+        return node_schema(cls, "IngredientsSampler", "Ingredients Sampler", inputs=[
+            ModelType.Input("model", tooltip="From Load Ingredients Model."),
+            PromptType.Input("prompt", tooltip="From an Ingredients Encode Prompt node."),
+            RoutedIDsType.Input("routed_ids", tooltip="From Ingredients Route IDs."),
+            VAEType.Input("vae", tooltip="From Load Ingredients VAE (encodes the face canvas)."),
+            *size_inputs(),
+            io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (official: 50)."),
+            io.Float.Input("cfg", default=6.0, min=0.0, max=30.0, step=0.1,
+                           tooltip="Classifier-free guidance scale (official: 6). 1 or less disables guidance."),
+            io.Int.Input("seed", default=42, min=0, max=MAX_SEED, control_after_generate=True,
+                         tooltip="Seed of every random draw (canvas latent, noise, scheduler)."),
+            io.Combo.Input("scheduler", options=SCHEDULERS, default="dpm",
+                           tooltip=("dpm = CogVideoXDPMScheduler (official, stochastic); "
+                                    "ddim = CogVideoXDDIMScheduler.")),
+            io.Boolean.Input("dynamic_cfg", default=False,
+                             tooltip="CogVideoX dynamic guidance (cfg rises over the run). Official: off."),
+            io.Float.Input("teacache", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                           tooltip=("TeaCache threshold: skip transformer evaluations that change little "
+                                    "(0 = off, every step computed). 0.10 to 0.20 are the published CogVideoX-5B "
+                                    "settings (about 1.6x to 2.7x faster); the skipped count shows on the node.")),
+            io.Model.Input("patched_model", optional=True,
+                           tooltip=("Optional: the MODEL output of the same Load Ingredients Model after MODEL "
+                                    "patches (LoRA loaders, EasyCache, TorchCompileModel, ...); the Sampler "
+                                    "samples it, so every patch applies. Empty: the loader's MODEL.")),
+        ], outputs=[LatentsType.Output("latents", display_name="latents",
+                                       tooltip="The denoised video latents, for Ingredients Decode."),
+                    RoutingType.Output("routing", display_name="routing",
+                                       tooltip=("Which person the router gave each video region, per routed "
+                                                "layer (last step and mean over steps), for Routing Maps."))])
 
     @classmethod
     def execute(cls, model: IngredientsModel, prompt: IngredientsPrompt, routed_ids: IngredientsRoutedIDs,
                 vae: IngredientsVAE, width: int, height: int, frames: int, steps: int, cfg: float, seed: int,
                 scheduler: str, dynamic_cfg: bool, teacache: float = 0.0, patched_model=None) -> io.NodeOutput:
-        settings = _settings(height=height, width=width, frames=frames, steps=steps, cfg=cfg, seed=seed,
+        settings = video_settings(height=height, width=width, frames=frames, steps=steps, cfg=cfg, seed=seed,
                              scheduler=scheduler, dynamic_cfg=dynamic_cfg, teacache=teacache)
         _check_frames(model.transformer.config, settings, patched_model)
         _check_prompt(prompt, model.transformer.config)
         _check_masks(routed_ids, frames)
         host.check_interrupt()
         latents, sampled = run_sampler(model, prompt, routed_ids, vae, settings, patched_model)
-        cache = native_model.teacache_report(sampled) if teacache > 0 else None
+        cache = host.teacache_report(sampled) if teacache > 0 else None
         summary = (cache.summary() if cache is not None
                    else f"TeaCache off: {steps} of {steps} transformer evaluations computed")
         logger.info("Ingredients Sampler: %s", summary)
-        recorder = native_model.ids_patch(sampled).recorder
+        recorder = host.ids_patch(sampled).recorder
         routing = routing_payload(recorder.finished if recorder is not None else None, height, width, frames)
         return io.NodeOutput(IngredientsLatents(latents.to(host.output_device()), height, width, frames), routing,
                              ui=ui.PreviewText(summary))
 
 
+def _decode_inputs(latents) -> list:
+    """The inputs of both decode nodes: the VAE, ``latents`` (the node's own latents input), tiling."""
+    return [VAEType.Input("vae", tooltip="From Load Ingredients VAE."), latents,
+            io.Boolean.Input("tiling", default=True, tooltip=("Decode in tiles: much less memory, tiny seams at "
+                                                              "most. Off = the official decode."))]
+
+
 class Decode(io.ComfyNode):
+    """Decodes the video latents to IMAGE frames (one image per frame) for ComfyUI's video and image savers."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsDecode",
-            display_name="Ingredients Decode",
-            category=CATEGORY,
-            description=("Decodes the video latents to IMAGE frames (one image per frame) for ComfyUI's video "
-                         "and image savers."),
-            inputs=[
-                VAEType.Input("vae", tooltip="From Load Ingredients VAE."),
-                LatentsType.Input("latents", tooltip="From Ingredients Sampler."),
-                io.Boolean.Input("tiling", default=True,
-                                 tooltip=("Decode in tiles: much less memory, tiny seams at most. "
-                                          "Off = the official decode.")),
-            ],
-            outputs=[io.Image.Output("frames", display_name="frames",
-                                     tooltip="The video frames as an IMAGE batch (frames, height, width, 3).")],
-        )
+        latents = LatentsType.Input("latents", tooltip="From Ingredients Sampler.")
+        frames = io.Image.Output("frames", display_name="frames",
+                                 tooltip="The video frames as an IMAGE batch (frames, height, width, 3).")
+        return node_schema(cls, "IngredientsDecode", "Ingredients Decode", inputs=_decode_inputs(latents),
+                           outputs=[frames])
 
     @classmethod
     def execute(cls, vae: IngredientsVAE, latents: IngredientsLatents, tiling: bool) -> io.NodeOutput:
@@ -298,27 +273,19 @@ def _latent_samples(samples) -> torch.Tensor:
 
 
 class DecodeLatent(io.ComfyNode):
+    """Decodes a ComfyUI video LATENT (from KSampler or SamplerCustomAdvanced on the Ingredients MODEL) with the
+    Ingredients VAE to IMAGE frames. ComfyUI's own VAE Decode with a CogVideoX VAE file (VAELoader, ComfyUI 0.21
+    and later) decodes the same LATENT."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsDecodeLatent",
-            display_name="Ingredients Decode LATENT",
-            category=CATEGORY,
-            description=("Decodes a ComfyUI video LATENT (from KSampler or SamplerCustomAdvanced on the Ingredients "
-                         "MODEL) with the Ingredients VAE to IMAGE frames. ComfyUI's own VAE Decode with a "
-                         "CogVideoX VAE file (VAELoader, ComfyUI 0.21 and later) decodes the same LATENT."),
-            inputs=[
-                VAEType.Input("vae", tooltip="From Load Ingredients VAE."),
-                io.Latent.Input("samples", tooltip=("The sampled video LATENT (B, 16, frames, h, w), in raw VAE "
-                                                     "units as ComfyUI's samplers return it.")),
-                io.Boolean.Input("tiling", default=True,
-                                 tooltip=("Decode in tiles: much less memory, tiny seams at most. "
-                                          "Off = the official decode.")),
-            ],
-            outputs=[io.Image.Output("frames", display_name="frames",
-                                     tooltip=("The video frames as an IMAGE batch (videos x frames, height, width, "
-                                              "3), video after video."))],
-        )
+        samples = io.Latent.Input("samples", tooltip=("The sampled video LATENT (B, 16, frames, h, w), in raw VAE "
+                                                      "units as ComfyUI's samplers return it."))
+        frames = io.Image.Output("frames", display_name="frames",
+                                 tooltip="The video frames as an IMAGE batch (videos x frames, height, width, 3), "
+                                         "video after video.")
+        return node_schema(cls, "IngredientsDecodeLatent", "Ingredients Decode LATENT",
+                           inputs=_decode_inputs(samples), outputs=[frames])
 
     @classmethod
     def execute(cls, vae: IngredientsVAE, samples: dict, tiling: bool) -> io.NodeOutput:

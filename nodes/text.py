@@ -20,10 +20,10 @@ from comfy_api.latest import io, ui
 from ..ingredients_core import InputError
 from . import host
 from .payloads import IngredientsPrompt, IngredientsT5, PromptType, T5Type
+from .schema import node_schema
 
 logger = logging.getLogger(__name__)
 
-CATEGORY = "Ingredients"
 TOKENS = 226
 T5_KEY = "t5xxl"
 PROMPT_TOOLTIP = ("What happens in the video. T5 reads at most 226 tokens; longer prompts are cut "
@@ -61,17 +61,13 @@ def _prompt_inputs() -> list:
 
 
 class EncodePrompt(io.ComfyNode):
+    """Encodes prompt and negative prompt with the T5 of the Ingredients folder, as the official pipeline does."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsEncodePrompt",
-            display_name="Ingredients Encode Prompt (T5)",
-            category=CATEGORY,
-            description=("Encodes prompt and negative prompt with the T5 of the Ingredients folder, as the "
-                         "official pipeline does."),
-            inputs=[T5Type.Input("t5", tooltip="From Load Ingredients T5."), *_prompt_inputs()],
-            outputs=_outputs(),
-        )
+        return node_schema(cls, "IngredientsEncodePrompt", "Ingredients Encode Prompt (T5)",
+                           inputs=[T5Type.Input("t5", tooltip="From Load Ingredients T5."), *_prompt_inputs()],
+                           outputs=_outputs())
 
     @classmethod
     def execute(cls, t5: IngredientsT5, prompt: str, negative_prompt: str) -> io.NodeOutput:
@@ -128,19 +124,14 @@ def _official_length(batches: list) -> list:
 
 
 class EncodePromptCLIP(io.ComfyNode):
+    """Encodes prompt and negative prompt with a native ComfyUI T5-XXL (CLIPLoader type sd3 with a t5xxl file, or
+    cogvideox), padded to 226 tokens, t5xxl part only."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="IngredientsEncodePromptCLIP",
-            display_name="Ingredients Encode Prompt (CLIP)",
-            category=CATEGORY,
-            description=("Encodes prompt and negative prompt with a native ComfyUI T5-XXL (CLIPLoader type sd3 "
-                         "with a t5xxl file, or cogvideox), padded to 226 tokens, t5xxl part only."),
-            inputs=[io.Clip.Input("clip", tooltip=("A CLIP holding T5-XXL: CLIPLoader type sd3 (t5xxl file) "
-                                                   "or cogvideox.")),
-                    *_prompt_inputs()],
-            outputs=_outputs(),
-        )
+        clip = io.Clip.Input("clip", tooltip="A CLIP holding T5-XXL: CLIPLoader type sd3 (t5xxl file) or cogvideox.")
+        return node_schema(cls, "IngredientsEncodePromptCLIP", "Ingredients Encode Prompt (CLIP)",
+                           inputs=[clip, *_prompt_inputs()], outputs=_outputs())
 
     @classmethod
     def execute(cls, clip, prompt: str, negative_prompt: str) -> io.NodeOutput:

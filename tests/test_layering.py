@@ -103,6 +103,44 @@ def test_every_library_folder_says_what_lives_there():
     assert top == ["__init__.py", "__main__.py"], top
 
 
+#: ComfyUI's own top-level modules (``nodes`` is ComfyUI's, imported absolutely; the pack's is relative).
+COMFYUI_MODULES = {"comfy", "folder_paths", "node_helpers", "latent_preview", "server", "execution", "nodes"}
+
+
+def _absolute_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import in a file, at the top or inside a function."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.append((node.lineno, node.module or ""))
+    return found
+
+
+def _is_comfyui(module: str) -> bool:
+    top = module.split(".")[0]
+    return top in COMFYUI_MODULES or (top.startswith("comfy_") and top != "comfy_api")  # comfy_extras, ...
+
+
+def test_only_the_host_room_meets_comfyui():
+    """ComfyUI is imported under ``nodes/host/`` only; the other node files reach it through the room's
+    interface (``nodes.host``, not its files) and the V3 schema (``comfy_api``)."""
+    offenders = []
+    for path in sorted((REPO / "nodes").rglob("*.py")):
+        where = path.relative_to(REPO)
+        in_room = where.parts[:2] == ("nodes", "host")
+        if not in_room:
+            offenders.extend(f"{where}:{line} imports {module}" for line, module in _absolute_imports(path)
+                             if _is_comfyui(module))
+    for module, targets in _pack_imports().items():
+        if module.startswith("nodes.") and not module.startswith("nodes.host"):
+            offenders.extend(f"{module} imports {t} (use nodes.host)" for t in targets if t.startswith("nodes.host."))
+    assert not offenders, "ComfyUI outside nodes/host/: " + ", ".join(offenders)
+
+
 def test_no_import_circles_in_the_pack():
     graph = _pack_imports()
     index, low, stack, on_stack, circles = {}, {}, [], set(), []

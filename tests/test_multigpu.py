@@ -69,7 +69,7 @@ def patched_model(nodes, payload, model, case, mode: str, teacache: float = 0.0)
                                                                mask_1=mask).args[0]
     patched = nodes["IngredientsApplyIDs"].execute(model=model, routed_ids=routed).args[0]
     if teacache:
-        patched = harness.pack_module("nodes.native_model").with_teacache(patched, teacache)
+        patched = harness.pack_module("nodes.host").with_teacache(patched, teacache)
     return patched
 
 
@@ -107,8 +107,8 @@ def test_the_split_runs_cond_and_uncond_on_two_clones_at_once(nodes, mode_case, 
     split = comfy("comfy.multigpu").create_multigpu_deepclones(patched, max_gpus=2)
     clone, = split.get_additional_models_with_key("multigpu")
     assert clone.model is not split.model and clone.load_device == torch.device("cpu", 0)
-    native_model = harness.pack_module("nodes.native_model")
-    assert native_model.ids_patch(clone) is native_model.ids_patch(split)  # one patch, shared by the clones
+    host = harness.pack_module("nodes.host")
+    assert host.ids_patch(clone) is host.ids_patch(split)  # one patch, shared by the clones
     seen = []
     original = type(split.model).apply_model
 
@@ -150,13 +150,13 @@ def test_teacache_under_a_concurrent_split(nodes, two_devices, monkeypatch):
     case = case_for(loaded["payload"])
     patched = patched_model(nodes, loaded["payload"], loaded["model"], case, "per_sample", teacache=0.3)
     split = comfy("comfy.multigpu").create_multigpu_deepclones(patched, max_gpus=2)
-    native_model = harness.pack_module("nodes.native_model")
+    host = harness.pack_module("nodes.host")
     concurrent, _ = run(nodes, split, case)
-    report = native_model.teacache_report(split)
+    report = host.teacache_report(split)
     monkeypatch.setattr(comfy("comfy.multigpu"), "MultiGPUThreadPool", SerialPool)
     serial, _ = run(nodes, split, case)
     assert torch.equal(concurrent, serial)
-    assert report.skipped_steps == native_model.teacache_report(split).skipped_steps
+    assert report.skipped_steps == host.teacache_report(split).skipped_steps
 
 
 def test_the_run_cache_makes_each_entry_once_under_concurrent_calls():

@@ -184,7 +184,7 @@ def golden(nodes, tmp_path_factory, golden_dir):
     from safetensors.torch import load_file
 
     folder = write_golden_checkpoint(golden_dir, tmp_path_factory.mktemp("golden"))
-    native = harness.pack_module("nodes.native_model")
+    native = harness.pack_module("nodes.host")
     host = harness.pack_module("nodes.host")
     transformer = load_transformer(folder, dtype=torch.float32, device="cpu",
                                    **host.transformer_layers(torch.float32, torch.float32))
@@ -268,7 +268,7 @@ def test_apply_ids_twice_replaces_with_a_warning(nodes, loaded, caplog):
     with caplog.at_level(logging.WARNING):
         second = _apply(nodes, first, _routed(payload, 3, seed=3))
     assert "REPLACED" in caplog.text and "2 people" in caplog.text and "3 people" in caplog.text
-    native = harness.pack_module("nodes.native_model")
+    native = harness.pack_module("nodes.host")
     assert native.ids_patch(second).num_ids == 3 and native.ids_patch(first).num_ids == 2
     assert native.ids_patch(model) is None  # Apply IDs works on a clone
     assert len(second.get_wrappers("outer_sample", native.WRAPPER_KEY)) == 1
@@ -337,7 +337,7 @@ def test_the_model_keeps_nothing_outside_parameters_and_works_on_the_fake_gpu(no
     x_t, image, text = _inputs(payload.transformer.config, seed=11)
     on_cpu = native_x0(patched, x_t, image, text, 500, cond_or_uncond=UNCOND_COND)
     with fake_gpu.two_devices():
-        native = harness.pack_module("nodes.native_model")  # a MODEL made while the fake GPU is the device
+        native = harness.pack_module("nodes.host")  # a MODEL made while the fake GPU is the device
         gpu_model = native.model_patcher(payload.transformer, torch.float32, torch.float32, "official", payload.folder)
         gpu_patched = _apply(nodes, gpu_model, _routed(payload, 2, routing_mode="per_sample",
                                                        mask_1=_mask(1, "left")))

@@ -15,7 +15,7 @@ from ingredients_core.testing import tiny_models  # noqa: E402
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
     harness.load_pack(tiny_models.shared_models_dir(tmp_path_factory))
-    yield harness.pack_module("nodes.native_model")
+    yield harness.pack_module("nodes.host")
     harness.unload_pack()
 
 

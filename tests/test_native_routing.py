@@ -86,7 +86,7 @@ def native_run(nodes, model, routed, inputs, starts, timesteps, split: bool):
     guider = types.SimpleNamespace(model_options=patched.model_options)
     wrappers = pe.get_all_wrappers(pe.WrappersMP.OUTER_SAMPLE, {"wrappers": patched.wrappers})
     pe.WrapperExecutor.new_class_executor(sample, guider, wrappers).execute()
-    assert harness.pack_module("nodes.native_model").ids_patch(patched)._run is None  # dropped after the run
+    assert harness.pack_module("nodes.host").ids_patch(patched)._run is None  # dropped after the run
     return nodes["IngredientsModelRouting"].execute(model=patched, samples={"samples": starts[-1]}).args[0]
 
 

@@ -314,7 +314,7 @@ def golden(nodes, golden_dir):
         folder = write_golden_checkpoint(golden_dir, Path(tmp))
         transformer = load_transformer(folder, dtype=torch.float32, device="cpu",
                                        **host.transformer_layers(torch.float32, torch.float32))
-    model = harness.pack_module("nodes.native_model").model_patcher(transformer, torch.float32, torch.float32,
+    model = harness.pack_module("nodes.host").model_patcher(transformer, torch.float32, torch.float32,
                                                                     "official", folder)
     inputs = load_file(str(golden_dir / "inputs.safetensors"))
     tokens, routed = golden_ids.routed_golden_ids(transformer, inputs, folder)
@@ -355,9 +355,9 @@ def _golden_ingredients_sampler(golden, scheduler, steps, seed):
     """The Ingredients Sampler's sampling (``nodes.sampling.sample_from``) from the golden start."""
     sampling = harness.pack_module("nodes.sampling")
     inputs = golden["inputs"]
-    settings = sampling._settings(height=golden["case"]["height_px"], width=golden["case"]["width_px"],
-                                  frames=golden["case"]["num_frames"], steps=steps, cfg=6.0, seed=seed,
-                                  scheduler=scheduler, dynamic_cfg=False)
+    settings = sampling.video_settings(height=golden["case"]["height_px"], width=golden["case"]["width_px"],
+                                       frames=golden["case"]["num_frames"], steps=steps, cfg=6.0, seed=seed,
+                                       scheduler=scheduler, dynamic_cfg=False)
     sampled = sampling.put_ids(golden["model"], golden["routed"])
     latents = sampling.sample_from(sampled, inputs["prompt_embeds"], inputs["negative_prompt_embeds"],
                                    inputs["image_latents"].transpose(1, 2) / SCALE,

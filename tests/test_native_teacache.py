@@ -1,4 +1,4 @@
-"""TeaCache as a MODEL patch (*Ingredients TeaCache*, ``native_model.with_teacache``; issue 19 item 3):
+"""TeaCache as a MODEL patch (*Ingredients TeaCache*, ``host.with_teacache``; issue 19 item 3):
 the same skipped steps and the same latents as the pack sampler's TeaCache, through
 SamplerCustomAdvanced (the official SAMPLER and sigmas) and KSampler, on the stand-ins.
 
@@ -28,8 +28,8 @@ STEPS = 6
 TOLERANCE = 1e-5  # native vs pack, relative to the largest latent: as the uncached native-vs-pack tests
 
 
-def native_model():
-    return harness.pack_module("nodes.native_model")
+def host_room():
+    return harness.pack_module("nodes.host")
 
 
 def step_cache():
@@ -42,7 +42,7 @@ def variant(transformer, scale: float):
     transformer = copy.deepcopy(transformer)
     with torch.no_grad():
         transformer.time_embedding.linear_1.weight.mul_(scale)
-    model = native_model().model_patcher(transformer, torch.float32, torch.float32, "official", None)
+    model = host_room().model_patcher(transformer, torch.float32, torch.float32, "official", None)
     return transformer, model
 
 
@@ -72,9 +72,9 @@ def block_runs(transformer):
 
 
 def custom_advanced(model, case, nodes, scheduler="ddim", threshold=None, steps=STEPS):  # noqa: F811
-    cached = model if threshold is None else native_model().with_teacache(model, threshold)
+    cached = model if threshold is None else host_room().with_teacache(model, threshold)
     out = sampler_custom_advanced(cached, case, official(nodes, scheduler), official_sigmas(nodes, model, steps))
-    return out, native_model().teacache_report(cached)
+    return out, host_room().teacache_report(cached)
 
 
 # -- today's path, and the same through the MODEL ----------------------------------------------------
@@ -111,13 +111,13 @@ def test_threshold_0_is_exactly_uncached_and_removes_an_earlier_teacache(tiny, c
     plain, _ = custom_advanced(model, case, nodes)
     off, report = custom_advanced(model, case, nodes, threshold=0.0)
     assert torch.equal(off, plain) and report is None
-    cached = native_model().with_teacache(model, 0.3)
+    cached = host_room().with_teacache(model, 0.3)
     removed = nodes["IngredientsTeaCache"].execute(model=cached, threshold=0.0).args[0]
     assert torch.equal(custom_advanced(removed, case, nodes)[0], plain)
-    assert native_model().teacache_report(removed) is None
+    assert host_room().teacache_report(removed) is None
     assert "ingredients_teacache" not in model.model_options.get("transformer_options", {})  # input untouched
     with pytest.raises(ValueError, match="threshold"):
-        native_model().with_teacache(model, -0.1)
+        host_room().with_teacache(model, -0.1)
 
 
 def test_split_cond_and_uncond_calls_take_the_batched_decisions(tiny, case, nodes, monkeypatch):  # noqa: F811
@@ -136,9 +136,9 @@ def test_split_cond_and_uncond_calls_take_the_batched_decisions(tiny, case, node
 
 def test_the_model_patch_with_ksampler(tiny, case):
     _, model = tiny
-    cached = native_model().with_teacache(model, 0.3)
+    cached = host_room().with_teacache(model, 0.3)
     out = ksampler(cached, case, STEPS)
-    report = native_model().teacache_report(cached)
+    report = host_room().teacache_report(cached)
     assert report.skipped_steps == [1, 2, 3, 4] and report.evaluations == 2
     assert torch.isfinite(out).all() and relative(out, ksampler(model, case, STEPS)) > 1e-3
 
@@ -158,20 +158,20 @@ def _two_calls_per_step(model, x, sigmas, extra_args=None, callback=None, disabl
 def test_two_calls_per_step_count_as_one_step(tiny, case, nodes):  # noqa: F811
     transformer, model = tiny
     sampler = comfy("comfy.samplers").KSAMPLER(_two_calls_per_step)
-    cached = native_model().with_teacache(model, 0.3)
+    cached = host_room().with_teacache(model, 0.3)
     runs, handle = block_runs(transformer)
     try:
         sampler_custom_advanced(cached, case, sampler, official_sigmas(nodes, model, STEPS))
     finally:
         handle.remove()
-    report = native_model().teacache_report(cached)
+    report = host_room().teacache_report(cached)
     assert report.skipped + report.evaluations == STEPS and report.skipped_steps == [1, 2, 3, 4]
     assert len(runs) == 2 * report.evaluations  # both calls of a computed step ran, none of a skipped one
 
 
 def test_a_run_keeps_nothing_and_calls_outside_a_run_compute(tiny, case, nodes):  # noqa: F811
     transformer, model = tiny
-    cached = native_model().with_teacache(model, 0.3)
+    cached = host_room().with_teacache(model, 0.3)
     patch = cached.model_options["transformer_options"]["ingredients_teacache"]
     custom_advanced(cached, case, nodes)
     assert patch._run is None and patch.last._residuals == {} and patch.last._previous is None
@@ -194,7 +194,7 @@ def test_a_run_keeps_nothing_and_calls_outside_a_run_compute(tiny, case, nodes):
 def test_without_a_schedule_every_step_is_computed_and_named_once(tiny, case, nodes, caplog,  # noqa: F811
                                                                   monkeypatch):
     transformer, model = tiny
-    cached = native_model().with_teacache(model, 0.3)
+    cached = host_room().with_teacache(model, 0.3)
     guider = comfy("comfy.samplers").CFGGuider
     monkeypatch.setattr(guider, "inner_sample", _drop_schedule(guider.inner_sample))
     runs, handle = block_runs(transformer)

@@ -79,8 +79,8 @@ class Spy:
         self.calls = []
         base = model.model
         forward = base._diffusion_forward
-        native_model = harness.pack_module("nodes.native_model")
-        step_inputs = native_model._step_inputs
+        model_module = harness.pack_module("nodes.host.model")
+        step_inputs = model_module._step_inputs
 
         def diffusion_forward(xc, timestep, context, control, options):
             window = options.get("context_window")
@@ -90,13 +90,13 @@ class Spy:
 
         def spy_step_inputs(model_, patch, hidden, options, timestep):
             ids, routing, order = step_inputs(model_, patch, hidden, options, timestep)
-            self.calls[-1].update(position=native_model._position(model_, options, timestep),
+            self.calls[-1].update(position=model_module._position(model_, options, timestep),
                                   bias=None if routing.logit_bias is None else routing.logit_bias.clone(),
                                   active=routing.on)
             return ids, routing, order
 
         monkeypatch.setattr(base, "_diffusion_forward", diffusion_forward)
-        monkeypatch.setattr(native_model, "_step_inputs", spy_step_inputs)
+        monkeypatch.setattr(model_module, "_step_inputs", spy_step_inputs)
 
 
 # -- a window as long as the video is the plain run ------------------------------------------------
@@ -152,7 +152,7 @@ def test_every_window_gets_the_canvas_latent_in_its_first_frame(nodes, loaded, m
 def test_routing_masks_are_the_windows_frames_and_steps_count_as_without_windows(nodes, loaded, monkeypatch):
     config, case, spy, _, long = _long_run(nodes, loaded, monkeypatch)
     routing = harness.pack_module("ingredients_core.routing.plan")
-    patch = harness.pack_module("nodes.native_model").ids_patch(long)
+    patch = harness.pack_module("nodes.host").ids_patch(long)
     grid = (5, config.sample_height // config.patch_size, config.sample_width // config.patch_size)
     whole = routing.RoutingPlan(patch.options, patch.num_ids, grid, config.local_face_scale, torch.device("cpu"))
     per_frame = whole.token_masks.view(grid[0], -1, patch.num_ids) * patch.options.mask_strength
@@ -173,7 +173,7 @@ def test_routing_maps_cover_every_frame(nodes, loaded, monkeypatch):
     assert routing.frames == 17
     maps = nodes["IngredientsRoutingMaps"].execute(routing=routing, steps="mean", layer=-1, opacity=0.5).args[0]
     assert maps.shape[0] == 17
-    recorded = harness.pack_module("nodes.native_model").ids_patch(long).recorder.finished
+    recorded = harness.pack_module("nodes.host").ids_patch(long).recorder.finished
     per_frame = recorded.maps("last")  # (F, rows, cols, P): every frame routed (weights sum to 1 per token)
     torch.testing.assert_close(per_frame.sum(-1), torch.ones(per_frame.shape[:-1]), rtol=0, atol=1e-5)
 

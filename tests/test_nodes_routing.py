@@ -84,7 +84,7 @@ def test_strength_zero_leaves_a_person_out_of_the_routing(nodes, graph):
 
 def test_recording_does_not_change_the_latents(nodes, graph, monkeypatch):
     sampling = harness.pack_module("nodes.sampling")
-    native_model = harness.pack_module("nodes.native_model")
+    host = harness.pack_module("nodes.host")
     left, right = halves()
     routed = route(nodes, graph, mask_1=left, mask_2=right, mask_strength=2.0)
     latents, routing = sample_routing(nodes, graph, routed)
@@ -93,7 +93,7 @@ def test_recording_does_not_change_the_latents(nodes, graph, monkeypatch):
 
     def unrecorded(model, routed_ids):
         patched = put_ids(model, routed_ids)
-        native_model.ids_patch(patched).recorder = None
+        host.ids_patch(patched).recorder = None
         return patched
 
     monkeypatch.setattr(sampling, "put_ids", unrecorded)

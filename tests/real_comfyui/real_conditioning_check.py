@@ -4,7 +4,7 @@
 (where ComfyUI has it), ``sd3`` as loaded, and ``sd3`` after the core *T5TokenizerOptions* node
 (min_length 226), for a short and a long prompt. ``vae``: ComfyUI's real ``comfy.sd.VAE`` on a
 full-size CogVideoX VAE state dict (diffusers' default config, seeded random weights): whether the
-pack sees it as CogVideoX (``native_model.is_cogvideox_vae``), the largest relative difference between
+pack sees it as CogVideoX (``host.is_cogvideox_vae``), the largest relative difference between
 Image to Video's ``comfy_vae`` canvas latent and the diffusers latent mean, and the largest
 difference between ComfyUI's decode and the pack's of the same raw latents. ComfyUI 0.3.x has no
 CogVideoX VAE: ``cogvideox`` is false there (with the load error, if any).
@@ -76,7 +76,7 @@ def vae_check(pack_dir: str) -> dict:
 
     text_node = load_pack(pack_dir)
     pack = text_node.__name__.removesuffix(".nodes.text")
-    native_model = importlib.import_module(f"{pack}.nodes.native_model")
+    host = importlib.import_module(f"{pack}.nodes.host")
     to_video = importlib.import_module(f"{pack}.nodes.image_to_video")
     core_vae = importlib.import_module(f"{pack}.ingredients_core.encoders.vae")
     canvas = importlib.import_module(f"{pack}.ingredients_core.faces.canvas")
@@ -87,7 +87,7 @@ def vae_check(pack_dir: str) -> dict:
         comfy_vae = comfy.sd.VAE(sd=reference.state_dict())
     except Exception as error:  # noqa: BLE001 (reported: 0.3.x cannot build it)
         return {"cogvideox": False, "error": type(error).__name__}
-    if not native_model.is_cogvideox_vae(comfy_vae):
+    if not host.is_cogvideox_vae(comfy_vae):
         return {"cogvideox": False}
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]

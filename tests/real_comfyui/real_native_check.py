@@ -50,7 +50,7 @@ def schedule_check(native) -> dict:
 def build(name: str):
     import torch
 
-    host, native = _pack(name, "nodes.host"), _pack(name, "nodes.native_model")
+    host = _pack(name, "nodes.host")
     tiny = _pack(name, "ingredients_core.testing.tiny_transformer")
     transformer_mod = _pack(name, "ingredients_core.model.transformer")
     config = tiny.tiny_config()
@@ -58,7 +58,7 @@ def build(name: str):
     transformer = transformer_mod.IngredientsTransformer(config, **layers)
     transformer.load_state_dict(tiny.tiny_state_dict(config))
     transformer.eval().requires_grad_(False)
-    return transformer, native.model_patcher(transformer, torch.float32, torch.float32, "official", None)
+    return transformer, host.model_patcher(transformer, torch.float32, torch.float32, "official", None)
 
 
 def with_ids(name, model, transformer, mode: str):
@@ -68,7 +68,7 @@ def with_ids(name, model, transformer, mode: str):
     ids = transformer.config.ids
     tokens = torch.randn(2, ids.num_tokens, ids.token_dim, generator=torch.Generator().manual_seed(3))
     patch = native_ids.IDPatch(tokens, routing.RoutingOptions(mode=mode))
-    return _pack(name, "nodes.native_model").apply_ids(model, patch), patch
+    return _pack(name, "nodes.host").apply_ids(model, patch), patch
 
 
 def forward_check(name, model, transformer) -> dict:
@@ -151,7 +151,7 @@ def main(comfyui: str, pack_dir: str) -> dict:
     import comfy.model_management  # noqa: F401
 
     name = load_pack(pack_dir)
-    native = _pack(name, "nodes.native_model")
+    native = _pack(name, "nodes.host")
     transformer, model = build(name)
     return dict(schedule=schedule_check(native), forward=forward_check(name, model, transformer),
                 sample=sample_check(name, model, transformer))

@@ -2,7 +2,7 @@
 
 ``python real_windows_check.py COMFYUI_PATH PACK_DIR`` (ComfyUI's interpreter). On the tiny
 transformer (3 latent frames per window), a 5-latent-frame video sampled by ``comfy.sample.sample``
-with the windows *Ingredients Long Video* sets (``native_model.with_context_windows``, overlap 1):
+with the windows *Ingredients Long Video* sets (``host.with_context_windows``, overlap 1):
 
 - ``windows``: per forward, the window's frames, the frames the model got, the largest difference
   of the canvas channels' first frame from the scaled canvas latent, the non-zero count after it;
@@ -50,7 +50,7 @@ def _recorded(model, calls):
 
 
 def windows_check(name, model, transformer) -> dict:
-    native = base._pack(name, "nodes.native_model")
+    native = base._pack(name, "nodes.host")
     canvas, positive, negative, noise = _case(transformer.config)
     patched, _ = base.with_ids(name, model, transformer, "official")
     calls = []
@@ -65,7 +65,7 @@ def windows_check(name, model, transformer) -> dict:
 def one_window_check(name, model, transformer) -> dict:
     import torch
 
-    native = base._pack(name, "nodes.native_model")
+    native = base._pack(name, "nodes.host")
     config = transformer.config
     canvas, positive, negative, noise = _case(config)
     short = [[p[0], {"concat_latent_image": canvas[:, :, :3]}] for p in positive]
