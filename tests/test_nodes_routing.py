@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_nodes import TINY, graph, models_dir, nodes, pack, run, sample  # noqa: F401  (fixtures)
+from test_nodes import TINY, graph, nodes, pack, run, sample  # noqa: F401  (fixtures; models_dir is conftest's)
 
 from tests.support import harness
 
