@@ -126,7 +126,7 @@ def test_an_empty_comfyui_says_what_to_download_where(capsys, tmp_path):
     (tmp_path / "ComfyUI" / "models").mkdir(parents=True)
     code, out = run_cli(capsys, "--comfyui", str(tmp_path / "ComfyUI"))
     assert code == 1
-    assert (f"FAIL  Load Ingredients Model: offers nothing" in out and
+    assert ("FAIL  Load Ingredients Model: offers nothing" in out and
             f"fix: download Hugging Face feizhengcong/Ingredients as a whole folder to "
             f"{tmp_path / 'ComfyUI' / 'models' / 'ingredients' / 'Ingredients'}" in out)
 

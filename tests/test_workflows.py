@@ -104,7 +104,7 @@ def test_long_video_example_samples_97_frames_of_two_people_in_three_windows(def
     """Issue 21: the KSampler example at 97 frames, Ingredients Long Video (overlap 16, pyramid) on the
     MODEL after Apply IDs; the video's frames reach Image to Video from its frames output, and the
     widget under that link holds the same 97."""
-    workflow = load(harness.REPO / "workflows" / "ingredients_two_ids_long_video.json")
+    workflow = workflow_tools.load(harness.REPO / "workflows" / "ingredients_two_ids_long_video.json")
     prompt = workflow_tools.to_api(workflow, definitions)
     long, = [v for v in prompt.values() if v["class_type"] == "IngredientsLongVideo"]
     assert {k: long["inputs"][k] for k in ("frames", "overlap", "fuse_method")} == dict(
